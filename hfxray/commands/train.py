@@ -1,0 +1,7 @@
+"""`hfxray train ...`: the same as `scripts/train.py` (HfArgumentParser flags, recipes, YAML configs)."""
+
+
+def run_argv(argv: list[str]) -> int:
+    from ..training import main
+
+    return main(argv)

@@ -1,0 +1,369 @@
+"""Evaluation of the binary normal (0) / virus (1) classifier: metrics, patient-level CIs and calibration.
+
+Point estimates come from scikit-learn so they match what others compute. Confidence intervals use a
+percentile bootstrap that, given patient ids, resamples whole patients: several X-rays of one child are not
+independent evidence, and resampling images would make the intervals too narrow. Calibration follows
+Guo et al. 2017 ("On Calibration of Modern Neural Networks"): top-label ECE and temperature scaling.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, logsumexp
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+THRESHOLD = 0.5
+ECE_BINS = 15
+# Metrics that get a bootstrap CI; the counts n / n_positive are properties of the sample, not of the model.
+CI_METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "precision", "f1")
+# log T search interval: T in [0.01, 100] covers any plausible network; a fit at the edge is reported.
+LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))
+# Upper bound on resamples x samples held in memory at once by the bootstrap.
+BOOTSTRAP_CHUNK_CELLS = 2_000_000
+TEMPERATURE_NOTE = (
+    "Temperature scaling divides the logit difference by T > 0: predictions at threshold 0.5 and AUROC, and so "
+    "every threshold metric and its CI, are unchanged; only calibration (ECE) changes."
+)
+
+
+def _check_labels_probs(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate once at the API edge so that a wrong input fails with a message, not deep inside numpy."""
+    y = np.asarray(labels)
+    p = np.asarray(probs, dtype=float)
+    if y.ndim != 1 or p.ndim != 1:
+        raise ValueError(f"labels and probs must be 1-D, got shapes {y.shape} and {p.shape}")
+    if len(y) != len(p):
+        raise ValueError(f"labels and probs differ in length: {len(y)} labels vs {len(p)} probs")
+    if len(y) == 0:
+        raise ValueError("labels and probs are empty")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0 (normal) or 1 (virus), got values {np.unique(y)[:10].tolist()}")
+    if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+        raise ValueError("probs must be finite probabilities of class 1 (virus) in [0, 1]")
+    return y.astype(int), p
+
+
+def _check_logits(logits: Any, name: str = "logits") -> np.ndarray:
+    z = np.asarray(logits, dtype=float)
+    if z.ndim != 2 or z.shape[1] != 2:
+        raise ValueError(f"{name} must have shape [n, 2] (normal, virus), got {z.shape}")
+    if not np.isfinite(z).all():
+        raise ValueError(f"{name} contain NaN or inf")
+    return z
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def binary_metrics(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """Threshold (0.5) and ranking metrics with virus as the positive class.
+
+    A metric whose defining class is absent is None rather than a misleading 0: auroc and balanced_accuracy
+    need both classes, sensitivity needs a virus case, specificity a normal one. precision and f1 follow
+    scikit-learn's zero_division=0 (0 when nothing is predicted virus).
+    """
+    y, p = _check_labels_probs(labels, probs)
+    pred = (p >= THRESHOLD).astype(int)
+    n_positive = int(y.sum())
+    has_pos, has_neg = n_positive > 0, n_positive < len(y)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if has_pos and has_neg else None,
+        "auroc": float(roc_auc_score(y, p)) if has_pos and has_neg else None,
+        "sensitivity": float(recall_score(y, pred, pos_label=1, zero_division=0)) if has_pos else None,
+        "specificity": float(recall_score(y, pred, pos_label=0, zero_division=0)) if has_neg else None,
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "confusion_matrix": confusion_matrix(y, pred, labels=[0, 1]).tolist(),
+        "n": int(len(y)),
+        "n_positive": n_positive,
+    }
+
+
+def _weighted_metrics(weights: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """CI_METRICS for many resamples at once; row b of `weights` holds how often each sample was drawn.
+
+    Same definitions as `binary_metrics` (NaN where it returns None), so a row of ones reproduces it. AUROC is
+    the Mann-Whitney statistic (ties count 1/2) computed from weighted counts per distinct score.
+    """
+    w = np.asarray(weights, dtype=float)
+    pos, pred = labels.astype(float), (probs >= THRESHOLD).astype(float)
+    tp, fn = w @ (pos * pred), w @ (pos * (1 - pred))
+    fp, tn = w @ ((1 - pos) * pred), w @ ((1 - pos) * (1 - pred))
+    n_pos, n_neg = tp + fn, fp + tn
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity = np.where(n_pos > 0, tp / n_pos, np.nan)
+        specificity = np.where(n_neg > 0, tn / n_neg, np.nan)
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+
+        scores, score_index = np.unique(probs, return_inverse=True)
+        n_rows, n_scores = w.shape[0], len(scores)
+        cells = (np.arange(n_rows)[:, None] * n_scores + score_index[None, :]).ravel()
+        pos_at = np.bincount(cells, weights=(w * pos).ravel(), minlength=n_rows * n_scores).reshape(n_rows, -1)
+        neg_at = np.bincount(cells, weights=(w * (1 - pos)).ravel(), minlength=n_rows * n_scores).reshape(n_rows, -1)
+        neg_below = np.cumsum(neg_at, axis=1) - neg_at
+        wins = (pos_at * (neg_below + 0.5 * neg_at)).sum(axis=1)
+        auroc = np.where((n_pos > 0) & (n_neg > 0), wins / (n_pos * n_neg), np.nan)
+
+    return {
+        "accuracy": (tp + tn) / (n_pos + n_neg),
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "auroc": auroc,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "precision": precision,
+        "f1": f1,
+    }
+
+
+def bootstrap_ci(
+    labels: Sequence[int] | np.ndarray,
+    probs: Sequence[float] | np.ndarray,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Percentile bootstrap CI for each metric in CI_METRICS.
+
+    With `groups` (patient ids, one per sample) whole patients are drawn with replacement (cluster
+    bootstrap): images of one patient are correlated, so resampling images understates the uncertainty.
+    Resamples in which a metric is undefined (e.g. one class only for auroc) are dropped for that metric.
+
+    Returns {metric: (low, high)} (both None if no resample defined it) plus
+    "n_resamples_used": {metric: count}. Deterministic for a given seed and input.
+    """
+    y, p = _check_labels_probs(labels, probs)
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if groups is None:
+        group_of = np.arange(len(y))
+    else:
+        group_ids = np.asarray(groups)
+        if group_ids.shape != y.shape:
+            raise ValueError(f"groups and labels differ in length: {group_ids.size} groups vs {len(y)} labels")
+        group_of = np.unique(group_ids, return_inverse=True)[1].ravel()
+    n_groups = int(group_of.max()) + 1
+
+    rng = np.random.default_rng(seed)
+    chunk = max(1, BOOTSTRAP_CHUNK_CELLS // max(len(y), n_groups))
+    values: dict[str, list[np.ndarray]] = {name: [] for name in CI_METRICS}
+    for start in range(0, n_resamples, chunk):
+        rows = min(chunk, n_resamples - start)
+        drawn = rng.integers(0, n_groups, size=(rows, n_groups))
+        cells = (np.arange(rows)[:, None] * n_groups + drawn).ravel()
+        times_drawn = np.bincount(cells, minlength=rows * n_groups).reshape(rows, n_groups)
+        for name, vals in _weighted_metrics(times_drawn[:, group_of], y, p).items():
+            values[name].append(vals)
+
+    alpha = (1 - confidence) / 2
+    result: dict[str, Any] = {}
+    used: dict[str, int] = {}
+    for name in CI_METRICS:
+        vals = np.concatenate(values[name])
+        vals = vals[~np.isnan(vals)]
+        used[name] = int(len(vals))
+        if len(vals):
+            low, high = np.quantile(vals, [alpha, 1 - alpha])
+            result[name] = (float(low), float(high))
+        else:
+            result[name] = (None, None)
+    result["n_resamples_used"] = used
+    return result
+
+
+def reliability_bins(
+    labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray, n_bins: int = ECE_BINS
+) -> dict[str, np.ndarray]:
+    """Top-label reliability per confidence bin; shared by the ECE and the diagram so the two agree.
+
+    confidence = max(p, 1 - p), prediction = virus iff p >= 0.5, correct = prediction == label. Bins are
+    n_bins equal-width intervals (lo, hi] over [0, 1] as in Guo et al. (the first also holds 0); for binary
+    top-label the confidences lie in [0.5, 1], so the lower bins stay empty. Returns "edges" (n_bins + 1),
+    "count", and "confidence" / "accuracy" (bin means, NaN for empty bins).
+    """
+    y, p = _check_labels_probs(labels, probs)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    conf = np.maximum(p, 1 - p)
+    correct = ((p >= THRESHOLD).astype(int) == y).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.digitize(conf, edges[1:-1], right=True)
+    count = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, weights=conf, minlength=n_bins) / count
+        accuracy = np.bincount(which, weights=correct, minlength=n_bins) / count
+    return {"edges": edges, "count": count, "confidence": mean_conf, "accuracy": accuracy}
+
+
+def expected_calibration_error(
+    labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray, n_bins: int = ECE_BINS
+) -> float:
+    """Top-label ECE (Guo et al. 2017): sum over bins B of |B|/n * |acc(B) - conf(B)|.
+
+    conf = max(p, 1 - p), prediction = virus iff p >= 0.5, n_bins equal-width bins (lo, hi] over [0, 1];
+    empty bins contribute 0. See `reliability_bins`.
+    """
+    bins = reliability_bins(labels, probs, n_bins)
+    filled = bins["count"] > 0
+    gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
+    return float((bins["count"][filled] * gaps).sum() / bins["count"].sum())
+
+
+def apply_temperature(logits: Sequence[Sequence[float]] | np.ndarray, temperature: float) -> np.ndarray:
+    """Probability of class 1 (virus) under softmax(logits / T); T = 1 is the plain softmax."""
+    z = _check_logits(logits)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    # softmax over two classes is the sigmoid of the logit difference; expit is stable for large logits.
+    return expit((z[:, 1] - z[:, 0]) / temperature)
+
+
+def fit_temperature(logits: Sequence[Sequence[float]] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Temperature T > 0 minimising the NLL of softmax(logits / T) on validation data (Guo et al. 2017).
+
+    Searches log T with bounded Brent (deterministic): the NLL is convex in 1/T, hence unimodal in log T.
+    Warns when the optimum sits at the edge of T in [0.01, 100] (e.g. perfectly separated validation data).
+    """
+    z = _check_logits(logits)
+    y = np.asarray(labels)
+    if y.shape != (len(z),):
+        raise ValueError(f"logits and labels differ in length: {len(z)} logits vs {y.size} labels")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0 (normal) or 1 (virus), got values {np.unique(y)[:10].tolist()}")
+    y = y.astype(int)
+    true_logit = z[np.arange(len(z)), y]
+
+    def nll(log_t: float) -> float:
+        scaled = np.exp(-log_t)
+        return float(np.mean(logsumexp(z * scaled, axis=1) - true_logit * scaled))
+
+    fit = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
+    if min(abs(fit.x - bound) for bound in LOG_T_BOUNDS) < 1e-3:
+        warnings.warn(
+            f"temperature fit hit the search bound (T = {math.exp(fit.x):.3g}); validation logits may be "
+            "separable or degenerate",
+            stacklevel=2,
+        )
+    return float(math.exp(fit.x))
+
+
+def plot_reliability_diagram(
+    labels: Sequence[int] | np.ndarray,
+    probs: Sequence[float] | np.ndarray,
+    path: str | Path,
+    title: str,
+    probs_after: Sequence[float] | np.ndarray | None = None,
+) -> Path:
+    """PNG reliability diagram: accuracy per confidence bin against the diagonal, gap shaded, counts below.
+
+    With `probs_after` (e.g. after temperature scaling) before and after are drawn side by side, each with
+    its ECE in the legend and panel title. Uses the Agg canvas directly, so no global backend is changed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [("Before temperature scaling\n" if probs_after is not None else "", probs)]
+    if probs_after is not None:
+        panels.append(("After temperature scaling\n", probs_after))
+
+    fig = Figure(figsize=(5.5 * len(panels), 6.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, len(panels), height_ratios=(3, 1))
+    for col, (name, panel_probs) in enumerate(panels):
+        bins = reliability_bins(labels, panel_probs, ECE_BINS)
+        ece = expected_calibration_error(labels, panel_probs, ECE_BINS)
+        edges, filled = bins["edges"], bins["count"] > 0
+        left, width = edges[:-1][filled], np.diff(edges)[filled]
+        acc, conf = bins["accuracy"][filled], bins["confidence"][filled]
+        # Binary top-label confidence is >= 0.5: show from the bin holding 0.5 onward.
+        x_min = edges[np.digitize(0.5, edges[1:-1], right=True)]
+
+        ax = fig.add_subplot(grid[0, col])
+        handles = [
+            ax.bar(left, acc, width=width, align="edge", color="#4C72B0", edgecolor="black", label="Accuracy"),
+            ax.bar(left, conf - acc, bottom=acc, width=width, align="edge", color="#DD5555", alpha=0.35,
+                   edgecolor="#AA0000", hatch="//", label="Gap to mean confidence"),
+            *ax.plot([x_min, 1], [x_min, 1], "k--", linewidth=1.2, label="Perfect calibration"),
+            *ax.plot([], [], " ", label=f"ECE = {ece:.3f} ({ECE_BINS} bins)"),
+        ]
+        ax.set(xlim=(x_min, 1), ylim=(0, 1), ylabel="Accuracy", title=f"{name}ECE = {ece:.3f}")
+        ax.tick_params(labelbottom=False)
+        ax.legend(handles=handles, loc="upper left", fontsize=9)
+        ax.grid(alpha=0.3)
+
+        hist = fig.add_subplot(grid[1, col], sharex=ax)
+        hist.bar(left, bins["count"][filled], width=width, align="edge", color="#888888", edgecolor="black")
+        hist.set(xlabel="Confidence", ylabel="Count")
+        hist.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=13)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def evaluation_report(
+    labels: Sequence[int] | np.ndarray,
+    logits: Sequence[Sequence[float]] | np.ndarray,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    val_logits: Sequence[Sequence[float]] | np.ndarray | None = None,
+    val_labels: Sequence[int] | np.ndarray | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Everything needed to report one split, as a flat JSON-serialisable dict.
+
+    Keys: the `binary_metrics` keys, "ci95" {metric: [low, high]}, "ci95_n_resamples_used", "bootstrap_unit"
+    ("patient" or "image"), "n_resamples", "threshold", "ece", "ece_n_bins". With validation logits and labels
+    also "temperature" (fitted on validation), "ece_before_temperature" / "ece_after_temperature" (this split)
+    and "temperature_note".
+    """
+    if (val_logits is None) != (val_labels is None):
+        raise ValueError("val_logits and val_labels must be given together")
+    z = _check_logits(logits)
+    if len(z) != len(labels):
+        raise ValueError(f"labels and logits differ in length: {len(labels)} labels vs {len(z)} logits")
+    probs = apply_temperature(z, 1.0)
+    ci = bootstrap_ci(labels, probs, groups=groups, n_resamples=n_resamples, confidence=0.95, seed=seed)
+    ece = expected_calibration_error(labels, probs, ECE_BINS)
+    report: dict[str, Any] = {
+        **binary_metrics(labels, probs),
+        "ci95": {name: list(ci[name]) for name in CI_METRICS},
+        "ci95_n_resamples_used": ci["n_resamples_used"],
+        "bootstrap_unit": "image" if groups is None else "patient",
+        "n_resamples": int(n_resamples),
+        "threshold": THRESHOLD,
+        "ece": ece,
+        "ece_n_bins": ECE_BINS,
+    }
+    if val_logits is not None:
+        temperature = fit_temperature(_check_logits(val_logits, "val_logits"), val_labels)
+        report.update(
+            temperature=temperature,
+            ece_before_temperature=ece,
+            ece_after_temperature=expected_calibration_error(labels, apply_temperature(z, temperature), ECE_BINS),
+            temperature_note=TEMPERATURE_NOTE,
+        )
+    return report

@@ -1,0 +1,212 @@
+"""Model registry: `--model NAME --preset PRESET` -> (model, image processor), timm `create_model` style.
+
+Presets:
+- `full`: the study's ImageNet-21k checkpoints from the Hub, with a fresh 2-class head.
+- `small`: randomly initialised models of the same classes (0.1-1.5 M parameters, 128 px), the from-scratch control.
+- `tiny`: the smallest models of the same classes (64 px), for tests, CI and the demo.
+
+Every model gets the same kind of processor (resize the shortest edge, center-crop, scale to the model's
+mean/std) so that one data path serves all three and `pipeline("image-classification")` reproduces it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .data import CLASS_NAMES
+
+ID2LABEL = dict(enumerate(CLASS_NAMES))
+LABEL2ID = {name: index for index, name in ID2LABEL.items()}
+MODEL_NAMES = ("vit", "bit", "bit_in1k", "hybrid")
+PRESETS = ("full", "small", "tiny")
+# ViT-21k, BiT-M and the original hybrid weights were all trained on inputs scaled to [-1, 1].
+MINUS_ONE_TO_ONE = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+
+
+class ModelLoadError(Exception):
+    """A checkpoint could not be loaded; the message names it and says how to get it."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What `--model NAME --preset PRESET` builds."""
+
+    name: str
+    preset: str
+    checkpoint: str | None  # Hub id of the pretrained weights (full preset), else None
+    image_size: int
+    build: Callable[["ModelSpec", str | None], object] = field(repr=False, compare=False)
+    # Grad-CAM / rollout code looks these up instead of guessing module paths.
+    family: str = ""  # "vit" | "bit" | "hybrid"
+
+    @property
+    def tag(self) -> str:
+        """timm-style tagged name, e.g. `bit.tiny` or `vit.full`."""
+        return f"{self.name}.{self.preset}"
+
+
+def _labels() -> dict:
+    return dict(num_labels=len(ID2LABEL), id2label=dict(ID2LABEL), label2id=dict(LABEL2ID))
+
+
+def build_processor(crop_size: int, resize_size: int | None = None, image_mean=None, image_std=None):
+    """Resize the shortest edge to `resize_size` (default: the crop size), center-crop, normalise."""
+    from transformers import BitImageProcessor
+
+    mean_std = dict(MINUS_ONE_TO_ONE)
+    if image_mean is not None:
+        mean_std = dict(image_mean=list(image_mean), image_std=list(image_std))
+    return BitImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": resize_size or crop_size},
+        do_center_crop=True,
+        crop_size={"height": crop_size, "width": crop_size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        do_convert_rgb=True,
+        **mean_std,
+    )
+
+
+def _from_pretrained(loader, checkpoint: str, **kwargs):
+    """Call a `from_pretrained`, turning a missing folder or an unreachable Hub into one clear message."""
+    looks_local = checkpoint.startswith((".", "/", "~")) or os.sep in checkpoint.strip("/").split("/", 1)[-1]
+    if looks_local and not Path(checkpoint).expanduser().exists():
+        raise ModelLoadError(f"{checkpoint}: no such folder. To fix: pass an existing model folder or a Hub id.")
+    try:
+        return loader(checkpoint, **kwargs)
+    except (OSError, ValueError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        raise ModelLoadError(
+            f"cannot load checkpoint {checkpoint!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+            f"It needs the Hugging Face Hub{' (HF_HUB_OFFLINE is set)' if offline else ''}. To fix: run once with "
+            f"network access, or download it beforehand with `hf download {checkpoint}` and pass the local folder "
+            f"with --checkpoint; use --preset tiny or small to train without pretrained weights."
+        ) from None
+
+
+def _vit(spec: ModelSpec, checkpoint: str | None):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    if spec.preset == "full":
+        model = _from_pretrained(ViTForImageClassification.from_pretrained, checkpoint or spec.checkpoint, **_labels())
+        if model.config.image_size != spec.image_size:
+            resize_vit_position_embeddings(model, spec.image_size)
+        return model
+    sizes = {"tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+             "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256)}
+    return ViTForImageClassification(ViTConfig(image_size=spec.image_size, patch_size=16, **sizes[spec.preset],
+                                               **_labels()))
+
+
+def resize_vit_position_embeddings(model, image_size: int) -> None:
+    """Resample a ViT's learned position embeddings to a new input size (the study fine-tuned at 128 px).
+
+    Done once on the weights (as timm does when loading at another size) so that the saved model natively
+    takes `image_size` inputs and `pipeline` needs no `interpolate_pos_encoding` flag.
+    """
+    import torch
+    from timm.layers import resample_abs_pos_embed
+
+    embeddings = model.vit.embeddings
+    patch = model.config.patch_size
+    old_grid = model.config.image_size // patch
+    new_grid = image_size // patch
+    with torch.no_grad():
+        resampled = resample_abs_pos_embed(embeddings.position_embeddings.data, new_size=(new_grid, new_grid),
+                                           old_size=(old_grid, old_grid), num_prefix_tokens=1)
+    embeddings.position_embeddings = torch.nn.Parameter(resampled)
+    embeddings.patch_embeddings.image_size = (image_size, image_size)
+    embeddings.patch_embeddings.num_patches = new_grid * new_grid
+    model.config.image_size = image_size
+
+
+def _bit(spec: ModelSpec, checkpoint: str | None):
+    from transformers import BitConfig, BitForImageClassification
+
+    if spec.preset == "full":
+        if checkpoint and Path(checkpoint).expanduser().is_dir():  # an already converted / fine-tuned folder
+            return _from_pretrained(BitForImageClassification.from_pretrained, checkpoint, **_labels(),
+                                    ignore_mismatched_sizes=True)
+        from .bit_conversion import load_bit_in21k
+
+        return load_bit_in21k(checkpoint or spec.checkpoint, id2label=dict(ID2LABEL), label2id=dict(LABEL2ID))
+    sizes = {"tiny": dict(embedding_size=8, hidden_sizes=[8, 16, 32, 64], num_groups=4),
+             "small": dict(embedding_size=16, hidden_sizes=[32, 64, 128, 256], num_groups=8)}
+    return BitForImageClassification(BitConfig(depths=[1, 1, 1, 1], layer_type="preactivation",
+                                               **sizes[spec.preset], **_labels()))
+
+
+def _bit_in1k(spec: ModelSpec, checkpoint: str | None):
+    from transformers import BitForImageClassification
+
+    return _from_pretrained(BitForImageClassification.from_pretrained, checkpoint or spec.checkpoint, **_labels(),
+                            ignore_mismatched_sizes=True)
+
+
+def _hybrid(spec: ModelSpec, checkpoint: str | None):
+    from transformers import AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification
+
+    if spec.preset == "full":
+        # The in21k hybrid ships no head: ignore_mismatched_sizes lets a fresh 2-class head be created.
+        model = _from_pretrained(AutoModelForImageClassification.from_pretrained, checkpoint or spec.checkpoint,
+                                 **_labels(), ignore_mismatched_sizes=True)
+        if spec.image_size != model.timm_model.patch_embed.img_size[0]:
+            # timm resamples the position embeddings; model_args makes a reload build the same shapes.
+            model.timm_model.set_input_size(img_size=spec.image_size)
+            model.config.model_args = {**(model.config.model_args or {}), "img_size": spec.image_size}
+        return model
+    # timm's R-Ti/16 hybrid: a ResNetV2 stem feeding a ViT, the smallest member of the R50+ViT-B/16 family
+    # (the R26/R50 backbones cannot be shrunk through create_model arguments).
+    sizes = {"tiny": dict(embed_dim=32, depth=2, num_heads=2), "small": dict(embed_dim=128, depth=4, num_heads=4)}
+    config = TimmWrapperConfig(architecture="vit_tiny_r_s16_p8_224",
+                               model_args=dict(img_size=spec.image_size, **sizes[spec.preset]), **_labels())
+    return TimmWrapperForImageClassification(config)
+
+
+_BUILDERS = {"vit": (_vit, "vit"), "bit": (_bit, "bit"), "bit_in1k": (_bit_in1k, "bit"), "hybrid": (_hybrid, "hybrid")}
+_CHECKPOINTS = {
+    "vit": "google/vit-base-patch16-224-in21k",
+    "bit": "timm/resnetv2_50x1_bit.goog_in21k",
+    # Not the study's model: BiT-M in21k *then fine-tuned on ImageNet-1k*. Offered for comparison only.
+    "bit_in1k": "google/bit-50",
+    "hybrid": "timm/vit_base_r50_s16_224.orig_in21k",
+}
+_SIZES = {"full": 224, "small": 128, "tiny": 64}
+
+
+def get_spec(name: str, preset: str = "full", image_size: int | None = None) -> ModelSpec:
+    """Look up a registry entry; `image_size` overrides the preset's input size (e.g. the seed recipe's 128 px)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}. To fix: choose one of {', '.join(MODEL_NAMES)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}. To fix: choose one of {', '.join(PRESETS)}")
+    if name == "bit_in1k" and preset != "full":
+        raise ValueError("bit_in1k exists only as the pretrained google/bit-50. To fix: use --model bit for "
+                         f"--preset {preset}")
+    builder, family = _BUILDERS[name]
+    return ModelSpec(name=name, preset=preset, checkpoint=_CHECKPOINTS[name] if preset == "full" else None,
+                     image_size=image_size or _SIZES[preset], build=builder, family=family)
+
+
+def create_model(name: str, preset: str = "full", image_size: int | None = None, resize_size: int | None = None,
+                 checkpoint: str | None = None):
+    """Build (model, processor, spec). `checkpoint` replaces the registry's Hub id (e.g. a downloaded folder)."""
+    spec = get_spec(name, preset, image_size)
+    model = spec.build(spec, checkpoint)
+    processor = build_processor(spec.image_size, resize_size)
+    return model, processor, spec
+
+
+def model_family(model) -> str:
+    """"vit", "bit" or "hybrid" for a loaded model (used by explainability and hub code)."""
+    model_type = getattr(model.config, "model_type", "")
+    if model_type == "timm_wrapper":
+        return "hybrid"
+    if model_type in ("vit", "bit"):
+        return model_type
+    raise ValueError(f"unsupported model type {model_type!r}: hfxray handles ViT, BiT and timm hybrids")

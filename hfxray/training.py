@@ -1,0 +1,367 @@
+"""Fine-tuning with the Hugging Face Trainer: arguments, recipe loading, Trainer assembly and run files.
+
+Flags < YAML: dataclass defaults < recipe (`configs/recipes/{model}-{recipe}.yaml`) < `--config FILE.yaml`
+< command-line flags. The resolved arguments are written to OUTPUT_DIR/args.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .data import DataError, check_prepared
+from .models import MODEL_NAMES, PRESETS, ModelLoadError
+from .recipes import OPTIMIZERS, SCHEDULES
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+RECIPES = ("seed", "paper", "scratch")
+
+
+class ConfigError(Exception):
+    """A bad flag or YAML value; the message says what to change."""
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(default="vit", metadata={"help": f"Model kind: {', '.join(MODEL_NAMES)}."})
+    preset: str = field(default="full", metadata={
+        "help": f"{', '.join(PRESETS)}: pretrained ImageNet-21k weights, a small random model (from-scratch "
+                "control), or a tiny random model (tests/demo)."})
+    checkpoint: str | None = field(default=None, metadata={
+        "help": "Local folder or Hub id replacing the registry's pretrained weights (full preset)."})
+
+
+@dataclass
+class DataArguments:
+    data_dir: str | None = field(default=None, metadata={
+        "help": "Prepared ImageFolder from `hfxray data prepare` (train/, validation/, test/, manifest.csv)."})
+    max_train_samples: int | None = field(default=None, metadata={
+        "help": "Use only the first N training images (quick experiments and tests)."})
+
+
+@dataclass
+class RecipeArguments:
+    recipe: str = field(default="seed", metadata={
+        "help": f"Recipe name ({', '.join(RECIPES)}) read from configs/recipes/, or a YAML file path."})
+    optimizer: str = field(default="sgd", metadata={"help": f"One of {', '.join(OPTIMIZERS)}."})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum for SGD."})
+    schedule: str = field(default="warmup_constant", metadata={
+        "help": f"Learning-rate schedule: {', '.join(SCHEDULES)} (formulas in hfxray/recipes.py)."})
+    warmup_epochs: float = field(default=0.0, metadata={
+        "help": "Warm-up length in epochs; used when --warmup_steps is 0."})
+    lr_decay_gamma: float = field(default=0.9, metadata={"help": "Per-epoch factor of exponential_epoch."})
+    lr_milestones: list[int] = field(default_factory=list, metadata={
+        "help": "Steps after which bit_hyperrule divides the learning rate by 10."})
+    onecycle_pct_start: float = field(default=0.3, metadata={"help": "Fraction of steps rising, for onecycle."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "alpha of the label-smoothing loss (0: plain CE)."})
+    image_size: int | None = field(default=None, metadata={
+        "help": "Crop size fed to the model (default: the preset's: 224 full, 128 small, 64 tiny)."})
+    resize_size: int | None = field(default=None, metadata={
+        "help": "Shortest edge before cropping (default: the crop size)."})
+    max_zoom: float = field(default=1.0, metadata={"help": "Training augmentation: random zoom in [1, max_zoom]."})
+    hflip: bool = field(default=False, metadata={"help": "Training augmentation: random horizontal flips."})
+
+
+@dataclass
+class RunArguments:
+    config: str | None = field(default=None, metadata={"help": "YAML file whose keys stand in for flags."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output_dir."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start over in an --output_dir that already holds checkpoints."})
+
+
+# Trainer settings that differ from transformers' defaults for this project; recipes and flags override them.
+TRAINING_DEFAULTS = dict(
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    logging_strategy="steps",
+    logging_steps=10,
+    load_best_model_at_end=True,
+    metric_for_best_model="accuracy",
+    greater_is_better=True,
+    save_total_limit=2,
+    report_to=["tensorboard"],
+    remove_unused_columns=False,
+    dataloader_num_workers=0,
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=64,
+)
+
+
+def _dataclasses():
+    from transformers import TrainingArguments
+
+    return (ModelArguments, DataArguments, RecipeArguments, RunArguments, TrainingArguments)
+
+
+def _normalise_flags(argv: list[str]) -> list[str]:
+    """Accept `--output-dir` as well as `--output_dir` (transformers only knows the underscore spelling)."""
+    normalised = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, sep, value = token[2:].partition("=")
+            token = "--" + name.replace("-", "_") + sep + value
+        normalised.append(token)
+    return normalised
+
+
+def recipe_path(model: str, recipe: str) -> Path:
+    """configs/recipes/{model}-{recipe}.yaml, else configs/recipes/{recipe}.yaml, else `recipe` as a path."""
+    if recipe.endswith((".yaml", ".yml")):
+        path = Path(recipe)
+    else:
+        family = "bit" if model == "bit_in1k" else model
+        path = CONFIG_DIR / "recipes" / f"{family}-{recipe}.yaml"
+        if not path.is_file():
+            path = CONFIG_DIR / "recipes" / f"{recipe}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"recipe {recipe!r} for model {model!r}: {path} not found. To fix: use --recipe "
+                          f"{'|'.join(RECIPES)} or the path of a recipe YAML")
+    return path
+
+
+def _read_yaml(path: Path, known: set[str]) -> dict:
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read YAML ({err}). To fix: correct the file.") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of argument names to values.")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}. To fix: use argument names as listed by "
+                          "`scripts/train.py --help` (with underscores).")
+    return values
+
+
+def parse_args(argv: list[str] | None = None):
+    """(model, data, recipe, run, training) arguments from flags, recipe YAML and --config YAML."""
+    import argparse
+
+    from transformers import HfArgumentParser
+
+    argv = _normalise_flags(list(sys.argv[1:] if argv is None else argv))
+    parser = HfArgumentParser(_dataclasses())
+    known = {f.name for dc in _dataclasses() for f in fields(dc) if f.init}
+    pre = argparse.ArgumentParser(add_help=False)
+    for name in ("config", "model", "recipe"):
+        pre.add_argument(f"--{name}")
+    early, _ = pre.parse_known_args(argv)
+    config_values = _read_yaml(Path(early.config), known) if early.config else {}
+    model = early.model or config_values.get("model", ModelArguments.model)
+    recipe = early.recipe or config_values.get("recipe", RecipeArguments.recipe)
+    recipe_values = _read_yaml(recipe_path(model, recipe), known)
+    parser.set_defaults(**{**TRAINING_DEFAULTS, **recipe_values, **config_values})
+    model_args, data_args, recipe_args, run_args, training_args = parser.parse_args_into_dataclasses(argv)
+    validate(model_args, data_args, recipe_args, training_args)
+    return model_args, data_args, recipe_args, run_args, training_args
+
+
+def validate(model_args, data_args, recipe_args, training_args) -> None:
+    """Fail before any model or data work, with what to change."""
+    if model_args.model not in MODEL_NAMES:
+        raise ConfigError(f"--model {model_args.model!r} is unknown. To fix: use one of {', '.join(MODEL_NAMES)}")
+    if model_args.preset not in PRESETS:
+        raise ConfigError(f"--preset {model_args.preset!r} is unknown. To fix: use one of {', '.join(PRESETS)}")
+    if recipe_args.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer {recipe_args.optimizer!r}. To fix: use one of {', '.join(OPTIMIZERS)}")
+    if recipe_args.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule {recipe_args.schedule!r}. To fix: use one of {', '.join(SCHEDULES)}")
+    if not 0.0 <= recipe_args.label_smoothing < 1.0:
+        raise ConfigError(f"--label_smoothing {recipe_args.label_smoothing} must lie in [0, 1).")
+    if recipe_args.max_zoom < 1.0:
+        raise ConfigError(f"--max_zoom {recipe_args.max_zoom} must be >= 1 (1 = no zoom).")
+    if data_args.data_dir is None:
+        raise ConfigError("--data_dir is required. To fix: run `hfxray data prepare --source KAGGLE_DIR --out "
+                          "PREPARED` and pass --data_dir PREPARED")
+    try:
+        check_prepared(data_args.data_dir)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    if recipe_args.resize_size and recipe_args.image_size and recipe_args.resize_size < recipe_args.image_size:
+        raise ConfigError(f"--resize_size {recipe_args.resize_size} is smaller than --image_size "
+                          f"{recipe_args.image_size}. To fix: resize to at least the crop size.")
+    if training_args.eval_strategy != training_args.save_strategy and training_args.load_best_model_at_end:
+        raise ConfigError("load_best_model_at_end needs --eval_strategy equal to --save_strategy.")
+
+
+def resolved_config(*argument_sets) -> dict:
+    """All arguments as plain data (the Hub token masked by TrainingArguments.to_dict)."""
+    resolved = {}
+    for arguments in argument_sets:
+        resolved.update(arguments.to_dict() if hasattr(arguments, "to_dict") else asdict(arguments))
+    return resolved
+
+
+def _recipe_trainer_class():
+    from transformers import Trainer
+
+    from .recipes import build_optimizer, build_scheduler
+
+    class RecipeTrainer(Trainer):
+        """The Trainer with its optimizer and schedule taken from the recipe (via the documented hooks)."""
+
+        def __init__(self, *args, recipe: RecipeArguments, **kwargs):
+            self.recipe = recipe
+            super().__init__(*args, **kwargs)
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                r, a = self.recipe, self.args
+                self.optimizer = build_optimizer(model or self.model, r.optimizer, a.learning_rate,
+                                                 weight_decay=a.weight_decay, momentum=r.momentum,
+                                                 nesterov=r.nesterov, betas=(a.adam_beta1, a.adam_beta2))
+            return self.optimizer
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if self.lr_scheduler is None:
+                r, a = self.recipe, self.args
+                epochs = math.ceil(a.num_train_epochs) if a.max_steps <= 0 else 0
+                steps_per_epoch = math.ceil(num_training_steps / epochs) if epochs else num_training_steps
+                warmup = int(a.warmup_steps) or round(r.warmup_epochs * steps_per_epoch)
+                self.lr_scheduler = build_scheduler(optimizer or self.optimizer, r.schedule, num_training_steps,
+                                                    steps_per_epoch, warmup, r.lr_decay_gamma,
+                                                    tuple(r.lr_milestones), r.onecycle_pct_start)
+            return self.lr_scheduler
+
+        # transformers 5.x saves checkpoints with the 4.x parameter names (ViT: `vit.encoder.layer.*`) but
+        # reloads them for --resume and load_best_model_at_end with a non-strict `load_state_dict`, which
+        # silently keeps the current weights. Reload through `from_pretrained`, which maps the names, strictly.
+        def _load_weights_from(self, folder: str, model=None) -> None:
+            target = self.accelerator.unwrap_model(model if model is not None else self.model)
+            reloaded = type(target).from_pretrained(folder, config=target.config)
+            target.load_state_dict(reloaded.state_dict(), strict=True)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+            self._load_weights_from(resume_from_checkpoint, model)
+
+        def _load_best_model(self) -> None:
+            self._load_weights_from(self.state.best_model_checkpoint)
+
+    return RecipeTrainer
+
+
+def compute_eval_metrics(eval_prediction) -> dict:
+    """Trainer `compute_metrics`: accuracy, AUROC, sensitivity... of the virus class (hfxray.metrics)."""
+    import numpy as np
+
+    from .metrics import binary_metrics
+
+    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = shifted[:, 1] / shifted.sum(axis=1)
+    metrics = binary_metrics(labels, probs)
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+
+
+def _last_checkpoint(output_dir: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: RecipeArguments,
+          run_args: RunArguments, training_args) -> dict:
+    """Fine-tune one model and write the run folder; returns the test metrics."""
+    import torch
+    from transformers import set_seed
+
+    from .data import load_imagefolder
+    from .losses import LabelSmoothingCrossEntropy
+    from .models import create_model
+    from .transforms import Geometry, XrayTensorDataset, decode_split
+
+    output_dir = training_args.output_dir
+    resume_from = None
+    if run_args.resume:
+        resume_from = _last_checkpoint(output_dir)
+        if resume_from is None:
+            raise ConfigError(f"--resume: no checkpoint-* folder in {output_dir}. To fix: drop --resume to start "
+                              "a new run, or point --output_dir at the interrupted run.")
+    elif _last_checkpoint(output_dir) and not run_args.overwrite_output_dir:
+        raise ConfigError(f"{output_dir} already holds checkpoints. To fix: pass --resume to continue, or "
+                          "--overwrite_output_dir to start over.")
+    set_seed(training_args.seed)
+    # The model first: a checkpoint that cannot be loaded fails before any data work.
+    model, processor, spec = create_model(model_args.model, model_args.preset, image_size=recipe_args.image_size,
+                                          resize_size=recipe_args.resize_size, checkpoint=model_args.checkpoint)
+    geometry = Geometry.from_processor(processor)
+    dataset = load_imagefolder(data_args.data_dir)
+    if "validation" not in dataset:
+        raise DataError(f"{data_args.data_dir}: no validation split. To fix: prepare with --val-fraction > 0.")
+    train_split = dataset["train"]
+    if data_args.max_train_samples:
+        train_split = train_split.select(range(min(data_args.max_train_samples, len(train_split))))
+    splits = {}
+    for name, split in (("train", train_split), ("validation", dataset["validation"]), ("test", dataset["test"])):
+        images, labels = decode_split(split, geometry.resize, desc=f"decoding {name}")
+        splits[name] = XrayTensorDataset(images, labels, geometry, train=name == "train",
+                                         max_zoom=recipe_args.max_zoom, hflip=recipe_args.hflip)
+
+    trainer = _recipe_trainer_class()(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        processing_class=processor,
+        compute_loss_func=LabelSmoothingCrossEntropy(recipe_args.label_smoothing),
+        compute_metrics=compute_eval_metrics,
+        recipe=recipe_args,
+    )
+    config = resolved_config(model_args, data_args, recipe_args, run_args, training_args)
+    config.update(model_tag=spec.tag, pretrained_checkpoint=model_args.checkpoint or spec.checkpoint,
+                  world_size=training_args.world_size, train_size=len(splits["train"]),
+                  validation_size=len(splits["validation"]), test_size=len(splits["test"]))
+    if trainer.is_world_process_zero():
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "args.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=True))
+
+    train_result = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model()  # the best model by validation accuracy (load_best_model_at_end)
+    train_metrics = dict(train_result.metrics, world_size=training_args.world_size,
+                         global_step=trainer.state.global_step)
+    trainer.save_metrics("train", train_metrics)
+    trainer.save_state()
+    test_metrics = trainer.evaluate(splits["test"], metric_key_prefix="test")
+    trainer.save_metrics("test", test_metrics)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return test_metrics
+
+
+def _plain(value):
+    """YAML-safe copy (enums and paths as strings)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(getattr(value, "value", value))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of scripts/train.py and `hfxray train`."""
+    try:
+        model_args, data_args, recipe_args, run_args, training_args = parse_args(argv)
+        if training_args.output_dir in (None, "trainer_output"):
+            raise ConfigError("--output_dir is required. To fix: pass --output_dir OUT")
+        metrics = train(model_args, data_args, recipe_args, run_args, training_args)
+    except (ConfigError, DataError, ModelLoadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        import torch
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+    return 0

@@ -1,0 +1,97 @@
+"""Training/evaluation tensors from a prepared split, decoded once and derived from the model's processor.
+
+JPEG decoding dominates a naive per-step image pipeline. Each image is decoded, converted and resized (shortest
+edge, as the processor does) once into a uint8 tensor kept in memory (grayscale X-rays as one channel), so later
+epochs only crop and normalise. The evaluation path equals the processor's output (same resize, center crop,
+mean/std), so a model evaluated here behaves the same under `pipeline("image-classification")`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The processor's resize / crop / normalisation, read once."""
+
+    resize: int  # shortest edge after resizing
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_processor(cls, processor) -> "Geometry":
+        size = processor.size
+        resize = size.get("shortest_edge") or min(size.get("height", 0), size.get("width", 0))
+        crop = processor.crop_size["height"] if getattr(processor, "do_center_crop", False) else resize
+        return cls(resize=int(resize), crop=int(crop), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
+
+
+def decode_resized(image, resize: int) -> torch.Tensor:
+    """PIL image -> uint8 [C, H, W] with the shortest edge at `resize` (C = 1 for grayscale, else 3)."""
+    if image.mode not in ("L", "RGB"):
+        from .imaging import to_standard_mode
+
+        image = to_standard_mode(image)
+    array = np.asarray(image)
+    tensor = torch.from_numpy(array.copy()).unsqueeze(0) if array.ndim == 2 else torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return TF.resize(tensor, [resize], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+
+
+def decode_split(split, resize: int, progress=None, desc: str = "decoding") -> tuple[list[torch.Tensor], list[int]]:
+    """Decode every image of a datasets split once; returns (uint8 tensors, labels)."""
+    if progress is None:
+        from tqdm.auto import tqdm as progress
+    images, labels = [], []
+    for example in progress(split, desc=desc, unit="img"):
+        images.append(decode_resized(example["image"], resize))
+        labels.append(int(example["label"]))
+    return images, labels
+
+
+class XrayTensorDataset(torch.utils.data.Dataset):
+    """Cached images -> {"pixel_values", "labels"} for the Trainer.
+
+    Training augmentation (light, for chest X-rays): a random zoom up to `max_zoom`, a random `crop`-sized
+    window, and horizontal flips only when `hflip` is set (the heart sits on the left: flips make anatomy
+    that never occurs, and flip the burnt-in side markers). Evaluation: the processor's center crop.
+    """
+
+    def __init__(self, images: list[torch.Tensor], labels: list[int], geometry: Geometry, train: bool = False,
+                 max_zoom: float = 1.0, hflip: bool = False):
+        self.images, self.labels, self.geometry = images, labels, geometry
+        self.train, self.max_zoom, self.hflip = train, max_zoom, hflip
+        self._mean = torch.tensor(geometry.mean).view(3, 1, 1)
+        self._std = torch.tensor(geometry.std).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _augment(self, image: torch.Tensor) -> torch.Tensor:
+        crop = self.geometry.crop
+        if self.max_zoom > 1.0:
+            zoom = random.uniform(1.0, self.max_zoom)
+            image = TF.resize(image, [round(min(image.shape[-2:]) * zoom)], antialias=True)
+        height, width = image.shape[-2:]
+        top = random.randint(0, height - crop)
+        left = random.randint(0, width - crop)
+        image = image[:, top:top + crop, left:left + crop]
+        if self.hflip and random.random() < 0.5:
+            image = image.flip(-1)
+        return image
+
+    def pixel_values(self, index: int) -> torch.Tensor:
+        image = self.images[index]
+        image = self._augment(image) if self.train else TF.center_crop(image, [self.geometry.crop])
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        return (image.float() / 255.0 - self._mean) / self._std
+
+    def __getitem__(self, index: int) -> dict:
+        return {"pixel_values": self.pixel_values(index), "labels": self.labels[index]}

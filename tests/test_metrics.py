@@ -1,0 +1,286 @@
+"""Every figure in hfxray.metrics checked against an independent computation written here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hfxray.metrics import (
+    CI_METRICS,
+    _weighted_metrics,
+    apply_temperature,
+    binary_metrics,
+    bootstrap_ci,
+    evaluation_report,
+    expected_calibration_error,
+    fit_temperature,
+    plot_reliability_diagram,
+    reliability_bins,
+)
+
+# 4 virus, 6 normal. Predictions at >= 0.5: virus 1,1,0,1 -> tp 3, fn 1; normal 0,0,1,0,1(0.5 counts),0 -> tn 4, fp 2.
+LABELS = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+PROBS = [0.9, 0.8, 0.4, 0.6, 0.1, 0.2, 0.7, 0.3, 0.5, 0.05]
+
+
+def mann_whitney_auroc(labels, probs) -> float:
+    """P(score of a virus case > score of a normal case), ties counted 1/2, by explicit pairs."""
+    pos = [p for y, p in zip(labels, probs) if y == 1]
+    neg = [p for y, p in zip(labels, probs) if y == 0]
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def naive_ece(labels, probs, n_bins=15) -> float:
+    """Guo et al. top-label ECE with a plain loop over bins (lo, hi]; 0 goes in the first bin."""
+    total = 0.0
+    for m in range(n_bins):
+        lo, hi = m / n_bins, (m + 1) / n_bins
+        members = []
+        for y, p in zip(labels, probs):
+            conf = max(p, 1 - p)
+            if lo < conf <= hi or (m == 0 and conf == 0):
+                members.append((conf, float((1 if p >= 0.5 else 0) == y)))
+        if members:
+            acc = sum(c for _, c in members) / len(members)
+            conf = sum(c for c, _ in members) / len(members)
+            total += len(members) / len(labels) * abs(acc - conf)
+    return total
+
+
+def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from calibrated probabilities: 'true' logit difference d, p = sigmoid(d)."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(0.0, 2.0, size=n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-d))).astype(int)
+    return labels, d
+
+
+# ---------------------------------------------------------------- binary_metrics
+
+
+def test_binary_metrics_hand_counted():
+    m = binary_metrics(LABELS, PROBS)
+    assert m["confusion_matrix"] == [[4, 2], [1, 3]]
+    assert m["n"] == 10 and m["n_positive"] == 4
+    assert m["accuracy"] == pytest.approx(7 / 10)
+    assert m["sensitivity"] == pytest.approx(3 / 4)
+    assert m["specificity"] == pytest.approx(4 / 6)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 4 / 6) / 2)
+    assert m["precision"] == pytest.approx(3 / 5)
+    assert m["f1"] == pytest.approx(2 * 3 / (2 * 3 + 2 + 1))
+    assert m["auroc"] == pytest.approx(21 / 24)  # pairs: 0.9 -> 6, 0.8 -> 6, 0.4 -> 4, 0.6 -> 5
+
+
+def test_auroc_matches_pairwise_count_with_ties():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, size=60)
+    probs = rng.integers(0, 8, size=60) / 7  # many ties
+    assert binary_metrics(labels, probs)["auroc"] == pytest.approx(mann_whitney_auroc(labels, probs))
+
+
+def test_one_class_only_gives_none_not_crash():
+    m = binary_metrics([0, 0, 0], [0.2, 0.7, 0.1])
+    assert m["auroc"] is None and m["sensitivity"] is None and m["balanced_accuracy"] is None
+    assert m["specificity"] == pytest.approx(2 / 3)
+    assert m["confusion_matrix"] == [[2, 1], [0, 0]]
+    ci = bootstrap_ci([0, 0, 0], [0.2, 0.7, 0.1], n_resamples=50)
+    assert ci["auroc"] == (None, None) and ci["n_resamples_used"]["auroc"] == 0
+
+
+def test_mismatched_lengths_name_the_arguments():
+    with pytest.raises(ValueError, match="labels and probs differ in length"):
+        binary_metrics([0, 1], [0.5])
+    with pytest.raises(ValueError, match="groups and labels"):
+        bootstrap_ci([0, 1], [0.2, 0.8], groups=["a"])
+    with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
+        binary_metrics([0, 2], [0.1, 0.2])
+
+
+# ---------------------------------------------------------------- bootstrap
+
+
+def test_vectorised_metrics_equal_sklearn_on_repeated_samples():
+    """A resample is integer weights; weighting must equal binary_metrics on the repeated data."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, size=30)
+    probs = rng.integers(0, 11, size=30) / 10
+    weights = rng.integers(0, 4, size=(5, 30))
+    weights[0] = 1
+    got = _weighted_metrics(weights, labels, probs)
+    for row, w in enumerate(weights):
+        expected = binary_metrics(np.repeat(labels, w), np.repeat(probs, w))
+        for name in CI_METRICS:
+            assert got[name][row] == pytest.approx(expected[name]), name
+
+
+def test_bootstrap_ci_contains_estimate_and_is_deterministic():
+    labels, d = synthetic(120, seed=3)
+    probs = 1 / (1 + np.exp(-d))
+    point = binary_metrics(labels, probs)
+    ci = bootstrap_ci(labels, probs, n_resamples=1000, seed=7)
+    for name in CI_METRICS:
+        low, high = ci[name]
+        assert low <= point[name] <= high, name
+        assert ci["n_resamples_used"][name] == 1000
+    assert bootstrap_ci(labels, probs, n_resamples=1000, seed=7) == ci
+    assert bootstrap_ci(labels, probs, n_resamples=1000, seed=8) != ci
+
+
+def test_bootstrap_narrower_with_more_data():
+    small, large = synthetic(100, seed=4), synthetic(2000, seed=4)
+    widths = []
+    for labels, d in (small, large):
+        ci = bootstrap_ci(labels, 1 / (1 + np.exp(-d)), n_resamples=500)
+        widths.append({name: ci[name][1] - ci[name][0] for name in CI_METRICS})
+    for name in CI_METRICS:
+        assert widths[1][name] < widths[0][name] / 2, name
+
+
+def test_bootstrap_drops_undefined_resamples():
+    labels = [1, 0, 0, 0, 0, 0, 0, 0]  # a resample misses the single virus case with p = (7/8)^8 ~ 0.34
+    probs = [0.9, 0.1, 0.2, 0.6, 0.3, 0.4, 0.2, 0.1]
+    ci = bootstrap_ci(labels, probs, n_resamples=1000)
+    used = ci["n_resamples_used"]
+    assert used["accuracy"] == used["specificity"] == 1000
+    assert 550 < used["auroc"] == used["sensitivity"] == used["balanced_accuracy"] < 780
+    assert 0 <= ci["auroc"][0] <= ci["auroc"][1] <= 1
+
+
+def test_group_bootstrap_with_one_sample_per_group_equals_image_bootstrap():
+    labels, d = synthetic(80, seed=5)
+    probs = 1 / (1 + np.exp(-d))
+    groups = [f"patient{i:03d}" for i in range(80)]  # sorted ids: group k is sample k, same draws
+    assert bootstrap_ci(labels, probs, groups=groups, seed=3) == bootstrap_ci(labels, probs, seed=3)
+
+
+def test_group_bootstrap_resamples_whole_patients():
+    """5 patients x 20 identical images: the evidence is 5 patients, not 100 images."""
+    labels = np.repeat([1, 0, 1, 0, 1], 20)
+    probs = np.repeat([0.9, 0.2, 0.3, 0.8, 0.7], 20)  # patients 0, 1, 4 right; 2, 3 wrong
+    groups = np.repeat(["p0", "p1", "p2", "p3", "p4"], 20)
+    by_image = bootstrap_ci(labels, probs, n_resamples=1000)
+    by_patient = bootstrap_ci(labels, probs, groups=groups, n_resamples=1000)
+    image_width = by_image["accuracy"][1] - by_image["accuracy"][0]
+    patient_width = by_patient["accuracy"][1] - by_patient["accuracy"][0]
+    assert patient_width > 2.5 * image_width
+    # Each patient draw adds 20 images of one outcome, so accuracy moves in steps of 1/5: the 2.5th
+    # percentile of whole-patient resamples is 0.2 or 0.4 (image resampling gives ~0.5).
+    assert by_patient["accuracy"][0] in (pytest.approx(0.2), pytest.approx(0.4))
+
+
+def test_bootstrap_1000_resamples_is_fast():
+    import time
+
+    labels, d = synthetic(100, seed=6)
+    start = time.perf_counter()
+    bootstrap_ci(labels, 1 / (1 + np.exp(-d)), groups=np.arange(100) // 2, n_resamples=1000)
+    assert time.perf_counter() - start < 5.0  # ~0.05 s here; generous for a loaded machine
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def test_ece_hand_computed():
+    labels = [1, 0, 0, 1, 1]
+    probs = [0.95, 0.97, 0.1, 0.3, 0.72]
+    # conf .95 (right), .97 (wrong) -> bin 14 (14/15, 1]: acc .5, conf .96
+    # conf .90 (right)              -> bin 13 (13/15, 14/15]: acc 1, conf .90
+    # conf .70 (wrong), .72 (right) -> bin 10 (10/15, 11/15]: acc .5, conf .71
+    expected = (2 * abs(0.5 - 0.96) + 1 * abs(1 - 0.90) + 2 * abs(0.5 - 0.71)) / 5
+    assert expected == pytest.approx(0.288)
+    assert expected_calibration_error(labels, probs) == pytest.approx(expected)
+    bins = reliability_bins(labels, probs)
+    assert bins["count"].tolist() == [0] * 10 + [2, 0, 0, 1, 2]
+    assert bins["accuracy"][10] == pytest.approx(0.5) and bins["confidence"][14] == pytest.approx(0.96)
+    assert np.isnan(bins["accuracy"][0])
+
+
+def test_ece_matches_naive_loop():
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2, size=300)
+    probs = np.concatenate([rng.random(297), [0.0, 0.5, 1.0]])
+    assert expected_calibration_error(labels, probs) == pytest.approx(naive_ece(labels, probs))
+    assert expected_calibration_error(labels, probs, n_bins=7) == pytest.approx(naive_ece(labels, probs, 7))
+    bins = reliability_bins(labels, probs)
+    assert bins["count"].sum() == 300 and bins["count"][:7].sum() == 0  # top-label confidence >= 0.5
+
+
+def test_apply_temperature_one_is_softmax():
+    logits = np.array([[0.3, -1.2], [2.0, 2.0], [-40.0, 45.0], [1.5, 0.5]])
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    softmax = exp / exp.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(apply_temperature(logits, 1.0), softmax[:, 1], rtol=1e-12)
+    np.testing.assert_allclose(apply_temperature(logits, 2.0), apply_temperature(logits / 2, 1.0), rtol=1e-12)
+
+
+def test_temperature_recovers_overconfidence():
+    labels, d = synthetic(4000, seed=8)
+    calibrated = np.stack([-d / 2, d / 2], axis=1)
+    overconfident = 5 * calibrated
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(5.0, rel=0.1)
+    assert fit_temperature(overconfident, labels) == t  # deterministic
+    before = expected_calibration_error(labels, apply_temperature(overconfident, 1.0))
+    after = expected_calibration_error(labels, apply_temperature(overconfident, t))
+    assert after < before / 3
+
+
+# ---------------------------------------------------------------- plot and report
+
+
+@pytest.mark.parametrize("with_after", [False, True])
+def test_reliability_diagram_png(tmp_path, with_after):
+    labels, d = synthetic(300, seed=9)
+    logits = 4 * np.stack([-d / 2, d / 2], axis=1)
+    after = apply_temperature(logits, 4.0) if with_after else None
+    path = plot_reliability_diagram(labels, apply_temperature(logits, 1.0), tmp_path / "sub" / "rel.png",
+                                    "Test split", probs_after=after)
+    assert path.exists()
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.std() > 20
+    assert pixels.shape[1] > (1000 if with_after else 500)
+
+
+def test_evaluation_report_is_json_and_consistent():
+    labels, d = synthetic(150, seed=10)
+    logits = 3 * np.stack([-d / 2, d / 2], axis=1)
+    val_labels, val_d = synthetic(400, seed=11)
+    val_logits = 3 * np.stack([-val_d / 2, val_d / 2], axis=1)
+    groups = np.arange(150) // 3
+    report = evaluation_report(labels, logits, groups=groups, val_logits=val_logits, val_labels=val_labels,
+                               n_resamples=200, seed=1)
+    decoded = json.loads(json.dumps(report, allow_nan=False))
+    probs = apply_temperature(logits, 1.0)
+    point = binary_metrics(labels, probs)
+    for name, value in point.items():
+        assert decoded[name] == (pytest.approx(value) if isinstance(value, float) else value)
+    assert decoded["ci95"] == {k: list(v) for k, v in bootstrap_ci(labels, probs, groups, 200, seed=1).items()
+                               if k in CI_METRICS}
+    assert decoded["bootstrap_unit"] == "patient"
+    assert decoded["ece"] == decoded["ece_before_temperature"] == pytest.approx(
+        expected_calibration_error(labels, probs))
+    t = decoded["temperature"]
+    assert t == pytest.approx(fit_temperature(val_logits, val_labels)) and t > 1.5
+    assert decoded["ece_after_temperature"] == pytest.approx(
+        expected_calibration_error(labels, apply_temperature(logits, t)))
+    # The note's claim: threshold metrics and AUROC are untouched by temperature scaling.
+    assert binary_metrics(labels, apply_temperature(logits, t)) == point
+    assert all(isinstance(v, (float, int, str, list, dict, type(None))) for v in decoded.values())
+
+
+def test_evaluation_report_single_class_and_arguments():
+    report = evaluation_report([0, 0, 0, 0], [[1.0, 0.0], [2.0, -1.0], [0.0, 0.5], [0.3, 0.1]], n_resamples=20)
+    json.dumps(report, allow_nan=False)
+    assert report["auroc"] is None and report["ci95"]["auroc"] == [None, None]
+    assert "temperature" not in report
+    with pytest.raises(ValueError, match="val_logits and val_labels"):
+        evaluation_report([0, 1], [[0.0, 1.0], [1.0, 0.0]], val_logits=[[0.0, 1.0]])
+    with pytest.raises(ValueError, match="labels and logits differ"):
+        evaluation_report([0, 1, 1], [[0.0, 1.0], [1.0, 0.0]])
+    with pytest.raises(ValueError, match="shape \\[n, 2\\]"):
+        apply_temperature([0.1, 0.2], 1.0)
