@@ -181,7 +181,7 @@ def _map_key(timm_key: str) -> str | None:
 def _eps_scale(timm_eps: float, hf_eps: float) -> float:
     """Factor a such that standardising a*W with hf_eps equals standardising W with timm_eps, exactly.
 
-    std(a*W) over (a^2 var + hf_eps)^0.5 = (W - mean) / (var + timm_eps)^0.5  <=>  a^2 * timm_eps = hf_eps.
+    a(W - mean) / sqrt(a^2 var + hf_eps) = (W - mean) / sqrt(var + timm_eps)  <=>  a^2 timm_eps = hf_eps.
     """
     return math.sqrt(hf_eps / timm_eps)
 
@@ -265,7 +265,7 @@ def _create_timm_from_hub(checkpoint: str) -> nn.Module:
 
 
 def _is_cached(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    return (folder / "config.json").is_file()  # complete by construction: folders appear by atomic rename
 
 
 def _download(checkpoint: str, factory: Callable[[str], nn.Module], folder: Path) -> nn.Module:

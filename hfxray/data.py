@@ -24,6 +24,7 @@ SPLITS = ("train", "validation", "test")
 CSV_NAME = "Chest_xray_Corona_Metadata.csv"
 IMAGE_ROOT = Path("Coronahack-Chest-XRay-Dataset") / "Coronahack-Chest-XRay-Dataset"
 MANIFEST_NAME = "manifest.csv"
+TYPICAL_CROP = 224  # the full models' input size; smaller images are kept but reported
 REQUIRED_COLUMNS = ("X_ray_image_name", "Label", "Dataset_type", "Label_1_Virus_category", "Label_2_Virus_category")
 SOURCE_FOLDERS = {"TRAIN": "train", "TEST": "test"}
 MANIFEST_COLUMNS = (
@@ -296,6 +297,10 @@ def prepare(
     if shared:
         warnings_list.append(f"{len(shared)} patient group(s) appear in both TRAIN and TEST of the source "
                              f"(e.g. {', '.join(shared[:5])}); the source split leaks these patients")
+    small = sum(1 for r in records if r.kept and min(r.width, r.height) < TYPICAL_CROP)
+    if small:
+        warnings_list.append(f"{small} kept image(s) are smaller than a {TYPICAL_CROP} px crop; the processors "
+                             "upscale them (see `width`/`height` in the manifest)")
     assign_validation(records, val_fraction, seed)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,33 @@
+"""Shared fixtures: the real CoronaHack sample from ../shared (skipped with a reason when absent) and offline Hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline for every test: otherwise a Hub lookup retries for 20-50 s before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = Path(os.environ.get("HFXRAY_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "data" / "coronahack-mini"))
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The read-only real sample (721 X-rays, Kaggle layout)."""
+    if not (SAMPLE_DIR / "Chest_xray_Corona_Metadata.csv").is_file():
+        pytest.skip(f"real CoronaHack sample not found at {SAMPLE_DIR} (set HFXRAY_SAMPLE_DIR or provide ../shared)")
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(sample_dir, tmp_path_factory) -> Path:
+    """The sample prepared once per session as a binary ImageFolder (hard links into a temp dir)."""
+    from hfxray.data import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "coronahack"
+    prepare(sample_dir, out, echo=lambda *_: None, progress=lambda items, **_: items)
+    return out
