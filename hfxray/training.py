@@ -206,10 +206,13 @@ def _recipe_trainer_class():
     from .recipes import build_optimizer, build_scheduler
 
     class RecipeTrainer(Trainer):
-        """The Trainer with its optimizer and schedule taken from the recipe (via the documented hooks)."""
+        """The Trainer with its loss, optimizer and schedule taken from the recipe (via the documented hooks)."""
 
         def __init__(self, *args, recipe: RecipeArguments, **kwargs):
+            from .losses import LabelSmoothingCrossEntropy
+
             self.recipe = recipe
+            kwargs.setdefault("compute_loss_func", LabelSmoothingCrossEntropy(recipe.label_smoothing))
             super().__init__(*args, **kwargs)
 
         def create_optimizer(self, model=None):
@@ -248,6 +251,18 @@ def _recipe_trainer_class():
     return RecipeTrainer
 
 
+def _epoch_callback(dataset):
+    from transformers import TrainerCallback
+
+    class EpochToDataset(TrainerCallback):
+        """Tell the training dataset which epoch starts (also right after --resume, mid-epoch)."""
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            dataset.set_epoch(math.floor(state.epoch + 1e-9))
+
+    return EpochToDataset()
+
+
 def compute_eval_metrics(eval_prediction) -> dict:
     """Trainer `compute_metrics`: accuracy, AUROC, sensitivity... of the virus class (hfxray.metrics)."""
     import numpy as np
@@ -275,7 +290,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     from transformers import set_seed
 
     from .data import load_imagefolder
-    from .losses import LabelSmoothingCrossEntropy
     from .models import create_model
     from .transforms import Geometry, XrayTensorDataset, decode_split
 
@@ -304,7 +318,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     for name, split in (("train", train_split), ("validation", dataset["validation"]), ("test", dataset["test"])):
         images, labels = decode_split(split, geometry.resize, desc=f"decoding {name}")
         splits[name] = XrayTensorDataset(images, labels, geometry, train=name == "train",
-                                         max_zoom=recipe_args.max_zoom, hflip=recipe_args.hflip)
+                                         max_zoom=recipe_args.max_zoom, hflip=recipe_args.hflip,
+                                         seed=training_args.seed)
 
     trainer = _recipe_trainer_class()(
         model=model,
@@ -312,8 +327,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=processor,
-        compute_loss_func=LabelSmoothingCrossEntropy(recipe_args.label_smoothing),
         compute_metrics=compute_eval_metrics,
+        callbacks=[_epoch_callback(splits["train"])],
         recipe=recipe_args,
     )
     config = resolved_config(model_args, data_args, recipe_args, run_args, training_args)

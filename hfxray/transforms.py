@@ -64,31 +64,39 @@ class XrayTensorDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: list[torch.Tensor], labels: list[int], geometry: Geometry, train: bool = False,
-                 max_zoom: float = 1.0, hflip: bool = False):
+                 max_zoom: float = 1.0, hflip: bool = False, seed: int = 0):
         self.images, self.labels, self.geometry = images, labels, geometry
         self.train, self.max_zoom, self.hflip = train, max_zoom, hflip
+        self.seed, self.epoch = seed, 0
         self._mean = torch.tensor(geometry.mean).view(3, 1, 1)
         self._std = torch.tensor(geometry.std).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _augment(self, image: torch.Tensor) -> torch.Tensor:
+    def set_epoch(self, epoch: int) -> None:
+        """Called at each epoch start (see training.EpochToDataset) so augmentations differ between epochs."""
+        self.epoch = epoch
+
+    def _augment(self, image: torch.Tensor, index: int) -> torch.Tensor:
+        # Randomness from (seed, epoch, index) alone, not from the global RNG: the Trainer restores the global
+        # RNG only after fetching the first batch of a resumed run, which made resumed runs diverge.
+        rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
         crop = self.geometry.crop
         if self.max_zoom > 1.0:
-            zoom = random.uniform(1.0, self.max_zoom)
+            zoom = rng.uniform(1.0, self.max_zoom)
             image = TF.resize(image, [round(min(image.shape[-2:]) * zoom)], antialias=True)
         height, width = image.shape[-2:]
-        top = random.randint(0, height - crop)
-        left = random.randint(0, width - crop)
+        top = rng.randint(0, height - crop)
+        left = rng.randint(0, width - crop)
         image = image[:, top:top + crop, left:left + crop]
-        if self.hflip and random.random() < 0.5:
+        if self.hflip and rng.random() < 0.5:
             image = image.flip(-1)
         return image
 
     def pixel_values(self, index: int) -> torch.Tensor:
         image = self.images[index]
-        image = self._augment(image) if self.train else TF.center_crop(image, [self.geometry.crop])
+        image = self._augment(image, index) if self.train else TF.center_crop(image, [self.geometry.crop])
         if image.shape[0] == 1:
             image = image.expand(3, -1, -1)
         return (image.float() / 255.0 - self._mean) / self._std

@@ -1,0 +1,142 @@
+"""End-to-end training on the real sample with the tiny preset: three kinds, reload, DDP, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from hfxray.training import ConfigError, main, parse_args
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--num_train_epochs", "1", "--max_train_samples", "48", "--per_device_train_batch_size", "8",
+        "--logging_steps", "2"]
+
+
+def _run_args(prepared_dir, out, model="vit", extra=()):
+    return ["--model", model, "--preset", "tiny", "--data-dir", str(prepared_dir), "--output-dir", str(out), *extra]
+
+
+@pytest.mark.parametrize("kind", ["vit", "bit", "hybrid"])
+def test_each_kind_trains_saves_and_reloads(kind, prepared_dir, tmp_path):
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    out = tmp_path / kind
+    assert main(_run_args(prepared_dir, out, kind, ["--recipe", "scratch", *FAST])) == 0
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "args.yaml",
+                 "train_results.json", "test_results.json"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("checkpoint-*")), "no checkpoint written"
+    assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard events"
+    resolved = yaml.safe_load((out / "args.yaml").read_text())
+    assert resolved["model"] == kind and resolved["recipe"] == "scratch" and resolved["optimizer"] == "adamw"
+    test_results = json.loads((out / "test_results.json").read_text())
+    assert 0.0 <= test_results["test_accuracy"] <= 1.0 and test_results["test_n"] == 92
+    model = AutoModelForImageClassification.from_pretrained(out)
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert model.config.id2label == {0: "normal", 1: "virus"}
+    assert processor.crop_size == {"height": 128, "width": 128}  # the scratch recipe's crop
+
+
+def test_yaml_config_stands_in_for_flags_and_flags_win(prepared_dir, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": "bit", "preset": "tiny", "learning_rate": 0.5,
+                                      "data_dir": str(prepared_dir), "output_dir": str(tmp_path / "o")}))
+    model_args, data_args, recipe_args, _, training_args = parse_args(["--config", str(config),
+                                                                       "--learning-rate", "0.25"])
+    assert model_args.model == "bit" and recipe_args.optimizer == "adam"  # bit's seed recipe
+    assert training_args.learning_rate == 0.25 and data_args.data_dir == str(prepared_dir)
+    config.write_text("lr: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key.*lr"):
+        parse_args(["--config", str(config)])
+
+
+def test_unprepared_data_dir_says_which_command_makes_one(tmp_path, capsys):
+    assert main(_run_args(tmp_path, tmp_path / "o")) == 2
+    assert "hfxray data prepare" in capsys.readouterr().err
+
+
+def test_pretrained_checkpoint_offline_fails_clearly_before_data_work(prepared_dir, tmp_path, capsys):
+    out = tmp_path / "full"
+    assert main(["--model", "vit", "--preset", "full", "--data-dir", str(prepared_dir), "--output-dir", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "google/vit-base-patch16-224-in21k" in captured.err and "To fix" in captured.err
+    assert "decoding" not in captured.err and not (out / "args.yaml").exists()
+
+
+def _env():
+    return dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_with_accelerate_launch(prepared_dir, tmp_path):
+    """`--multi_gpu --num_processes 2` with ACCELERATE_USE_CPU starts two gloo ranks (`--cpu` would start one)."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO / "scripts" / "train.py"), *_run_args(prepared_dir, out, "bit", FAST)]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train_results = json.loads((out / "train_results.json").read_text())
+    assert train_results["world_size"] == 2
+    assert train_results["global_step"] == 3  # 48 images / (8 per device x 2 processes)
+
+
+KILLING_TRAIN = textwrap.dedent("""
+    import os, signal, sys
+    from transformers import TrainerCallback
+    import hfxray.training as training
+
+    make_trainer = training._recipe_trainer_class
+
+    class KillAtStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == int(os.environ["KILL_AT_STEP"]):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def killing_trainer_class():
+        base = make_trainer()
+
+        class KillingTrainer(base):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.add_callback(KillAtStep())
+
+        return KillingTrainer
+
+    training._recipe_trainer_class = killing_trainer_class
+    sys.exit(training.main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(prepared_dir, tmp_path):
+    extra = ["--recipe", "scratch", "--num_train_epochs", "2", "--max_train_samples", "48",
+             "--per_device_train_batch_size", "8", "--report_to", "none", "--save_strategy", "steps",
+             "--eval_strategy", "steps", "--save_steps", "3", "--eval_steps", "3", "--save_total_limit", "10",
+             "--seed", "3"]
+    script = tmp_path / "killing_train.py"
+    script.write_text(KILLING_TRAIN)
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    run = lambda args, **env: subprocess.run([sys.executable, str(script), *args], env=dict(_env(), **env),
+                                             capture_output=True, text=True, timeout=600)
+    result = run(_run_args(prepared_dir, straight, "vit", extra), KILL_AT_STEP="-1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    killed = run(_run_args(prepared_dir, interrupted, "vit", extra), KILL_AT_STEP="4")  # epoch 1 has 6 steps
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (interrupted / "checkpoint-3").is_dir() and not (interrupted / "checkpoint-6").exists()
+    resumed = run(_run_args(prepared_dir, interrupted, "vit", [*extra, "--resume"]), KILL_AT_STEP="-1")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((interrupted / "train_results.json").read_text())["global_step"] == 12
+    expected = load_file(straight / "checkpoint-12" / "model.safetensors")
+    got = load_file(interrupted / "checkpoint-12" / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert (expected[name] - got[name]).abs().max().item() < 1e-6, name
