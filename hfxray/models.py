@@ -210,3 +210,12 @@ def model_family(model) -> str:
     if model_type in ("vit", "bit"):
         return model_type
     raise ValueError(f"unsupported model type {model_type!r}: hfxray handles ViT, BiT and timm hybrids")
+
+
+def load_trained(model_dir: str, **model_kwargs):
+    """(model, processor) of a trained run folder or Hub id, with one clear error when it cannot be loaded."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = _from_pretrained(AutoModelForImageClassification.from_pretrained, model_dir, **model_kwargs)
+    processor = _from_pretrained(AutoImageProcessor.from_pretrained, model_dir)
+    return model, processor

@@ -214,6 +214,24 @@ def _recipe_trainer_class():
             self.recipe = recipe
             kwargs.setdefault("compute_loss_func", LabelSmoothingCrossEntropy(recipe.label_smoothing))
             super().__init__(*args, **kwargs)
+            self._train_correct = self._train_seen = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """The usual loss, plus a running training accuracy (logged as `train_accuracy`, this process)."""
+            labels = inputs.get("labels")
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            if model.training and labels is not None:
+                logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+                self._train_correct += int((logits.argmax(-1) == labels).sum())
+                self._train_seen += int(labels.numel())
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict, *args, **kwargs) -> None:
+            if "loss" in logs and self._train_seen:
+                logs["train_accuracy"] = self._train_correct / self._train_seen
+                self._train_correct = self._train_seen = 0
+            super().log(logs, *args, **kwargs)
 
         def create_optimizer(self, model=None):
             if self.optimizer is None:
@@ -345,11 +363,29 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
                          global_step=trainer.state.global_step)
     trainer.save_metrics("train", train_metrics)
     trainer.save_state()
-    test_metrics = trainer.evaluate(splits["test"], metric_key_prefix="test")
+    test_output = trainer.predict(splits["test"], metric_key_prefix="test")
+    validation_output = trainer.predict(splits["validation"], metric_key_prefix="validation")
+    test_metrics = dict(test_output.metrics)
+    if trainer.is_world_process_zero():
+        test_metrics.update(_full_test_report(test_output, validation_output, data_args.data_dir,
+                                              dataset["test"], output_dir))
     trainer.save_metrics("test", test_metrics)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return test_metrics
+
+
+def _full_test_report(test_output, validation_output, data_dir, test_split, output_dir) -> dict:
+    """CIs (patient bootstrap), ECE and validation-fitted temperature, as `test_*` keys + a reliability PNG."""
+    from .evaluation import patient_groups, split_paths
+    from .metrics import apply_temperature, evaluation_report, plot_reliability_diagram
+
+    logits, labels = test_output.predictions, test_output.label_ids
+    report = evaluation_report(labels, logits, groups=patient_groups(data_dir, split_paths(test_split)),
+                               val_logits=validation_output.predictions, val_labels=validation_output.label_ids)
+    plot_reliability_diagram(labels, apply_temperature(logits, 1.0), Path(output_dir) / "test_reliability.png",
+                             "Reliability (test split)", probs_after=apply_temperature(logits, report["temperature"]))
+    return {f"test_{key}": value for key, value in report.items() if f"test_{key}" not in test_output.metrics}
 
 
 def _plain(value):

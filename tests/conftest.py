@@ -31,3 +31,19 @@ def prepared_dir(sample_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "coronahack"
     prepare(sample_dir, out, echo=lambda *_: None, progress=lambda items, **_: items)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(prepared_dir, tmp_path_factory) -> dict[str, Path]:
+    """Two tiny models trained briefly on the real sample (shared by evaluation, report, hub tests)."""
+    from hfxray.training import main
+
+    runs = {}
+    for kind in ("vit", "bit"):
+        out = tmp_path_factory.mktemp("runs") / kind
+        code = main(["--model", kind, "--preset", "tiny", "--recipe", "scratch", "--data-dir", str(prepared_dir),
+                     "--output-dir", str(out), "--num_train_epochs", "2", "--max_train_samples", "128",
+                     "--logging_steps", "2", "--image_size", "64", "--resize_size", "72"])
+        assert code == 0, f"training {kind} failed"
+        runs[kind] = out
+    return runs

@@ -1,0 +1,37 @@
+"""`hfxray evaluate --model DIR --data-dir PREPARED [--split test] [--out FILE.json]`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="trained run folder (config.json, model.safetensors, ...)")
+    parser.add_argument("--data-dir", required=True, help="prepared ImageFolder (hfxray data prepare)")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--out", default=None, help="JSON file (default: MODEL/SPLIT_evaluation.json); the "
+                                                     "reliability diagram is written beside it")
+    parser.add_argument("--n-resamples", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def run(args) -> int:
+    from ..data import DataError
+    from ..evaluation import evaluate_model
+    from ..models import ModelLoadError, load_trained
+
+    try:
+        model, processor = load_trained(args.model)
+        out = Path(args.out) if args.out else Path(args.model) / f"{args.split}_evaluation.json"
+        report = evaluate_model(model, processor, args.data_dir, args.split, out, args.n_resamples, args.seed)
+    except (DataError, ModelLoadError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    keys = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1", "ece", "temperature",
+            "ece_after_temperature")
+    summary = {k: report[k] for k in keys if report.get(k) is not None}
+    print(json.dumps({"split": args.split, **summary, "ci95": {k: report["ci95"][k] for k in ("accuracy", "auroc")},
+                      "out": str(out)}, indent=1))
+    return 0

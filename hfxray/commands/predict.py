@@ -1,0 +1,44 @@
+"""`hfxray predict --model DIR_OR_HUB_ID PATHS... [--out preds.csv|preds.json] [--batch-size N] [--device D]`.
+
+Exit status: 0 when at least one file was predicted (unreadable files are listed, not fatal), 1 when none could
+be, 2 for a model or output problem.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively for images)")
+    parser.add_argument("--model", required=True, help="run folder from `hfxray train`, or a Hub id owner/name")
+    parser.add_argument("--out", help="output file, .csv or .json (default: CSV on stdout)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    parser.add_argument("--device", help="torch device such as cpu or cuda:0 (default: the first GPU, else CPU)")
+
+
+def run(args) -> int:
+    from ..predict import (FOLDED_TEMPERATURE, IMAGE_EXTENSIONS, PredictError, check_output_path, expand_paths,
+                           load_classifier, predict_files, summary_line, write_predictions)
+
+    if args.batch_size < 1:
+        print(f"error: --batch-size {args.batch_size}. To fix: pass a positive number.", file=sys.stderr)
+        return 2
+    files = expand_paths(args.paths)
+    if not files:
+        print(f"error: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {', '.join(args.paths)}. To fix: pass "
+              "image files or folders that contain some.", file=sys.stderr)
+        return 1
+    try:
+        check_output_path(args.out)
+        classifier = load_classifier(args.model, device=args.device)
+    except PredictError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    temperature = getattr(classifier.model.config, FOLDED_TEMPERATURE, None)
+    if temperature:
+        print(f"probabilities temperature-scaled with T = {temperature:.4g}", file=sys.stderr)
+    predictions = predict_files(classifier, files, batch_size=args.batch_size)
+    write_predictions(predictions, args.out)
+    print(summary_line(predictions) + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
+    return 0 if any(not p.error for p in predictions) else 1

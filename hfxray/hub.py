@@ -1,0 +1,408 @@
+"""Publishing a run folder on the Hugging Face Hub: model card, access check and a curated upload.
+
+A run folder holds more than a model (checkpoints, TensorBoard events, a pickled training_args.bin). The Hub repo
+gets only what `pipeline("image-classification", model=REPO_ID)` and a reader need, with a card whose numbers are
+read from the run's own files (args.yaml, *_results.json, the prepared manifest), never typed in.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from .data import CLASS_NAMES, MANIFEST_NAME
+
+# Top-level files a Hub repo gets (README.md is written by `write_model_card`), plus *_results.json and PNG figures.
+HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "args.yaml")
+REQUIRED_FILES = ("config.json", "model.safetensors")
+# Belt and braces on top of the explicit allow-list: never checkpoints, TensorBoard events or pickles.
+NEVER_UPLOAD = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.bin", "*.pkl", "*.pickle", "*.pt", "*.pth", "*.ckpt"]
+# test_results.json key -> (model-index metric type, shown name)
+CARD_METRICS = {
+    "test_accuracy": ("accuracy", "Accuracy"),
+    "test_auroc": ("roc_auc", "AUROC"),
+    "test_sensitivity": ("recall", "Sensitivity (recall of virus)"),
+    "test_specificity": ("specificity", "Specificity (recall of normal)"),
+    "test_f1": ("f1", "F1 (virus)"),
+}
+FAMILY_TAGS = {"vit": ["vit"], "bit": ["bit", "resnetv2"], "timm_wrapper": ["timm", "vit", "resnetv2", "hybrid"]}
+BASE_TAGS = ["image-classification", "medical-imaging", "chest-x-ray", "pneumonia", "coronahack", "hfxray"]
+KAGGLE_URL = "https://www.kaggle.com/datasets/praveengovi/coronahack-chest-xraydataset"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+class HubError(Exception):
+    """A run cannot be published; the message says what to change and never contains a token."""
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _read_run(run_dir: Path) -> tuple[dict, dict]:
+    """(args.yaml, config.json) of a run folder, or HubError saying what is missing."""
+    missing = [name for name in (*REQUIRED_FILES, "args.yaml") if not (run_dir / name).is_file()]
+    if missing:
+        raise HubError(f"{run_dir}: not a finished run folder (missing {', '.join(missing)}). To fix: pass the "
+                       "--output_dir of a completed `hfxray train` run.")
+    return yaml.safe_load((run_dir / "args.yaml").read_text()) or {}, _read_json(run_dir / "config.json")
+
+
+def _base_model(args: dict) -> str | None:
+    """The pretrained Hub checkpoint, only for the `full` preset and only when it is a Hub id, not a local folder."""
+    checkpoint = args.get("pretrained_checkpoint")
+    if args.get("preset") != "full" or not checkpoint or not HUB_ID.fullmatch(checkpoint):
+        return None
+    return None if Path(checkpoint).expanduser().exists() else checkpoint
+
+
+def _test_metrics(run_dir: Path) -> dict[str, float]:
+    """The card metrics present and finite in test_results.json (a NaN AUROC of a one-class split is left out)."""
+    results = _read_json(run_dir / "test_results.json")
+    return {key: float(results[key]) for key in CARD_METRICS
+            if isinstance(results.get(key), (int, float)) and math.isfinite(results[key])}
+
+
+def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson interval of a proportion: says in one line how little a small test set pins down."""
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _split_counts(args: dict) -> tuple[dict[str, Counter], int, int] | None:
+    """(split -> class -> images, skipped rows, patient groups in test and train/validation) from the manifest."""
+    data_dir = args.get("data_dir")
+    manifest = Path(data_dir) / MANIFEST_NAME if data_dir else None
+    if manifest is None or not manifest.is_file():
+        return None
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [row for row in rows if row.get("status") == "kept"]
+    counts: dict[str, Counter] = {}
+    for row in kept:
+        counts.setdefault(row["split"], Counter())[row["label"]] += 1
+    test_groups = {row["patient_group"] for row in kept if row["split"] == "test"}
+    other_groups = {row["patient_group"] for row in kept if row["split"] != "test"}
+    return counts, len(rows) - len(kept), len(test_groups & other_groups)
+
+
+def _optimizer_text(args: dict) -> str:
+    name = args.get("optimizer", "?")
+    if name == "sgd":
+        extra = f"momentum {args.get('momentum')}{', Nesterov' if args.get('nesterov') else ''}"
+    else:
+        extra = f"betas ({args.get('adam_beta1')}, {args.get('adam_beta2')})"
+    return f"{name} ({extra}), weight decay {args.get('weight_decay')}"
+
+
+def _recipe_rows(args: dict, run_dir: Path) -> list[tuple[str, object]]:
+    processor = _read_json(run_dir / "preprocessor_config.json")
+    crop = (processor.get("crop_size") or {}).get("height", args.get("image_size"))
+    resize = (processor.get("size") or {}).get("shortest_edge", args.get("resize_size"))
+    warmup = (f"{args['warmup_steps']} steps" if args.get("warmup_steps")
+              else f"{args.get('warmup_epochs', 0)} epochs")
+    length = (f"{args['max_steps']} steps" if (args.get("max_steps") or -1) > 0
+              else f"{args.get('num_train_epochs', 0):g} epoch(s)")
+    steps = _read_json(run_dir / "train_results.json").get("global_step")
+    batch = ((args.get("per_device_train_batch_size") or 0) * (args.get("world_size") or 1)
+             * (args.get("gradient_accumulation_steps") or 1))
+    clip = args.get("max_grad_norm")
+    zoom = args.get("max_zoom") or 1.0
+    return [
+        ("recipe", f"`{args.get('recipe')}`"),
+        ("model", f"`{args.get('model_tag') or args.get('model')}`"),
+        ("optimizer", _optimizer_text(args)),
+        ("learning rate", args.get("learning_rate")),
+        ("schedule", f"{args.get('schedule')} (warm-up {warmup})"),
+        ("length", length + (f", {steps} optimizer steps" if steps else "")),
+        ("effective batch size", batch),
+        ("label smoothing", args.get("label_smoothing")),
+        ("image size", f"shortest edge resized to {resize} px, center crop {crop} x {crop} px, scaled to [-1, 1]"
+         if processor.get("image_mean") == [0.5, 0.5, 0.5] else f"resize {resize} px, crop {crop} px"),
+        ("augmentation", ", ".join([f"random zoom up to {zoom}x" if zoom > 1 else "no zoom",
+                                    "horizontal flips" if args.get("hflip") else "no flips"])),
+        ("gradient clipping", f"max norm {clip}" if clip else "none"),
+        ("precision", "bf16" if args.get("bf16") else "fp16" if args.get("fp16") else "fp32"),
+        ("seed", args.get("seed")),
+    ]
+
+
+def _data_section(args: dict, run_dir: Path) -> str:
+    lines = [
+        f"Binary `normal` (0) vs `virus` (1) labels derived from the [Kaggle CoronaHack Chest X-Ray dataset]"
+        f"({KAGGLE_URL}), which combines the paediatric Kermany et al. (2018) images with adult COVID-19/SARS images "
+        "of the Cohen et al. (2020) collection. Bacterial pneumonia and other findings are excluded. This data is "
+        "not a Hugging Face Hub dataset, so the card declares no `datasets` id; the evaluation entry names the "
+        "`imagefolder` loader the images were read with.",
+        "",
+        "**Split.** The source's TEST split is kept as the test set; the validation split is carved out of TRAIN "
+        "by patient group (Kermany patient number from the file name), so no patient group is in both train and "
+        "validation. Images without a patient id in their name (the COVID-19 figures) count as their own group.",
+        "",
+    ]
+    found = _split_counts(args)
+    if found:
+        counts, skipped, shared = found
+        lines += ["| split | " + " | ".join(CLASS_NAMES) + " | total |",
+                  "|---|" + "---:|" * (len(CLASS_NAMES) + 1)]
+        for split in ("train", "validation", "test"):
+            row = counts.get(split, Counter())
+            lines.append(f"| {split} | " + " | ".join(str(row[c]) for c in CLASS_NAMES) + f" | {sum(row.values())} |")
+        lines += ["", f"Counts from the prepared folder's manifest; {skipped} source rows were skipped (other "
+                      "classes or unreadable files, each with its reason in the manifest)."]
+        if shared:
+            lines.append(f"**Warning:** {shared} patient group(s) of the test set also appear in train/validation "
+                         "(the source's own TRAIN/TEST split shares them).")
+    else:
+        lines.append("Images used: " + ", ".join(f"{split} {args.get(f'{split}_size', '?')}"
+                                                 for split in ("train", "validation", "test"))
+                     + " (from args.yaml; the prepared manifest was not found).")
+    if args.get("max_train_samples"):
+        lines.append(f"Training used only the first {args.get('train_size')} training images "
+                     f"(--max_train_samples {args['max_train_samples']}).")
+    return "\n".join(lines)
+
+
+def _calibration_text(config: dict) -> str:
+    if config.get("folded_temperature"):
+        return (f"A temperature T = {config['folded_temperature']:.4g} fitted on the validation split is folded "
+                "into the classifier weights, so `pipeline` scores are temperature-scaled as they are.")
+    if config.get("calibration_temperature"):
+        return (f"config.json stores a temperature T = {config['calibration_temperature']:.4g} fitted on the "
+                "validation split. "
+                "`pipeline` ignores it (its scores are uncalibrated softmax outputs); `hfxray predict` applies it.")
+    return "Scores are plain softmax outputs; no temperature scaling was fitted, so they are not calibrated."
+
+
+def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float], example_id: str) -> str:
+    base_model = _base_model(args)
+    preset = args.get("preset")
+    if base_model:
+        init = (f"Fine-tuned from [`{base_model}`](https://huggingface.co/{base_model}) (ImageNet-21k "
+                "pre-training) with a new two-class head.")
+    elif preset == "full":
+        init = ("Fine-tuned from pretrained weights read from a local folder, not a Hub id, so the card declares no "
+                "`base_model`.")
+    else:
+        init = (f"Trained from random initialisation (preset `{preset}`): there is no pretrained base model, so the "
+                "card declares no `base_model`."
+                + (" The tiny preset exists for tests and demos; its scores say nothing about the method."
+                   if preset == "tiny" else ""))
+    results = _read_json(run_dir / "test_results.json")
+    n, n_positive = results.get("test_n"), results.get("test_n_positive")
+    if metrics:
+        evaluation = ["| metric (test split) | value |", "|---|---:|"]
+        evaluation += [f"| {CARD_METRICS[key][1]} | {value:.4f} |" for key, value in metrics.items()]
+        if n:
+            evaluation.append(f"\nn = {n} test images" + (f" ({n_positive} virus)." if n_positive is not None
+                                                           else "."))
+    else:
+        evaluation = ["No test_results.json in the run folder: this model was not evaluated."]
+    small = f"n = {n} test images" if n else "A few hundred test images at most"
+    if n and "test_accuracy" in metrics:
+        low, high = _wilson(metrics["test_accuracy"], int(n))
+        small += f"; the 95% Wilson interval of the accuracy is {low:.2f}-{high:.2f}"
+    small += ". One run, one seed: differences of a few points between models are noise."
+    figures = sorted(p.relative_to(run_dir).as_posix() for p in _pngs(run_dir))
+    sections = [
+        f"# {args.get('model_tag') or run_dir.name}: chest X-ray classifier, normal vs viral pneumonia",
+        f"{init} Trained with hfxray on chest X-rays labelled `normal` or `virus`.",
+        "## Intended use",
+        "Research and teaching: reproducing and comparing ViT, BiT and R50+ViT hybrid fine-tuning on chest X-rays, "
+        "and studying calibration and explanations. **Not a medical device**; not for diagnosis, triage or any "
+        "clinical decision.",
+        "## How to use",
+        f'```python\nfrom transformers import pipeline\nprint(pipeline("image-classification", model="{example_id}")'
+        '("chest_xray.jpeg"))\n```',
+        _calibration_text(config),
+        "## Training recipe",
+        "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in _recipe_rows(args, run_dir)),
+        "## Data and the patient-level split",
+        _data_section(args, run_dir),
+        "## Evaluation",
+        "\n".join(evaluation),
+        *(["## Figures", "\n".join(f"![{Path(f).stem}]({f})" for f in figures)] if figures else []),
+        "## Limitations",
+        "\n".join([
+            "- **Paediatric, single site.** The normal and most viral images come from Kermany et al. (children "
+            "aged 1-5, one hospital in Guangzhou). Nothing is known about adults, other hospitals or other scanners.",
+            "- **Shortcut risk.** The COVID-19/SARS images in the `virus` class are adult X-rays, several cropped "
+            "from figures in papers (other resolution, borders, annotations). A model can tell them apart by source, "
+            "age or image style rather than by disease; good scores do not show that it learned pneumonia.",
+            f"- **Small test set.** {small}",
+            "- **Two classes only.** Bacterial pneumonia and other findings were excluded from training; the model "
+            "will still answer `normal` or `virus` for them.",
+            "- **Not a medical device.** Outputs must not inform the care of any patient.",
+        ]),
+        "## License",
+        "Training images: Kermany et al. (CC BY 4.0) and the Cohen et al. COVID-19 collection, whose images carry "
+        "their own licenses (several CC BY-NC-SA or CC BY-NC-ND, some none stated). The code and the pretrained base "
+        "checkpoints are Apache-2.0. Check these terms before any reuse beyond research.",
+        "## Citations",
+        "- Kermany D. S. et al. Identifying Medical Diagnoses and Treatable Diseases by Image-Based Deep Learning. "
+        "Cell 172(5), 2018. doi:10.1016/j.cell.2018.02.010\n"
+        "- Cohen J. P., Morrison P., Dao L. COVID-19 image data collection. arXiv:2003.11597, 2020.",
+    ]
+    return "\n\n".join(str(section) for section in sections) + "\n"
+
+
+def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, license_id: str = "other") -> Path:
+    """Write run_dir/README.md: Hub metadata (via huggingface_hub's ModelCardData) and a card read from the run.
+
+    `license_id` defaults to "other" because the training images carry mixed, partly non-commercial licenses
+    (explained in the card); pass a Hub license id once the terms are settled.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    run_dir = Path(run_dir)
+    args, config = _read_run(run_dir)
+    metrics = _test_metrics(run_dir)
+    name = (repo_id or run_dir.resolve().name).split("/")[-1]
+    split_name = "CoronaHack chest X-ray, normal vs virus, patient-level split (test)"
+    eval_results = [
+        EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type="imagefolder",
+                   dataset_name=split_name, dataset_split="test", metric_type=CARD_METRICS[key][0],
+                   metric_name=CARD_METRICS[key][1], metric_value=value)
+        for key, value in metrics.items()
+    ]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        base_model=_base_model(args),
+        license=license_id,
+        license_name="mixed-training-data-licenses" if license_id == "other" else None,
+        tags=BASE_TAGS + FAMILY_TAGS.get(config.get("model_type", ""), []),
+        model_name=name,
+        eval_results=eval_results or None,
+    )
+    body = _card_body(run_dir, args, config, metrics, repo_id or str(run_dir))
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
+    path = run_dir / "README.md"
+    card.save(path)
+    return path
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _scrub(text: str, token: str | None) -> str:
+    """First line of an error message with the token masked (httpx errors may echo request details)."""
+    line = (text.strip().splitlines() or [""])[0][:300]
+    return line.replace(token, "***") if token else line
+
+
+def check_hub_access(token: str | None = None) -> str:
+    """Fail fast, before any training, when a push cannot work; return the Hub user name.
+
+    Checks offline mode, that a token exists (argument, HF_TOKEN or `hf auth login`), that the Hub answers and
+    accepts it, and that it is not read-only. The token is never printed: messages are scrubbed.
+    """
+    from huggingface_hub import HfApi, constants, get_token
+
+    problems = []
+    if constants.HF_HUB_OFFLINE or _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
+        problems.append("the Hugging Face Hub is switched off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set). "
+                        "To fix: unset it on a machine with network access")
+    try:
+        token = token or get_token()
+    except Exception as err:  # e.g. a failed OIDC exchange: only its type is shown, its text may hold secrets
+        raise HubError(f"cannot read the Hugging Face token ({type(err).__name__}). To fix: run `hf auth login` "
+                       "or set HF_TOKEN.") from None
+    if not token:
+        problems.append("no Hugging Face token found. To fix: run `hf auth login` or set HF_TOKEN to a token with "
+                        "write access (https://huggingface.co/settings/tokens)")
+    if problems:
+        raise HubError("cannot push to the Hub: " + "; ".join(problems) + ".")
+    try:
+        info = HfApi().whoami(token=token)
+    except Exception as err:  # httpx transport errors and HfHubHTTPError alike
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status == 401:
+            raise HubError("the Hub rejected the token (401 Unauthorized). To fix: create a new token with write "
+                           "access at https://huggingface.co/settings/tokens and run `hf auth login`.") from None
+        raise HubError(f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({type(err).__name__}: "
+                       f"{_scrub(str(err), token)}). To fix: check the network or proxy (HF_ENDPOINT).") from None
+    if ((info.get("auth") or {}).get("accessToken") or {}).get("role") == "read":
+        raise HubError("the Hugging Face token is read-only. To fix: create a token with write access at "
+                       "https://huggingface.co/settings/tokens and run `hf auth login`.")
+    return info.get("name", "")
+
+
+def prepare_push_to_hub(training_args) -> str | None:
+    """With --push_to_hub: check Hub access before training and return the full repo id to push to; else None.
+
+    The repo id is `hub_model_id` (or the output folder's name, as the Trainer does), prefixed with the user's
+    namespace when it has none.
+    """
+    if not training_args.push_to_hub:
+        return None
+    try:
+        user = check_hub_access(training_args.hub_token)
+    except HubError as err:
+        raise HubError(f"{err} Or drop --push_to_hub and publish the run later with `hfxray push "
+                       f"{training_args.output_dir} REPO_ID`.") from None
+    name = training_args.hub_model_id or Path(training_args.output_dir).absolute().name
+    return name if "/" in name else f"{user}/{name}"
+
+
+def _pngs(run_dir: Path) -> list[Path]:
+    """Figures anywhere in the run folder except checkpoints and TensorBoard logs."""
+    return [p for p in run_dir.rglob("*.png") if p.is_file()
+            and not any(part.startswith("checkpoint-") or part == "runs" for part in p.relative_to(run_dir).parts)]
+
+
+def hub_files(run_dir: str | os.PathLike) -> list[str]:
+    """The run folder's files that belong in a Hub repo, as sorted POSIX paths relative to run_dir."""
+    run_dir = Path(run_dir)
+    names = {name for name in HUB_FILES if (run_dir / name).is_file()}
+    names |= {p.name for p in run_dir.glob("*_results.json") if p.is_file()}
+    names |= {p.relative_to(run_dir).as_posix() for p in _pngs(run_dir)}
+    return sorted(names)
+
+
+def _refuse_token_leak(run_dir: Path, files: list[str], token: str) -> None:
+    for name in files:
+        if name.endswith((".json", ".yaml", ".md")) and token in (run_dir / name).read_text(errors="ignore"):
+            raise HubError(f"{run_dir / name} contains the Hugging Face token; refusing to upload it. To fix: "
+                           "remove the token from that file and revoke it.")
+
+
+def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
+             license_id: str = "other") -> list[str]:
+    """Check access, write the card, create the repo if needed and upload exactly `hub_files(run_dir)`.
+
+    Returns the uploaded paths. Checkpoints, TensorBoard events, training_args.bin and any pickle stay local.
+    """
+    from huggingface_hub import HfApi, get_token
+
+    run_dir = Path(run_dir)
+    _read_run(run_dir)
+    check_hub_access(token)
+    token = token or get_token()
+    write_model_card(run_dir, repo_id=repo_id, license_id=license_id)
+    files = hub_files(run_dir)
+    _refuse_token_leak(run_dir, files, token)
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, token=token, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=run_dir, allow_patterns=[glob.escape(f) for f in files],
+                          ignore_patterns=list(NEVER_UPLOAD), token=token,
+                          commit_message=f"Upload {run_dir.name} with hfxray")
+    except Exception as err:
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        hint = ("the token may lack write access to this namespace. To fix: use your own user or an organisation "
+                "you can write to" if status in (401, 403) else "To fix: check REPO_ID (owner/name) and the network")
+        raise HubError(f"upload to {repo_id} failed ({type(err).__name__}: {_scrub(str(err), token)}); "
+                       f"{hint}.") from None
+    return files

@@ -1,0 +1,247 @@
+"""The study's comparison report (tables, figures, a generated paragraph) from run folders' own files only.
+
+Reads per run: args.yaml (resolved config), test_results.json (metrics, CIs, calibration), TensorBoard events
+under runs/ (training curves) and the prepared folder's manifest.csv (named in args.yaml) for Table 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .data import CLASS_NAMES, SPLITS, read_manifest
+
+HYPERPARAMETERS = (
+    ("model_tag", "model"), ("recipe", "recipe"), ("pretrained_checkpoint", "weights"), ("optimizer", "optimizer"),
+    ("learning_rate", "lr"), ("schedule", "schedule"), ("num_train_epochs", "epochs"), ("max_steps", "max steps"),
+    ("per_device_train_batch_size", "batch/device"), ("gradient_accumulation_steps", "accumulation"),
+    ("weight_decay", "weight decay"), ("label_smoothing", "label smoothing"), ("image_size", "crop px"),
+    ("world_size", "processes"),
+)
+
+
+class ReportError(Exception):
+    """A run folder lacks a file the report needs; the message names it."""
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    args: dict
+    test: dict
+    curves: dict[str, list[tuple[int, float]]]
+
+
+def _events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalar series of every TensorBoard event file under run_dir/runs (later files extend earlier ones)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, dict[int, float]] = {}
+    for event_file in sorted((run_dir / "runs").rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            for event in accumulator.Scalars(tag):
+                series.setdefault(tag, {})[event.step] = event.value
+    return {tag: sorted(points.items()) for tag, points in series.items()}
+
+
+def load_run(run_dir: str | Path) -> Run:
+    run_dir = Path(run_dir)
+    missing = [n for n in ("args.yaml", "test_results.json") if not (run_dir / n).is_file()]
+    if missing:
+        raise ReportError(f"{run_dir}: missing {', '.join(missing)}. To fix: pass folders written by "
+                          "scripts/train.py (a finished run).")
+    args = yaml.safe_load((run_dir / "args.yaml").read_text())
+    test = json.loads((run_dir / "test_results.json").read_text())
+    name = f"{args.get('model_tag', run_dir.name)} / {args.get('recipe', '?')}"
+    return Run(name=name, path=run_dir, args=args, test=test, curves=_events(run_dir))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else ("—" if value is None else str(value))
+
+
+def _hyperparameter(args: dict, key: str) -> str:
+    value = args.get(key)
+    if key == "pretrained_checkpoint" and not value:
+        return "random init"
+    return f"{value:g}" if isinstance(value, float) else ("—" if value is None else str(value))
+
+
+def table1(data_dir: Path) -> str:
+    rows = read_manifest(data_dir)
+    hierarchy = Counter((r["Label"], r["Label_1_Virus_category"], r["Label_2_Virus_category"]) for r in rows
+                        if r["Label"])
+    split_counts = {s: Counter(r["label"] for r in rows if r["status"] == "kept" and r["split"] == s) for s in SPLITS}
+    first = _table(["Label", "Label_1_Virus_category", "Label_2_Virus_category", "images"],
+                   [[a or "—", b or "—", c or "—", n] for (a, b, c), n in sorted(hierarchy.items())])
+    second = _table(["split", *CLASS_NAMES, "total"],
+                    [[s, *(split_counts[s][c] for c in CLASS_NAMES), sum(split_counts[s].values())] for s in SPLITS])
+    skipped = Counter(r["reason"] for r in rows if r["status"] == "skipped")
+    skipped_text = "; ".join(f"{n} × {reason}" for reason, n in skipped.most_common()) or "none"
+    return f"{first}\n\nBinary classes per split (patient-level validation split):\n\n{second}\n\nSkipped: {skipped_text}."
+
+
+def _metric_with_ci(run: Run, metric: str) -> tuple[float | None, list | None]:
+    return run.test.get(f"test_{metric}"), (run.test.get("test_ci95") or {}).get(metric)
+
+
+def figure1(runs: list[Run], path: Path) -> Path:
+    """Test accuracy and AUROC per run with 95 % bootstrap CIs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(runs) + 2), 4.2))
+    width = 0.38
+    for offset, metric, color in ((-width / 2, "accuracy", "#4C72B0"), (width / 2, "auroc", "#DD8452")):
+        values, lows, highs = [], [], []
+        for run in runs:
+            value, ci = _metric_with_ci(run, metric)
+            values.append(value or 0.0)
+            lows.append((value or 0.0) - (ci[0] if ci and ci[0] is not None else value or 0.0))
+            highs.append((ci[1] if ci and ci[1] is not None else value or 0.0) - (value or 0.0))
+        positions = [i + offset for i in range(len(runs))]
+        ax.bar(positions, values, width, color=color, label=metric.upper() if metric == "auroc" else "accuracy")
+        ax.errorbar(positions, values, yerr=[lows, highs], fmt="none", ecolor="black", capsize=4, lw=1)
+    ax.axhline(0.5, color="gray", ls="--", lw=1, label="chance")
+    ax.set_xticks(range(len(runs)), [run.name for run in runs], rotation=15, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test split (95 % CI)")
+    ax.set_title("Figure 1 — test accuracy and AUROC")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def figure4(runs: list[Run], path: Path) -> Path:
+    """Training loss, training accuracy and validation accuracy per run, from the TensorBoard events."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("train/loss", "training loss"), ("train/train_accuracy", "training accuracy"),
+              ("eval/accuracy", "validation accuracy"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, (tag, title) in zip(axes, panels):
+        for run in runs:
+            points = run.curves.get(tag, [])
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=run.name)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(title.split()[-1])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Figure 4 — training curves (TensorBoard events)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def comparison_paragraph(runs: list[Run]) -> str:
+    """Which run wins on test AUROC (else accuracy), and whether its lead is outside the CIs."""
+    metric = "auroc" if all(_metric_with_ci(r, "auroc")[0] is not None for r in runs) else "accuracy"
+    ranked = sorted(runs, key=lambda r: _metric_with_ci(r, metric)[0] or 0.0, reverse=True)
+    best = ranked[0]
+    best_value, best_ci = _metric_with_ci(best, metric)
+    text = [f"On the test split, **{best.name}** has the highest {metric.upper() if metric == 'auroc' else metric} "
+            f"({_fmt(best_value)}, 95 % CI {_fmt(best_ci[0]) if best_ci else '—'}–{_fmt(best_ci[1]) if best_ci else '—'})."]
+    for other in ranked[1:]:
+        value, ci = _metric_with_ci(other, metric)
+        overlap = bool(best_ci and ci and best_ci[0] is not None and ci[1] is not None and ci[1] >= best_ci[0])
+        verdict = ("inside the confidence intervals: the test split cannot separate them" if overlap
+                   else "outside the confidence intervals")
+        text.append(f"{other.name} reaches {_fmt(value)}; the difference ({_fmt((best_value or 0) - (value or 0))}) "
+                    f"is {verdict}.")
+    n = best.test.get("test_n")
+    text.append(f"Intervals come from {best.test.get('test_bootstrap_unit', 'image')}-level bootstrap resampling of "
+                f"{n} test images; with so few images, differences of a few points are not evidence.")
+    return " ".join(text)
+
+
+def calibration_section(runs: list[Run], out_dir: Path) -> str:
+    import shutil
+
+    rows, images = [], []
+    for index, run in enumerate(runs):
+        rows.append([run.name, _fmt(run.test.get("test_ece")), _fmt(run.test.get("test_temperature"), 2),
+                     _fmt(run.test.get("test_ece_after_temperature")), run.args.get("label_smoothing")])
+        diagram = run.path / "test_reliability.png"
+        if diagram.is_file():
+            target = out_dir / f"reliability_{index}_{run.path.name}.png"
+            shutil.copyfile(diagram, target)
+            images.append(f"![{run.name}]({target.name})")
+    table = _table(["run", "ECE (15 bins)", "temperature (fit on validation)", "ECE after", "label smoothing"], rows)
+    return table + "\n\n" + "\n".join(images)
+
+
+def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """Write out_dir/report.md and its PNG figures; returns the Markdown path."""
+    runs = [load_run(d) for d in run_dirs]
+    if not runs:
+        raise ReportError("no run folder given. To fix: hfxray report RUN_DIR [RUN_DIR ...] --out DIR")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_dirs = sorted({str(r.args.get("data_dir")) for r in runs if r.args.get("data_dir")})
+    data_dir = next((Path(d) for d in data_dirs if (Path(d) / "manifest.csv").is_file()), None)
+    table_1 = table1(data_dir) if data_dir else "_The prepared folder named in args.yaml was not found._"
+    hyper_rows = [[run.name, *(_hyperparameter(run.args, key) for key, _ in HYPERPARAMETERS[1:])] for run in runs]
+    table_2 = _table(["run", *(label for _, label in HYPERPARAMETERS[1:])], hyper_rows)
+    metric_rows = [[run.name, *(_fmt(run.test.get(f"test_{m}")) for m in
+                                ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1")),
+                    run.test.get("test_n")] for run in runs]
+    metrics_table = _table(["run", "accuracy", "balanced acc.", "AUROC", "sensitivity", "specificity", "F1", "n"],
+                           metric_rows)
+    figure1(runs, out_dir / "figure1_test_metrics.png")
+    figure4(runs, out_dir / "figure4_training_curves.png")
+    markdown = f"""# hfxray comparison report
+
+Runs: {", ".join(f"`{r.path}`" for r in runs)}. Everything below is read from these folders.
+
+## Table 1 — data (source classes and the binary task)
+
+{table_1}
+
+## Table 2 — hyperparameters as run (from each run's args.yaml)
+
+{table_2}
+
+## Test metrics (virus = positive class)
+
+{metrics_table}
+
+![Figure 1](figure1_test_metrics.png)
+
+## Figure 4 — training curves
+
+![Figure 4](figure4_training_curves.png)
+
+## Calibration
+
+{calibration_section(runs, out_dir)}
+
+## Comparison
+
+{comparison_paragraph(runs)}
+"""
+    path = out_dir / "report.md"
+    path.write_text(markdown)
+    return path

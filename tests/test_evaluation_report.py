@@ -1,0 +1,83 @@
+"""`hfxray evaluate` and `hfxray report` on tiny runs trained on the real sample, checked independently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from hfxray.cli import main as cli_main
+from hfxray.data import read_manifest
+from hfxray.report import comparison_paragraph, load_run
+
+
+def _independent_test_predictions(run_dir: Path, prepared_dir: Path):
+    """Logits from the saved processor on each test file, without any hfxray code path."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(run_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(run_dir)
+    rows = [r for r in read_manifest(prepared_dir) if r["status"] == "kept" and r["split"] == "test"]
+    labels = np.array([0 if r["label"] == "normal" else 1 for r in rows])
+    images = [Image.open(prepared_dir / r["file"]).convert("RGB") for r in rows]
+    with torch.no_grad():
+        logits = model(**processor(images, return_tensors="pt")).logits.numpy()
+    return labels, logits
+
+
+def test_evaluate_matches_an_independent_computation(tiny_runs, prepared_dir, tmp_path, capsys):
+    run = tiny_runs["vit"]
+    out = tmp_path / "eval.json"
+    assert cli_main(["evaluate", "--model", str(run), "--data-dir", str(prepared_dir), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    labels, logits = _independent_test_predictions(run, prepared_dir)
+    probs = torch.softmax(torch.tensor(logits), -1)[:, 1].numpy()
+    assert report["n"] == len(labels) == 92 and report["n_positive"] == int(labels.sum())
+    # The cached evaluation path and the processor differ by resampling/rounding only (≤ ~0.02 in pixel values).
+    assert abs(report["accuracy"] - accuracy_score(labels, probs >= 0.5)) <= 2 / 92
+    assert report["auroc"] == pytest.approx(roc_auc_score(labels, probs), abs=0.02)
+    low, high = report["ci95"]["accuracy"]
+    assert low <= report["accuracy"] <= high and report["bootstrap_unit"] == "patient"
+    assert {"ece", "temperature", "ece_before_temperature", "ece_after_temperature"} <= set(report)
+    diagram = tmp_path / report["reliability_diagram"]
+    assert np.asarray(Image.open(diagram).convert("L")).std() > 10
+    # training's test_results.json carries the same fields and agrees on the point estimates
+    trained = json.loads((run / "test_results.json").read_text())
+    assert trained["test_accuracy"] == pytest.approx(report["accuracy"])
+    assert trained["test_auroc"] == pytest.approx(report["auroc"])
+    assert trained["test_ci95"]["accuracy"] == pytest.approx(report["ci95"]["accuracy"])
+    assert trained["test_temperature"] == pytest.approx(report["temperature"], rel=1e-3)
+
+
+def test_report_tables_figures_and_curves_from_real_event_files(tiny_runs, prepared_dir, tmp_path):
+    out = tmp_path / "report"
+    assert cli_main(["report", str(tiny_runs["vit"]), str(tiny_runs["bit"]), "--out", str(out)]) == 0
+    markdown = (out / "report.md").read_text()
+    assert "| Pnemonia | bacteria | — | 105 |" in markdown or "| Pnemonia | bacteria | — | 100 |" in markdown
+    assert "| test | 45 | 47 | 92 |" in markdown
+    assert "| vit.tiny / scratch | scratch | random init | adamw | 0.001 | onecycle | 2 |" in markdown
+    for png in ("figure1_test_metrics.png", "figure4_training_curves.png"):
+        pixels = np.asarray(Image.open(out / png).convert("L"))
+        assert pixels.std() > 10, f"{png} looks blank"
+    assert len(list(out.glob("reliability_*.png"))) == 2
+
+    run = load_run(tiny_runs["vit"])
+    log_history = json.loads((tiny_runs["vit"] / "trainer_state.json").read_text())["log_history"]
+    expected_eval = [(e["step"], e["eval_accuracy"]) for e in log_history if "eval_accuracy" in e]
+    assert [(s, pytest.approx(v, abs=1e-6)) for s, v in run.curves["eval/accuracy"]] == expected_eval
+    assert len(run.curves["train/train_accuracy"]) >= 2 and len(run.curves["train/loss"]) >= 2
+
+    runs = [load_run(tiny_runs["vit"]), load_run(tiny_runs["bit"])]
+    best = max(runs, key=lambda r: r.test["test_auroc"])
+    assert f"**{best.name}** has the highest AUROC" in comparison_paragraph(runs)
+    assert "confidence intervals" in markdown
+
+
+def test_report_names_a_missing_file(tmp_path, capsys):
+    assert cli_main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "args.yaml" in capsys.readouterr().err

@@ -1,0 +1,231 @@
+"""Model card contents, the curated upload list and the fail-fast Hub access check.
+
+No Hub server is reachable (and huggingface_hub 2.x has no local one), so pushes are exercised with fakes for
+`HfApi.whoami` / `create_repo` / `upload_folder`; the fake upload applies huggingface_hub's own pattern filter to
+the folder, so the test sees exactly the files `upload_folder` would send.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import yaml
+from huggingface_hub import HfApi, ModelCard
+
+from hfxray.cli import main
+from hfxray.hub import HubError, check_hub_access, hub_files, prepare_push_to_hub, push_run, write_model_card
+
+FAKE_TOKEN = "hf_FAKEtokenNEVERtoBEshown1234567890"
+TEST_RESULTS = {
+    "epoch": 1.0, "test_accuracy": 0.532608695652174, "test_auroc": 0.7286052009456264, "test_f1": 0.6504065040650406,
+    "test_loss": 0.6789937019348145, "test_n": 92, "test_n_positive": 47, "test_precision": 0.5263157894736842,
+    "test_sensitivity": 0.851063829787234, "test_specificity": 0.2,
+}
+MANIFEST = """file,label,split,patient_group,status,reason
+train/normal/a.jpeg,normal,train,im0001,kept,
+train/normal/b.jpeg,normal,train,im0002,kept,
+train/normal/c.jpeg,normal,train,im0003,kept,
+train/virus/d.jpeg,virus,train,person1,kept,
+validation/virus/e.jpeg,virus,validation,person2,kept,
+test/normal/f.jpeg,normal,test,im0009,kept,
+test/virus/g.jpeg,virus,test,person3,kept,
+,,,person4,skipped,excluded class: bacteria
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory) -> Path:
+    from hfxray.models import create_model
+
+    model, processor, _ = create_model("vit", "tiny")
+    folder = tmp_path_factory.mktemp("tiny_vit")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def make_run(tiny_vit: Path, tmp_path: Path, preset: str = "full", results: dict | None = TEST_RESULTS) -> Path:
+    """A run folder as `hfxray train` leaves it, with args.yaml pointing at a prepared folder's manifest."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_vit, run)
+    data_dir = tmp_path / "prepared"
+    data_dir.mkdir()
+    (data_dir / "manifest.csv").write_text(MANIFEST)
+    args = dict(model="vit", preset=preset, model_tag=f"vit.{preset}", recipe="seed", optimizer="sgd", momentum=0.9,
+                nesterov=True, learning_rate=0.01, weight_decay=1e-4, schedule="warmup_constant", warmup_epochs=3,
+                warmup_steps=0, num_train_epochs=10.0, max_steps=-1, per_device_train_batch_size=32, world_size=1,
+                gradient_accumulation_steps=1, label_smoothing=0.1, image_size=64, resize_size=None, max_zoom=1.0,
+                hflip=False, max_grad_norm=0.0, seed=42, data_dir=str(data_dir), train_size=4, validation_size=1,
+                test_size=2, hub_token="<HUB_TOKEN>",
+                pretrained_checkpoint="google/vit-base-patch16-224-in21k" if preset == "full" else None)
+    (run / "args.yaml").write_text(yaml.safe_dump(args))
+    (run / "train_results.json").write_text(json.dumps({"global_step": 140, "train_loss": 0.5}))
+    if results is not None:
+        (run / "test_results.json").write_text(json.dumps(results))
+    return run
+
+
+def test_card_metadata_model_index_and_sections(tiny_vit, tmp_path):
+    run = make_run(tiny_vit, tmp_path)
+    path = write_model_card(run, repo_id="someone/xray-vit")
+
+    card = ModelCard.load(path)
+    meta = card.data.to_dict()
+    assert meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "image-classification"
+    assert meta["base_model"] == "google/vit-base-patch16-224-in21k"
+    assert meta["license"] == "other" and meta["license_name"]
+    assert {"medical-imaging", "chest-x-ray", "vit"} <= set(meta["tags"])
+    assert "datasets" not in meta  # CoronaHack is a Kaggle dataset, not a Hub dataset id
+    [entry] = meta["model-index"]
+    [result] = entry["results"]
+    assert result["task"]["type"] == "image-classification" and result["dataset"]["split"] == "test"
+    metrics = {m["type"]: m["value"] for m in result["metrics"]}
+    assert metrics == {"accuracy": TEST_RESULTS["test_accuracy"], "roc_auc": TEST_RESULTS["test_auroc"],
+                       "recall": TEST_RESULTS["test_sensitivity"], "specificity": TEST_RESULTS["test_specificity"],
+                       "f1": TEST_RESULTS["test_f1"]}
+
+    text = card.text
+    for heading in ("## Intended use", "## Training recipe", "## Data and the patient-level split",
+                    "## Evaluation", "## Limitations"):
+        assert heading in text
+    assert "from transformers import pipeline" in text
+    assert 'pipeline("image-classification", model="someone/xray-vit")' in text
+    assert "Paediatric, single site" in text and "cropped from figures in papers" in text
+    assert "Small test set" in text and "n = 92" in text and "Not a medical device" in text
+    assert "| learning rate | 0.01 |" in text and "| label smoothing | 0.1 |" in text
+    assert "sgd (momentum 0.9, Nesterov)" in text and "center crop 64 x 64 px" in text
+    assert "| train | 3 | 1 | 4 |" in text and "| test | 1 | 1 | 2 |" in text and "1 source rows were skipped" in text
+
+
+def test_card_for_random_init_omits_base_model_and_missing_metrics(tiny_vit, tmp_path):
+    results = {**TEST_RESULTS, "test_auroc": math.nan}
+    del results["test_f1"]
+    run = make_run(tiny_vit, tmp_path, preset="tiny", results=results)
+    meta = ModelCard.load(write_model_card(run)).data.to_dict()
+    assert "base_model" not in meta
+    metric_types = {m["type"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metric_types == {"accuracy", "recall", "specificity"}
+    assert "random initialisation" in (run / "README.md").read_text()
+
+
+def test_card_without_test_results_has_no_model_index(tiny_vit, tmp_path):
+    run = make_run(tiny_vit, tmp_path, results=None)
+    meta = ModelCard.load(write_model_card(run)).data.to_dict()
+    assert "model-index" not in meta
+    assert "was not evaluated" in (run / "README.md").read_text()
+
+
+@pytest.fixture
+def online_with_fake_token(monkeypatch):
+    """Hub 'reachable' through fakes: offline mode off, a fake token in HF_TOKEN, whoami answering."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(HfApi, "whoami", lambda self, token=None, **_: {
+        "name": "tester", "auth": {"accessToken": {"role": "write"}}})
+
+
+def test_push_uploads_exactly_the_hub_files(tiny_vit, tmp_path, monkeypatch, online_with_fake_token, capsys):
+    """Fakes stand in for the Hub: no local Hub server exists for huggingface_hub 2.x."""
+    from huggingface_hub.hf_api import DEFAULT_IGNORE_PATTERNS
+    from huggingface_hub.utils import filter_repo_objects
+
+    run = make_run(tiny_vit, tmp_path)
+    for junk in ("checkpoint-14/model.safetensors", "checkpoint-14/optimizer.pt", "runs/Nov25/events.out.tfevents.1",
+                 "training_args.bin", "trainer_state.json", "extra.pkl", "checkpoint-14/figure.png"):
+        (run / junk).parent.mkdir(parents=True, exist_ok=True)
+        (run / junk).write_bytes(b"x")
+    (run / "all_results.json").write_text("{}")
+    (run / "reliability.png").write_bytes(b"png")
+    (run / "figures").mkdir()
+    (run / "figures" / "roc.png").write_bytes(b"png")
+    calls = {}
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = dict(repo_id=repo_id, **kwargs)
+
+    def fake_upload_folder(self, *, repo_id, folder_path, allow_patterns=None, ignore_patterns=None, **kwargs):
+        listing = [p.relative_to(folder_path).as_posix() for p in sorted(Path(folder_path).rglob("*")) if p.is_file()]
+        calls["uploaded"] = sorted(filter_repo_objects(listing, allow_patterns=allow_patterns,
+                                                       ignore_patterns=list(ignore_patterns) + DEFAULT_IGNORE_PATTERNS))
+        calls["upload_token"] = kwargs.get("token")
+
+    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+
+    assert main(["push", str(run), "someone/xray-vit", "--private"]) == 0
+
+    expected = ["README.md", "all_results.json", "args.yaml", "config.json", "figures/roc.png", "model.safetensors",
+                "preprocessor_config.json", "reliability.png", "test_results.json", "train_results.json"]
+    assert calls["uploaded"] == expected == hub_files(run)
+    assert calls["create_repo"]["repo_id"] == "someone/xray-vit"
+    assert calls["create_repo"]["exist_ok"] is True and calls["create_repo"]["private"] is True
+    assert calls["upload_token"] == FAKE_TOKEN  # handed to the client, never shown
+    output = capsys.readouterr()
+    assert "pushed 10 files" in output.out and FAKE_TOKEN not in output.out + output.err
+    assert "![reliability](reliability.png)" in (run / "README.md").read_text()
+
+
+def _assert_token_nowhere(text: str, folder: Path) -> None:
+    assert FAKE_TOKEN not in text
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_push_offline_fails_clearly_without_showing_the_token(tiny_vit, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    run = make_run(tiny_vit, tmp_path)
+    assert main(["push", str(run), "someone/xray-vit"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: cannot push to the Hub: the Hugging Face Hub is switched off")
+    assert "To fix" in captured.err and "Traceback" not in captured.err
+    _assert_token_nowhere(captured.out + captured.err, run)
+
+
+def test_no_token_is_a_clear_error(monkeypatch, online_with_fake_token):
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    with pytest.raises(HubError, match="no Hugging Face token found. To fix: run `hf auth login`"):
+        check_hub_access()
+
+
+def test_unreachable_hub_error_masks_the_token(monkeypatch, online_with_fake_token):
+    def refuse(self, token=None, **_):
+        raise ConnectionError(f"connection refused while sending Authorization: Bearer {token}")
+
+    monkeypatch.setattr(HfApi, "whoami", refuse)
+    with pytest.raises(HubError) as caught:
+        check_hub_access()
+    message = str(caught.value)
+    assert "cannot reach the Hugging Face Hub" in message and "To fix" in message and "***" in message
+    assert FAKE_TOKEN not in message
+
+
+def test_prepare_push_to_hub_checks_first_and_names_the_repo(monkeypatch, online_with_fake_token, tmp_path):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(push_to_hub=False, hub_token=None, hub_model_id=None, output_dir=str(tmp_path / "vit-run"))
+    assert prepare_push_to_hub(args) is None
+    args.push_to_hub = True
+    assert prepare_push_to_hub(args) == "tester/vit-run"
+    args.hub_model_id = "my-org/xray"
+    assert prepare_push_to_hub(args) == "my-org/xray"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the check runs before any training and stops it
+    with pytest.raises(HubError, match="switched off"):
+        prepare_push_to_hub(args)
+
+
+def test_push_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(HubError, match="not a finished run folder .* To fix"):
+        push_run(tmp_path, "someone/xray")

@@ -1,0 +1,173 @@
+"""`pipeline` round trip for all three model kinds, temperature folding, and `hfxray predict` on awkward files.
+
+Models are the registry's tiny presets saved with `save_pretrained`, so nothing needs the Hub or a training run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hfxray.cli import main
+from hfxray.models import create_model
+from hfxray.predict import fold_temperature_into_head, load_classifier, predict_files
+
+KINDS = ("vit", "bit", "hybrid")
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict:
+    """kind -> folder holding a tiny random model and its processor, as `hfxray train` writes them."""
+    torch.manual_seed(0)
+    dirs = {}
+    for kind in KINDS:
+        model, processor, _ = create_model(kind, "tiny")
+        folder = tmp_path_factory.mktemp(f"tiny_{kind}")
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        dirs[kind] = folder
+    return dirs
+
+
+def xray_like(seed: int = 0, size=(90, 70)) -> Image.Image:
+    """A non-square grayscale image, so that resize and center-crop both do something."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0]), dtype=np.uint8)
+    return Image.fromarray(pixels, mode="L").convert("RGB")
+
+
+def own_softmax(folder, image: Image.Image, temperature: float = 1.0) -> np.ndarray:
+    """processor(image) -> model -> softmax(logits / T), without the pipeline."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    processor = AutoImageProcessor.from_pretrained(folder)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(**processor(images=image, return_tensors="pt")).logits[0]
+    return torch.softmax(logits / temperature, dim=-1).numpy()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pipeline_scores_equal_the_models_own_softmax(model_dirs, kind):
+    from transformers import pipeline
+
+    image = xray_like()
+    scores = pipeline("image-classification", model=str(model_dirs[kind]))(image, top_k=2)
+    assert {entry["label"] for entry in scores} == {"normal", "virus"}
+    expected = own_softmax(model_dirs[kind], image)
+    got = {entry["label"]: entry["score"] for entry in scores}
+    np.testing.assert_allclose([got["normal"], got["virus"]], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_folding_temperature_divides_the_logits(kind):
+    model, _, spec = create_model(kind, "tiny")
+    model.eval()
+    pixels = torch.randn(3, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(pixel_values=pixels).logits
+        fold_temperature_into_head(model, 2.5)
+        after = model(pixel_values=pixels).logits
+    torch.testing.assert_close(after, before / 2.5, atol=1e-5, rtol=1e-5)
+    assert model.config.folded_temperature == 2.5
+
+
+def test_folding_rejects_a_non_positive_temperature():
+    model, _, _ = create_model("vit", "tiny")
+    with pytest.raises(ValueError, match="positive"):
+        fold_temperature_into_head(model, 0.0)
+
+
+def test_a_folded_and_saved_model_is_calibrated_in_plain_pipeline(model_dirs, tmp_path):
+    """What an evaluation step can publish: T in the weights, so Hub users need no hfxray code."""
+    from transformers import AutoModelForImageClassification, pipeline
+
+    model = AutoModelForImageClassification.from_pretrained(model_dirs["bit"])
+    fold_temperature_into_head(model, 3.0)
+    folder = tmp_path / "folded"
+    model.save_pretrained(folder)
+    shutil.copy(model_dirs["bit"] / "preprocessor_config.json", folder)
+
+    scores = pipeline("image-classification", model=str(folder))(xray_like(seed=2), top_k=2)
+    got = {entry["label"]: entry["score"] for entry in scores}
+    expected = own_softmax(model_dirs["bit"], xray_like(seed=2), temperature=3.0)
+    np.testing.assert_allclose([got["normal"], got["virus"]], expected, atol=1e-5)
+    assert json.loads((folder / "config.json").read_text())["folded_temperature"] == 3.0
+
+
+def test_predict_applies_a_stored_calibration_temperature(model_dirs, tmp_path):
+    """An evaluation step may store T in config.json; `pipeline` would ignore it, predict must not."""
+    from transformers import AutoConfig
+
+    folder = tmp_path / "calibrated"
+    shutil.copytree(model_dirs["vit"], folder)
+    config = AutoConfig.from_pretrained(folder)
+    config.calibration_temperature = 4.0  # `temperature` itself is refused by save_pretrained (generation param)
+    config.save_pretrained(folder)
+    image_path = tmp_path / "xray.png"
+    xray_like(seed=3).save(image_path)
+
+    [row] = predict_files(load_classifier(str(folder)), [image_path], progress=False)
+    expected = own_softmax(model_dirs["vit"], xray_like(seed=3), temperature=4.0)
+    assert row.p_virus == pytest.approx(float(expected[1]), abs=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_predict_folder_reports_unreadable_files_and_goes_on(model_dirs, sample_dir, tmp_path, capsys, suffix):
+    source = sample_dir / "Coronahack-Chest-XRay-Dataset" / "Coronahack-Chest-XRay-Dataset" / "test"
+    good = sorted(source.glob("*.jpeg"))[:3]
+    if len(good) < 3:
+        pytest.skip(f"fewer than 3 test X-rays in {source}")
+    folder = tmp_path / "inbox"
+    (folder / "nested").mkdir(parents=True)
+    for i, path in enumerate(good):
+        shutil.copy(path, (folder / "nested" if i == 0 else folder) / path.name)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG" * 10)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image extension: ignored")
+    out = tmp_path / f"preds{suffix}"
+
+    code = main(["predict", "--model", str(model_dirs["bit"]), str(folder), "--out", str(out), "--batch-size", "2"])
+
+    assert code == 0
+    if suffix == ".csv":
+        with out.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        rows = json.loads(out.read_text())
+    by_name = {os.path.basename(row["file"]): row for row in rows}
+    assert set(by_name) == {p.name for p in good} | {"corrupt.jpg", "empty.png"}
+    assert by_name["empty.png"]["error"] == "zero-byte file"
+    assert "corrupt" in by_name["corrupt.jpg"]["error"] or "not an image" in by_name["corrupt.jpg"]["error"]
+    for path in good:
+        row = by_name[path.name]
+        assert row["error"] == "" and row["label"] in ("normal", "virus")
+        p_virus, probability = float(row["p_virus"]), float(row["probability"])
+        assert probability == pytest.approx(p_virus if row["label"] == "virus" else 1 - p_virus, abs=1e-6)
+    summary = capsys.readouterr().err
+    assert "predicted 3 of 5 files; 2 unreadable" in summary and "zero-byte file" in summary
+
+
+def test_predict_exits_1_when_nothing_is_readable(model_dirs, tmp_path, capsys):
+    empty = tmp_path / "empty.jpeg"
+    empty.write_bytes(b"")
+    assert main(["predict", "--model", str(model_dirs["vit"]), str(empty)]) == 1
+    captured = capsys.readouterr()
+    assert "zero-byte file" in captured.out and "predicted 0 of 1 files" in captured.err
+
+
+def test_predict_model_and_output_errors_are_clear(model_dirs, tmp_path, capsys):
+    image_path = tmp_path / "xray.png"
+    xray_like().save(image_path)
+    assert main(["predict", "--model", str(tmp_path / "missing_run"), str(image_path)]) == 2
+    assert "no such folder. To fix" in capsys.readouterr().err
+    assert main(["predict", "--model", str(model_dirs["vit"]), str(image_path), "--out", "preds.txt"]) == 2
+    assert "To fix: end the name with .csv or .json" in capsys.readouterr().err
