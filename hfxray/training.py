@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from .data import DataError, check_prepared
+from .hub import HubError, prepare_push_to_hub, push_run
 from .models import MODEL_NAMES, PRESETS, ModelLoadError
 from .recipes import OPTIMIZERS, SCHEDULES
 
@@ -73,6 +74,9 @@ class RecipeArguments:
 class RunArguments:
     config: str | None = field(default=None, metadata={"help": "YAML file whose keys stand in for flags."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output_dir."})
+    calibrate: bool = field(default=True, metadata={
+        "help": "Fold the temperature fitted on the validation split into the saved head, so `pipeline` "
+                "probabilities are calibrated (accuracy and AUROC do not change)."})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Start over in an --output_dir that already holds checkpoints."})
 
@@ -369,6 +373,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     if trainer.is_world_process_zero():
         test_metrics.update(_full_test_report(test_output, validation_output, data_args.data_dir,
                                               dataset["test"], output_dir))
+        if run_args.calibrate:
+            from .predict import fold_temperature_into_head
+
+            fold_temperature_into_head(trainer.model, test_metrics["test_temperature"])
+            trainer.save_model()
     trainer.save_metrics("test", test_metrics)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -405,8 +414,17 @@ def main(argv: list[str] | None = None) -> int:
         model_args, data_args, recipe_args, run_args, training_args = parse_args(argv)
         if training_args.output_dir in (None, "trainer_output"):
             raise ConfigError("--output_dir is required. To fix: pass --output_dir OUT")
+        # Hub access is checked before any model or data work. The upload itself is hfxray's curated one
+        # (model card, safetensors, processor, results): the Trainer's would add the pickled
+        # training_args.bin and TensorBoard runs/ and replace the model card.
+        hub_repo = prepare_push_to_hub(training_args)
+        training_args.push_to_hub = False
         metrics = train(model_args, data_args, recipe_args, run_args, training_args)
-    except (ConfigError, DataError, ModelLoadError) as err:
+        if hub_repo and training_args.process_index == 0:
+            uploaded = push_run(training_args.output_dir, hub_repo, token=training_args.hub_token,
+                                private=bool(training_args.hub_private_repo))
+            print(f"pushed {len(uploaded)} files to https://huggingface.co/{hub_repo}")
+    except (ConfigError, DataError, ModelLoadError, HubError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -51,7 +51,11 @@ def test_evaluate_matches_an_independent_computation(tiny_runs, prepared_dir, tm
     assert trained["test_accuracy"] == pytest.approx(report["accuracy"])
     assert trained["test_auroc"] == pytest.approx(report["auroc"])
     assert trained["test_ci95"]["accuracy"] == pytest.approx(report["ci95"]["accuracy"])
-    assert trained["test_temperature"] == pytest.approx(report["temperature"], rel=1e-3)
+    # the temperature fitted on validation was folded into the saved head: the saved model's ECE is the
+    # "after temperature" ECE that training reported
+    config = json.loads((run / "config.json").read_text())
+    assert config["folded_temperature"] == pytest.approx(trained["test_temperature"])
+    assert report["ece"] == pytest.approx(trained["test_ece_after_temperature"], abs=0.02)
 
 
 def test_report_tables_figures_and_curves_from_real_event_files(tiny_runs, prepared_dir, tmp_path):

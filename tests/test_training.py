@@ -140,3 +140,10 @@ def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(prepared_di
     assert expected.keys() == got.keys()
     for name in expected:
         assert (expected[name] - got[name]).abs().max().item() < 1e-6, name
+
+
+def test_push_to_hub_without_network_fails_before_training(prepared_dir, tmp_path, capsys):
+    out = tmp_path / "push"
+    code = main(_run_args(prepared_dir, out, "vit", ["--push_to_hub", "--hub_model_id", "someone/xray"]))
+    assert code == 2
+    assert "push" in capsys.readouterr().err and not (out / "args.yaml").exists()

@@ -9,6 +9,7 @@ shows structure the model responds to rather than pixel-level tricks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +51,7 @@ def _total_variation(image: torch.Tensor) -> torch.Tensor:
 
 
 def activation_maximization(model: nn.Module, processor, target_class: int, steps: int = 200, lr: float = 0.05,
-                            tv_weight: float = 0.5, jitter: int | None = None, blur_every: int = 10,
+                            tv_weight: float = 0.5, jitter: int | None = None, blur_every: int = 10, blur_sigma: float = 0.5,
                             grayscale: bool = True, seed: int = 0) -> ActMaxResult:
     """Optimise an input to raise `target_class`'s logit of `model`; the weights are not changed.
 
@@ -96,7 +97,7 @@ def activation_maximization(model: nn.Module, processor, target_class: int, step
             optimizer.step()
             with torch.no_grad():
                 if blur_every and (step + 1) % blur_every == 0:
-                    image.copy_(gaussian_blur(image, kernel_size=3, sigma=0.5))
+                    image.copy_(gaussian_blur(image, kernel_size=2 * math.ceil(2 * blur_sigma) + 1, sigma=blur_sigma))
                 image.clamp_(0, 1)
             trajectory.append(float(target.detach()))
         end_logits = logits_of(image)

@@ -31,7 +31,10 @@ def gradcam_target(model: nn.Module) -> tuple[nn.Module, Callable | None]:
     """(target layer, reshape_transform) for `model`; the transform turns tokens into a (B, C, h, w) map."""
     family = model_family(model)
     if family == "bit":
-        return model.bit.encoder.stages[-1], None
+        # Pre-activation BiT ends with GroupNorm+ReLU after the last stage: explain that rectified map. The raw
+        # stage output is a signed residual sum whose GroupNorm couples all positions, which inverts the map.
+        norm = model.bit.norm
+        return (norm if not isinstance(norm, nn.Identity) else model.bit.encoder.stages[-1]), None
     if family == "hybrid":
         backbone = model.timm_model.patch_embed.backbone
         # R50 backbones (full preset) have stages; the R-Ti stem of the tiny/small presets is conv-norm-pool only.

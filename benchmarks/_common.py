@@ -1,0 +1,54 @@
+"""Helpers shared by the benchmark scripts: timing with repeats and medians, the real sample, a prepared copy."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = Path(os.environ.get("HFXRAY_SAMPLE_DIR", REPO.parent / "shared" / "data" / "coronahack-mini"))
+
+
+def require_sample() -> Path:
+    if not (SAMPLE / "Chest_xray_Corona_Metadata.csv").is_file():
+        sys.exit(f"the real sample is needed at {SAMPLE} (or set HFXRAY_SAMPLE_DIR)")
+    return SAMPLE
+
+
+def prepared_sample() -> Path:
+    """The sample prepared once into a temp dir (quietly)."""
+    from hfxray.data import prepare
+
+    out = Path(tempfile.mkdtemp(prefix="hfxray-bench-")) / "prepared"
+    prepare(require_sample(), out, echo=lambda *_: None, progress=lambda items, **_: items)
+    return out
+
+
+def median_time(function, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of `function()` over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved_medians(functions: dict, repeats: int = 5) -> dict[str, float]:
+    """Median times of several functions run alternately (A B A B ...), so machine noise hits both alike."""
+    for function in functions.values():
+        function()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
