@@ -177,10 +177,6 @@ def _calibration_text(config: dict) -> str:
     if config.get("folded_temperature"):
         return (f"A temperature T = {config['folded_temperature']:.4g} fitted on the validation split is folded "
                 "into the classifier weights, so `pipeline` scores are temperature-scaled as they are.")
-    if config.get("calibration_temperature"):
-        return (f"config.json stores a temperature T = {config['calibration_temperature']:.4g} fitted on the "
-                "validation split. "
-                "`pipeline` ignores it (its scores are uncalibrated softmax outputs); `hfxray predict` applies it.")
     return "Scores are plain softmax outputs; no temperature scaling was fitted, so they are not calibrated."
 
 

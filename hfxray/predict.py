@@ -2,9 +2,9 @@
 
 Files are opened with `hfxray.imaging.load_rgb`, so a corrupt or empty file becomes a row with its reason instead of
 stopping the run; the decoded images go to the pipeline in batches. The pipeline has no temperature hook (its
-postprocess is a plain softmax), so a temperature stored by evaluation as `config.calibration_temperature` is folded
-into the classifier head in memory: logits / T = (W / T) x + b / T. (Not `config.temperature`: transformers treats
-that name as a generation parameter and refuses to save such a config.)
+postprocess is a plain softmax), so training folds the validation-fitted temperature into the classifier head:
+logits / T = (W / T) x + b / T, recorded as `config.folded_temperature` (not `config.temperature`: transformers
+treats that name as a generation parameter and refuses to save such a config).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from .imaging import ImageProblem, load_rgb
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 OUTPUT_FORMATS = (".csv", ".json")
 COLUMNS = ("file", "label", "probability", "p_virus", "error")
-# config.json keys: a fitted temperature still to be applied, and the product of temperatures already in the weights.
-PENDING_TEMPERATURE = "calibration_temperature"
+# config.json key: the product of the temperatures folded into the classifier weights.
 FOLDED_TEMPERATURE = "folded_temperature"
 
 
@@ -79,7 +78,7 @@ def fold_temperature_into_head(model, temperature: float) -> None:
 
     After this, `pipeline` (and anything else reading the logits) returns temperature-scaled probabilities with no
     custom code; saving the model publishes them calibrated. `config.folded_temperature` records the product of
-    folded temperatures; a pending `config.calibration_temperature` is left alone (never store both for one model).
+    folded temperatures.
     """
     import torch
 
@@ -94,8 +93,7 @@ def fold_temperature_into_head(model, temperature: float) -> None:
 
 
 def load_classifier(model: str, device: str | None = None):
-    """`pipeline("image-classification")` for a run folder or Hub id, temperature-scaled when config.json holds a
-    `calibration_temperature`; raises PredictError with what to change."""
+    """`pipeline("image-classification")` for a run folder or Hub id; raises PredictError with what to change."""
     from transformers import pipeline
 
     path = Path(model).expanduser()
@@ -112,13 +110,6 @@ def load_classifier(model: str, device: str | None = None):
         reason = (str(err).strip().splitlines() or [""])[0][:200]
         raise PredictError(f"cannot load {model!r} ({type(err).__name__}: {reason}). To fix: check the folder or "
                            f"Hub id{hint}.") from None
-    temperature = getattr(classifier.model.config, PENDING_TEMPERATURE, None)
-    if temperature is not None and temperature != 1.0:
-        try:
-            fold_temperature_into_head(classifier.model, float(temperature))
-        except (TypeError, ValueError) as err:
-            raise PredictError(f"{model}: cannot apply {PENDING_TEMPERATURE}={temperature!r} ({err}). To fix: "
-                               f"remove or correct that key in config.json.") from None
     return classifier
 
 

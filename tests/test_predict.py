@@ -103,23 +103,6 @@ def test_a_folded_and_saved_model_is_calibrated_in_plain_pipeline(model_dirs, tm
     assert json.loads((folder / "config.json").read_text())["folded_temperature"] == 3.0
 
 
-def test_predict_applies_a_stored_calibration_temperature(model_dirs, tmp_path):
-    """An evaluation step may store T in config.json; `pipeline` would ignore it, predict must not."""
-    from transformers import AutoConfig
-
-    folder = tmp_path / "calibrated"
-    shutil.copytree(model_dirs["vit"], folder)
-    config = AutoConfig.from_pretrained(folder)
-    config.calibration_temperature = 4.0  # `temperature` itself is refused by save_pretrained (generation param)
-    config.save_pretrained(folder)
-    image_path = tmp_path / "xray.png"
-    xray_like(seed=3).save(image_path)
-
-    [row] = predict_files(load_classifier(str(folder)), [image_path], progress=False)
-    expected = own_softmax(model_dirs["vit"], xray_like(seed=3), temperature=4.0)
-    assert row.p_virus == pytest.approx(float(expected[1]), abs=1e-5)
-
-
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
 def test_predict_folder_reports_unreadable_files_and_goes_on(model_dirs, sample_dir, tmp_path, capsys, suffix):
     source = sample_dir / "Coronahack-Chest-XRay-Dataset" / "Coronahack-Chest-XRay-Dataset" / "test"
