@@ -1,0 +1,64 @@
+"""`hfxray explain --model DIR --method {gradcam,rollout,actmax} --out DIR [IMAGES...]`."""
+
+from __future__ import annotations
+
+import sys
+
+METHODS = ("gradcam", "rollout", "actmax")  # mirrors hfxray.explain.METHODS without importing torch for --help
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("images", nargs="*", help="image files or folders (searched recursively); not for actmax")
+    parser.add_argument("--model", required=True, action="append", metavar="DIR",
+                        help="trained model folder; repeat to compare models (actmax: one grid row per model)")
+    parser.add_argument("--method", required=True, choices=METHODS,
+                        help="gradcam: all kinds; rollout: vit and hybrid; actmax: all kinds")
+    parser.add_argument("--out", required=True, help="output folder for the PNGs")
+    parser.add_argument("--target-class", default=None,
+                        help="class Grad-CAM explains, by name or index (default: each image's prediction)")
+    parser.add_argument("--steps", type=int, default=200, help="activation-maximization gradient steps")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from ..explain import ExplainError, NotApplicable, check_applicable, collect_images, explain, explain_actmax, \
+        load_model
+
+    out = Path(args.out)
+    try:
+        loaded = {}
+        for model_dir in args.model:
+            model, processor = load_model(model_dir)
+            check_applicable(model, args.method)
+            name = Path(model_dir).resolve().name
+            loaded[name if name not in loaded else f"{name}-{len(loaded) + 1}"] = (model, processor)
+        if args.method == "actmax":
+            if args.images:
+                print("note: actmax starts from a gray image; the image arguments are ignored", file=sys.stderr)
+            path = explain_actmax(loaded, out / "actmax.png", steps=args.steps)
+            print(f"activation maximization for {len(loaded)} model(s) -> {path}")
+            return 0
+        if not args.images:
+            raise ExplainError(f"{args.method} needs images. To fix: add image files or folders after the options")
+        total = len(collect_images(args.images))
+        skipped: list[tuple[Path, str]] = []
+
+        def report(path: Path, reason: str) -> None:
+            skipped.append((path, reason))
+            tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
+
+        written = 0
+        for name, (model, processor) in loaded.items():
+            target = out / name if len(loaded) > 1 else out
+            written += len(explain(model, args.method, args.images, target, processor,
+                                   target_class=args.target_class, progress=True, on_skip=report, name=name))
+    except (ExplainError, NotApplicable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    bad = len({path for path, _ in skipped})
+    print(f"{args.method}: explained {total - bad} of {total} images ({written} figures), skipped {bad} unreadable "
+          f"-> {out}")
+    return 0 if written else 1

@@ -1,0 +1,92 @@
+"""PNG figures: image | heatmap | overlay per input, and the activation-maximization grid (models x classes).
+
+Drawn with matplotlib's Agg backend through the object API (no pyplot state), so figures can be made from
+worker threads and headless machines alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .actmax import ActMaxResult
+
+HEATMAP_CMAP = "jet"  # the Grad-CAM convention readers expect: blue = low, red = high
+OVERLAY_ALPHA = 0.45
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _show_image(axis, image: np.ndarray) -> None:
+    """Gray X-rays stay gray: colour maps on a 3-equal-channel image would only add noise."""
+    if image.ndim == 3 and (image == image[..., :1]).all():
+        axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        axis.imshow(image)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def _stretch(image: np.ndarray) -> np.ndarray:
+    """[0, 1] floats min-max to uint8 for display: optimised inputs stay near the gray start and look flat."""
+    low, high = float(image.min()), float(image.max())
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return ((image - low) * scale).round().astype(np.uint8)
+
+
+def save_heatmap_figure(image: np.ndarray, heatmap: np.ndarray, path: str | Path, title: str,
+                        heatmap_title: str) -> Path:
+    """Three panels (input as the model saw it | heatmap | overlay); `image` and `heatmap` share one grid."""
+    if image.shape[:2] != heatmap.shape:
+        raise ValueError(f"heatmap {heatmap.shape} does not match image {image.shape[:2]}: they would misalign")
+    figure = _new_figure(11.5, 4.3)
+    axes = figure.subplots(1, 3)
+    _show_image(axes[0], image)
+    axes[0].set_title("input (as the model sees it)")
+    shown = axes[1].imshow(heatmap, cmap=HEATMAP_CMAP, vmin=0, vmax=1)
+    axes[1].set_title(heatmap_title)
+    axes[1].set_xticks([])
+    axes[1].set_yticks([])
+    figure.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02, label="relevance (0 = none, 1 = most)")
+    _show_image(axes[2], image)
+    axes[2].imshow(heatmap, cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=OVERLAY_ALPHA)
+    axes[2].set_title("overlay")
+    figure.suptitle(title, fontsize=13)
+    path = Path(path)
+    figure.savefig(path)
+    return path
+
+
+def save_actmax_grid(results: Mapping[str, Sequence[ActMaxResult]], class_names: Sequence[str],
+                     path: str | Path) -> Path:
+    """Rows = models, columns = classes (the study's Figures 2 and 3), each titled with the logit rise."""
+    rows = list(results.items())
+    figure = _new_figure(3.3 * len(class_names) + 0.6, 3.5 * len(rows) + 0.5)
+    axes = np.atleast_2d(figure.subplots(len(rows), len(class_names), squeeze=False))
+    for row, (model_name, row_results) in enumerate(rows):
+        by_class = {result.target_class: result for result in row_results}
+        for col, class_name in enumerate(class_names):
+            axis = axes[row, col]
+            result = by_class.get(col)
+            if result is None:
+                axis.set_axis_off()
+                continue
+            _show_image(axis, _stretch(result.image_float))
+            start, end = result.start_logits[col], result.end_logits[col]
+            axis.set_title(f"{class_name}\nlogit {start:+.2f} \u2192 {end:+.2f}", fontsize=11)
+            if col == 0:
+                axis.set_ylabel(model_name, fontsize=12)
+    figure.suptitle("Activation maximization: inputs each model scores highest per class\n"
+                    "(contrast stretched per image)", fontsize=12)
+    path = Path(path)
+    figure.savefig(path)
+    return path
