@@ -136,7 +136,7 @@ def _bit(spec: ModelSpec, checkpoint: str | None):
 
         return load_bit_in21k(checkpoint or spec.checkpoint, id2label=dict(ID2LABEL), label2id=dict(LABEL2ID))
     sizes = {"tiny": dict(embedding_size=8, hidden_sizes=[8, 16, 32, 64], num_groups=4),
-             "small": dict(embedding_size=16, hidden_sizes=[32, 64, 128, 256], num_groups=8)}
+             "small": dict(embedding_size=32, hidden_sizes=[64, 128, 256, 512], num_groups=8)}
     return BitForImageClassification(BitConfig(depths=[1, 1, 1, 1], layer_type="preactivation",
                                                **sizes[spec.preset], **_labels()))
 
