@@ -9,7 +9,6 @@ epoch 2 <= 10 % of epoch 1.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -24,8 +23,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    from torchvision.transforms import CenterCrop, Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop
-    from torchvision.transforms import Resize, ToTensor
+    from torchvision.transforms import Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop
+    from torchvision.transforms import ToTensor
     from transformers import ViTConfig, ViTForImageClassification
 
     from hfxray.data import load_imagefolder

@@ -10,12 +10,14 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 # Chest X-rays are at most ~4,000 x 4,000 px; anything far beyond is a decompression bomb, not a radiograph.
 DEFAULT_MAX_PIXELS = 64_000_000
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # Modes a model processor reads as they are (grayscale is expanded to RGB by `to_rgb`).
 READY_MODES = {"L", "RGB"}
 
@@ -115,3 +117,15 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
     """`load_standard_image` then 3 channels: what every model's processor expects."""
     image = load_standard_image(path, max_pixels)
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Folders become their image files (recursively, sorted); files are kept as given, even missing ones, so that
+    each is reported rather than silently dropped."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        else:
+            files.append(path)
+    return files

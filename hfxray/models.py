@@ -75,8 +75,12 @@ def build_processor(crop_size: int, resize_size: int | None = None, image_mean=N
 def _from_pretrained(loader, checkpoint: str, **kwargs):
     """Call a `from_pretrained`, turning a missing folder or an unreachable Hub into one clear message."""
     looks_local = checkpoint.startswith((".", "/", "~")) or os.sep in checkpoint.strip("/").split("/", 1)[-1]
-    if looks_local and not Path(checkpoint).expanduser().exists():
+    folder = Path(checkpoint).expanduser()
+    if looks_local and not folder.exists():
         raise ModelLoadError(f"{checkpoint}: no such folder. To fix: pass an existing model folder or a Hub id.")
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{checkpoint}: no config.json, so not a saved model. To fix: pass the --output-dir of "
+                             "a training run, or a folder written by save_pretrained.")
     try:
         return loader(checkpoint, **kwargs)
     except (OSError, ValueError) as err:

@@ -17,11 +17,9 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 from .imaging import ImageProblem, load_rgb
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 OUTPUT_FORMATS = (".csv", ".json")
 COLUMNS = ("file", "label", "probability", "p_virus", "error")
 # config.json key: the product of the temperatures folded into the classifier weights.
@@ -41,18 +39,6 @@ class Prediction:
     probability: float | None = None
     p_virus: float | None = None
     error: str = ""
-
-
-def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Folders become their image files (recursively, sorted); files are kept as given, even missing ones, so that
-    each is reported rather than silently dropped."""
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        else:
-            files.append(path)
-    return files
 
 
 def classifier_head(model):

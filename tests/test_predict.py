@@ -19,7 +19,7 @@ from PIL import Image
 
 from hfxray.cli import main
 from hfxray.models import create_model
-from hfxray.predict import fold_temperature_into_head, load_classifier, predict_files
+from hfxray.predict import fold_temperature_into_head
 
 KINDS = ("vit", "bit", "hybrid")
 

@@ -24,7 +24,7 @@ def run(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from ..explain import ExplainError, NotApplicable, check_applicable, collect_images, explain, explain_actmax, \
+    from ..explain import ExplainError, NotApplicable, check_applicable, expand_paths, explain, explain_actmax, \
         load_model
 
     out = Path(args.out)
@@ -43,7 +43,7 @@ def run(args) -> int:
             return 0
         if not args.images:
             raise ExplainError(f"{args.method} needs images. To fix: add image files or folders after the options")
-        total = len(collect_images(args.images))
+        total = len(expand_paths(args.images))
         skipped: list[tuple[Path, str]] = []
 
         def report(path: Path, reason: str) -> None:

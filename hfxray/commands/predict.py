@@ -18,8 +18,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..predict import (FOLDED_TEMPERATURE, IMAGE_EXTENSIONS, PredictError, check_output_path, expand_paths,
-                           load_classifier, predict_files, summary_line, write_predictions)
+    from ..imaging import IMAGE_EXTENSIONS, expand_paths
+    from ..predict import (FOLDED_TEMPERATURE, PredictError, check_output_path, load_classifier, predict_files,
+                           summary_line, write_predictions)
 
     if args.batch_size < 1:
         print(f"error: --batch-size {args.batch_size}. To fix: pass a positive number.", file=sys.stderr)

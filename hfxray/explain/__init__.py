@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..imaging import ImageProblem, load_rgb
+from ..imaging import ImageProblem, expand_paths, load_rgb
 from ..models import model_family
 from .actmax import ActMaxResult, activation_maximization, input_spec
 from .figures import save_actmax_grid, save_heatmap_figure
@@ -28,11 +28,10 @@ from .rollout import NotApplicable, rollout_map
 
 METHODS = ("gradcam", "rollout", "actmax")
 APPLIES_TO = {"gradcam": ("vit", "bit", "hybrid"), "rollout": ("vit", "hybrid"), "actmax": ("vit", "bit", "hybrid")}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 __all__ = [
     "METHODS", "ActMaxResult", "ExplainError", "NotApplicable", "activation_maximization", "check_applicable",
-    "collect_images", "explain", "explain_actmax", "gradcam_map", "gradcam_target", "load_model", "resolve_class",
+    "expand_paths", "explain", "explain_actmax", "gradcam_map", "gradcam_target", "load_model", "resolve_class",
     "rollout_map",
 ]
 
@@ -43,21 +42,12 @@ class ExplainError(Exception):
 
 def load_model(model_dir: str | os.PathLike):
     """(model, processor) from a trained model folder, with a clear message instead of Hub errors."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from ..models import ModelLoadError, load_trained
 
-    folder = Path(model_dir).expanduser()
-    if not folder.is_dir():
-        raise ExplainError(f"{model_dir}: no such model folder. To fix: pass the --output-dir of a training run "
-                           "(it holds config.json and the weights)")
-    if not (folder / "config.json").is_file():
-        raise ExplainError(f"{model_dir}: no config.json, so not a saved model. To fix: pass the --output-dir of "
-                           "a training run, or save the model with save_pretrained")
     try:
-        model = AutoModelForImageClassification.from_pretrained(folder)
-        processor = AutoImageProcessor.from_pretrained(folder)
-    except (OSError, ValueError) as err:
-        raise ExplainError(f"{model_dir}: cannot load the model ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0][:200]}). To fix: re-save it with save_pretrained") from None
+        model, processor = load_trained(str(model_dir))
+    except ModelLoadError as err:
+        raise ExplainError(str(err)) from None
     return model.eval(), processor
 
 
@@ -74,17 +64,6 @@ def check_applicable(model: nn.Module, method: str) -> str:
         raise ExplainError(f"{method} does not apply to {family} models (no attention to roll out). To fix: use "
                            f"--method {' or '.join(usable)}")
     return family
-
-
-def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given (even odd ones: they are reported when opened) and image files found under folders."""
-    found: list[Path] = []
-    for entry in map(Path, paths):
-        if entry.is_dir():
-            found.extend(sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            found.append(entry)
-    return found
 
 
 def _model_and_processor(model_or_dir, processor):
@@ -146,7 +125,7 @@ def explain(model_or_dir, method: str, images: Sequence[str | os.PathLike], out_
     target_class = resolve_class(model, target_class)
     written: list[Path] = []
     used: set[Path] = set()
-    paths = collect_images(images)
+    paths = expand_paths(images)
     if progress:
         from tqdm.auto import tqdm
 
