@@ -203,7 +203,7 @@ def test_cli_errors_are_one_line_and_nonzero(model_dirs, tmp_path, capsys):
     out = str(tmp_path / "out")
     assert main(["explain", "--model", str(tmp_path / "missing"), "--method", "gradcam", "--out", out,
                  str(broken)]) == 2
-    assert "no such model folder" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
     assert main(["explain", "--model", str(model_dirs / "bit"), "--method", "rollout", "--out", out,
                  str(broken)]) == 2
     assert "rollout does not apply to bit" in capsys.readouterr().err
