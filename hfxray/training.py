@@ -410,6 +410,10 @@ def _plain(value):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of scripts/train.py and `hfxray train`."""
+    import warnings
+
+    # The Trainer asks for pinned memory by default; on a CPU-only machine torch warns once per DataLoader.
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
     try:
         model_args, data_args, recipe_args, run_args, training_args = parse_args(argv)
         if training_args.output_dir in (None, "trainer_output"):
