@@ -48,7 +48,7 @@ def main() -> None:
                 logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, use_cpu=True,
                 dataloader_pin_memory=False)
             trainer = _recipe_trainer_class()(model=copy.deepcopy(model), args=training_args, train_dataset=train,
-                                              recipe=recipe)
+                                              data_collator=train.collate, recipe=recipe)
             trainer.train()
 
         def bare_loop():
@@ -56,7 +56,7 @@ def main() -> None:
             optimizer = build_optimizer(net, "adamw", 1e-3, weight_decay=0.05)
             scheduler = build_scheduler(optimizer, "onecycle", args.steps, args.steps)
             loss_fn = LabelSmoothingCrossEntropy(0.1)
-            loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=False)
+            loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, collate_fn=train.collate)
             step = 0
             while step < args.steps:
                 for batch in loader:

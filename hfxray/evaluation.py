@@ -42,7 +42,8 @@ def predict_logits(model, dataset, batch_size: int = 64, desc: str = "predicting
     chunks = []
     with torch.no_grad():
         for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch"):
-            batch = torch.stack([dataset.pixel_values(i) for i in range(start, min(start + batch_size, len(dataset)))])
+            crops = [dataset.crop(i) for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = dataset.normalise(torch.stack(crops))
             chunks.append(model(pixel_values=batch.to(device)).logits.float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 2))
 

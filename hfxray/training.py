@@ -349,6 +349,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=processor,
+        data_collator=splits["train"].collate,  # same geometry for every split: one collator normalises all
         compute_metrics=compute_eval_metrics,
         callbacks=[_epoch_callback(splits["train"])],
         recipe=recipe_args,

@@ -56,11 +56,13 @@ def decode_split(split, resize: int, progress=None, desc: str = "decoding") -> t
 
 
 class XrayTensorDataset(torch.utils.data.Dataset):
-    """Cached images -> {"pixel_values", "labels"} for the Trainer.
+    """Cached images -> {"pixel_values": uint8 crop, "labels"}; `normalise` (or `collate`) makes the floats.
 
-    Training augmentation (light, for chest X-rays): a random zoom up to `max_zoom`, a random `crop`-sized
-    window, and horizontal flips only when `hflip` is set (the heart sits on the left: flips make anatomy
-    that never occurs, and flip the burnt-in side markers). Evaluation: the processor's center crop.
+    Normalising whole batches in `collate` instead of each sample keeps later epochs cheap. Training
+    augmentation (light, for chest X-rays): a random zoom up to `max_zoom` (a smaller window resized to the crop),
+    a random `crop`-sized window, and horizontal flips only when `hflip` is set (the heart sits on the left:
+    flips make anatomy that never occurs, and flip the burnt-in side markers). Evaluation: the processor's
+    center crop.
     """
 
     def __init__(self, images: list[torch.Tensor], labels: list[int], geometry: Geometry, train: bool = False,
@@ -68,8 +70,9 @@ class XrayTensorDataset(torch.utils.data.Dataset):
         self.images, self.labels, self.geometry = images, labels, geometry
         self.train, self.max_zoom, self.hflip = train, max_zoom, hflip
         self.seed, self.epoch = seed, 0
-        self._mean = torch.tensor(geometry.mean).view(3, 1, 1)
-        self._std = torch.tensor(geometry.std).view(3, 1, 1)
+        std = torch.tensor(geometry.std).view(1, 3, 1, 1)
+        self._scale = 1.0 / (255.0 * std)  # (x / 255 - mean) / std = x * scale + shift
+        self._shift = -torch.tensor(geometry.mean).view(1, 3, 1, 1) / std
 
     def __len__(self) -> int:
         return len(self.images)
@@ -83,23 +86,31 @@ class XrayTensorDataset(torch.utils.data.Dataset):
         # RNG only after fetching the first batch of a resumed run, which made resumed runs diverge.
         rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
         crop = self.geometry.crop
-        if self.max_zoom > 1.0:
-            zoom = rng.uniform(1.0, self.max_zoom)
-            image = TF.resize(image, [round(min(image.shape[-2:]) * zoom)], antialias=True)
+        window = round(crop / rng.uniform(1.0, self.max_zoom)) if self.max_zoom > 1.0 else crop
         height, width = image.shape[-2:]
-        top = rng.randint(0, height - crop)
-        left = rng.randint(0, width - crop)
-        image = image[:, top:top + crop, left:left + crop]
+        top = rng.randint(0, height - window)
+        left = rng.randint(0, width - window)
+        image = image[:, top:top + window, left:left + window]
+        if window != crop:
+            image = TF.resize(image, [crop, crop], antialias=True)
         if self.hflip and rng.random() < 0.5:
             image = image.flip(-1)
         return image
 
-    def pixel_values(self, index: int) -> torch.Tensor:
+    def crop(self, index: int) -> torch.Tensor:
+        """uint8 [3, crop, crop]: augmented for training, center-cropped for evaluation."""
         image = self.images[index]
         image = self._augment(image, index) if self.train else TF.center_crop(image, [self.geometry.crop])
-        if image.shape[0] == 1:
-            image = image.expand(3, -1, -1)
-        return (image.float() / 255.0 - self._mean) / self._std
+        return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+    def normalise(self, crops: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] -> the model's float input (the processor's rescale and mean/std)."""
+        return crops.float().mul_(self._scale).add_(self._shift)
 
     def __getitem__(self, index: int) -> dict:
-        return {"pixel_values": self.pixel_values(index), "labels": self.labels[index]}
+        return {"pixel_values": self.crop(index), "labels": self.labels[index]}
+
+    def collate(self, features: list[dict]) -> dict:
+        """The Trainer's `data_collator`: stack the uint8 crops and normalise the batch at once."""
+        return {"pixel_values": self.normalise(torch.stack([f["pixel_values"] for f in features])),
+                "labels": torch.tensor([f["labels"] for f in features])}
