@@ -1,7 +1,7 @@
-"""Fine-tuning with the Hugging Face Trainer: arguments, recipe loading, Trainer assembly and run files.
+"""Fine-tuning with the Hugging Face Trainer: the recipe's loss/optimizer/schedule, Trainer assembly, run files.
 
-Flags < YAML: dataclass defaults < recipe (`configs/recipes/{model}-{recipe}.yaml`) < `--config FILE.yaml`
-< command-line flags. The resolved arguments are written to OUTPUT_DIR/args.yaml.
+Each run folder gets args.yaml (the resolved arguments), TensorBoard events, checkpoints, the best model with its
+processor, train_results.json and test_results.json.
 """
 
 from __future__ import annotations
@@ -10,199 +10,15 @@ import json
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from .data import DataError, check_prepared
+from .arguments import (ConfigError, DataArguments, ModelArguments, RecipeArguments, RunArguments, parse_args,
+                        resolved_config)
+from .data import DataError
 from .hub import HubError, prepare_push_to_hub, push_run
-from .models import MODEL_NAMES, PRESETS, ModelLoadError
-from .recipes import OPTIMIZERS, SCHEDULES
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-RECIPES = ("seed", "paper", "scratch")
-
-
-class ConfigError(Exception):
-    """A bad flag or YAML value; the message says what to change."""
-
-
-@dataclass
-class ModelArguments:
-    model: str = field(default="vit", metadata={"help": f"Model kind: {', '.join(MODEL_NAMES)}."})
-    preset: str = field(default="full", metadata={
-        "help": f"{', '.join(PRESETS)}: pretrained ImageNet-21k weights, a small random model (from-scratch "
-                "control), or a tiny random model (tests/demo)."})
-    checkpoint: str | None = field(default=None, metadata={
-        "help": "Local folder or Hub id replacing the registry's pretrained weights (full preset)."})
-
-
-@dataclass
-class DataArguments:
-    data_dir: str | None = field(default=None, metadata={
-        "help": "Prepared ImageFolder from `hfxray data prepare` (train/, validation/, test/, manifest.csv)."})
-    max_train_samples: int | None = field(default=None, metadata={
-        "help": "Use only the first N training images (quick experiments and tests)."})
-
-
-@dataclass
-class RecipeArguments:
-    recipe: str = field(default="seed", metadata={
-        "help": f"Recipe name ({', '.join(RECIPES)}) read from configs/recipes/, or a YAML file path."})
-    optimizer: str = field(default="sgd", metadata={"help": f"One of {', '.join(OPTIMIZERS)}."})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
-    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum for SGD."})
-    schedule: str = field(default="warmup_constant", metadata={
-        "help": f"Learning-rate schedule: {', '.join(SCHEDULES)} (formulas in hfxray/recipes.py)."})
-    warmup_epochs: float = field(default=0.0, metadata={
-        "help": "Warm-up length in epochs; used when --warmup_steps is 0."})
-    lr_decay_gamma: float = field(default=0.9, metadata={"help": "Per-epoch factor of exponential_epoch."})
-    lr_milestones: list[int] = field(default_factory=list, metadata={
-        "help": "Steps after which bit_hyperrule divides the learning rate by 10."})
-    onecycle_pct_start: float = field(default=0.3, metadata={"help": "Fraction of steps rising, for onecycle."})
-    label_smoothing: float = field(default=0.0, metadata={"help": "alpha of the label-smoothing loss (0: plain CE)."})
-    image_size: int | None = field(default=None, metadata={
-        "help": "Crop size fed to the model (default: the preset's: 224 full, 128 small, 64 tiny)."})
-    resize_size: int | None = field(default=None, metadata={
-        "help": "Shortest edge before cropping (default: the crop size)."})
-    max_zoom: float = field(default=1.0, metadata={"help": "Training augmentation: random zoom in [1, max_zoom]."})
-    hflip: bool = field(default=False, metadata={"help": "Training augmentation: random horizontal flips."})
-
-
-@dataclass
-class RunArguments:
-    config: str | None = field(default=None, metadata={"help": "YAML file whose keys stand in for flags."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output_dir."})
-    calibrate: bool = field(default=True, metadata={
-        "help": "Fold the temperature fitted on the validation split into the saved head, so `pipeline` "
-                "probabilities are calibrated (accuracy and AUROC do not change)."})
-    overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "Start over in an --output_dir that already holds checkpoints."})
-
-
-# Trainer settings that differ from transformers' defaults for this project; recipes and flags override them.
-TRAINING_DEFAULTS = dict(
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    logging_strategy="steps",
-    logging_steps=10,
-    load_best_model_at_end=True,
-    metric_for_best_model="accuracy",
-    greater_is_better=True,
-    save_total_limit=2,
-    report_to=["tensorboard"],
-    remove_unused_columns=False,
-    dataloader_num_workers=0,
-    per_device_train_batch_size=32,
-    per_device_eval_batch_size=64,
-)
-
-
-def _dataclasses():
-    from transformers import TrainingArguments
-
-    return (ModelArguments, DataArguments, RecipeArguments, RunArguments, TrainingArguments)
-
-
-def _normalise_flags(argv: list[str]) -> list[str]:
-    """Accept `--output-dir` as well as `--output_dir` (transformers only knows the underscore spelling)."""
-    normalised = []
-    for token in argv:
-        if token.startswith("--") and len(token) > 2:
-            name, sep, value = token[2:].partition("=")
-            token = "--" + name.replace("-", "_") + sep + value
-        normalised.append(token)
-    return normalised
-
-
-def recipe_path(model: str, recipe: str) -> Path:
-    """configs/recipes/{model}-{recipe}.yaml, else configs/recipes/{recipe}.yaml, else `recipe` as a path."""
-    if recipe.endswith((".yaml", ".yml")):
-        path = Path(recipe)
-    else:
-        family = "bit" if model == "bit_in1k" else model
-        path = CONFIG_DIR / "recipes" / f"{family}-{recipe}.yaml"
-        if not path.is_file():
-            path = CONFIG_DIR / "recipes" / f"{recipe}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"recipe {recipe!r} for model {model!r}: {path} not found. To fix: use --recipe "
-                          f"{'|'.join(RECIPES)} or the path of a recipe YAML")
-    return path
-
-
-def _read_yaml(path: Path, known: set[str]) -> dict:
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read YAML ({err}). To fix: correct the file.") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of argument names to values.")
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}. To fix: use argument names as listed by "
-                          "`scripts/train.py --help` (with underscores).")
-    return values
-
-
-def parse_args(argv: list[str] | None = None):
-    """(model, data, recipe, run, training) arguments from flags, recipe YAML and --config YAML."""
-    import argparse
-
-    from transformers import HfArgumentParser
-
-    argv = _normalise_flags(list(sys.argv[1:] if argv is None else argv))
-    parser = HfArgumentParser(_dataclasses())
-    known = {f.name for dc in _dataclasses() for f in fields(dc) if f.init}
-    pre = argparse.ArgumentParser(add_help=False)
-    for name in ("config", "model", "recipe"):
-        pre.add_argument(f"--{name}")
-    early, _ = pre.parse_known_args(argv)
-    config_values = _read_yaml(Path(early.config), known) if early.config else {}
-    model = early.model or config_values.get("model", ModelArguments.model)
-    recipe = early.recipe or config_values.get("recipe", RecipeArguments.recipe)
-    recipe_values = _read_yaml(recipe_path(model, recipe), known)
-    parser.set_defaults(**{**TRAINING_DEFAULTS, **recipe_values, **config_values})
-    model_args, data_args, recipe_args, run_args, training_args = parser.parse_args_into_dataclasses(argv)
-    validate(model_args, data_args, recipe_args, training_args)
-    return model_args, data_args, recipe_args, run_args, training_args
-
-
-def validate(model_args, data_args, recipe_args, training_args) -> None:
-    """Fail before any model or data work, with what to change."""
-    if model_args.model not in MODEL_NAMES:
-        raise ConfigError(f"--model {model_args.model!r} is unknown. To fix: use one of {', '.join(MODEL_NAMES)}")
-    if model_args.preset not in PRESETS:
-        raise ConfigError(f"--preset {model_args.preset!r} is unknown. To fix: use one of {', '.join(PRESETS)}")
-    if recipe_args.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"--optimizer {recipe_args.optimizer!r}. To fix: use one of {', '.join(OPTIMIZERS)}")
-    if recipe_args.schedule not in SCHEDULES:
-        raise ConfigError(f"--schedule {recipe_args.schedule!r}. To fix: use one of {', '.join(SCHEDULES)}")
-    if not 0.0 <= recipe_args.label_smoothing < 1.0:
-        raise ConfigError(f"--label_smoothing {recipe_args.label_smoothing} must lie in [0, 1).")
-    if recipe_args.max_zoom < 1.0:
-        raise ConfigError(f"--max_zoom {recipe_args.max_zoom} must be >= 1 (1 = no zoom).")
-    if data_args.data_dir is None:
-        raise ConfigError("--data_dir is required. To fix: run `hfxray data prepare --source KAGGLE_DIR --out "
-                          "PREPARED` and pass --data_dir PREPARED")
-    try:
-        check_prepared(data_args.data_dir)
-    except DataError as err:
-        raise ConfigError(str(err)) from None
-    if recipe_args.resize_size and recipe_args.image_size and recipe_args.resize_size < recipe_args.image_size:
-        raise ConfigError(f"--resize_size {recipe_args.resize_size} is smaller than --image_size "
-                          f"{recipe_args.image_size}. To fix: resize to at least the crop size.")
-    if training_args.eval_strategy != training_args.save_strategy and training_args.load_best_model_at_end:
-        raise ConfigError("load_best_model_at_end needs --eval_strategy equal to --save_strategy.")
-
-
-def resolved_config(*argument_sets) -> dict:
-    """All arguments as plain data (the Hub token masked by TrainingArguments.to_dict)."""
-    resolved = {}
-    for arguments in argument_sets:
-        resolved.update(arguments.to_dict() if hasattr(arguments, "to_dict") else asdict(arguments))
-    return resolved
-
+from .models import ModelLoadError
 
 def _recipe_trainer_class():
     from transformers import Trainer
