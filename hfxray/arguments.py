@@ -64,6 +64,9 @@ class RecipeArguments:
         "help": "Shortest edge before cropping (default: the crop size)."})
     max_zoom: float = field(default=1.0, metadata={"help": "Training augmentation: random zoom in [1, max_zoom]."})
     hflip: bool = field(default=False, metadata={"help": "Training augmentation: random horizontal flips."})
+    average_last_epochs: int = field(default=0, metadata={
+        "help": "Final model = the average of the last N epoch checkpoints' weights (stochastic weight averaging "
+                "over the end of the schedule); 0 or 1 keeps the usual final/best model."})
 
 
 @dataclass
@@ -188,6 +191,15 @@ def validate(model_args, data_args, recipe_args, training_args) -> None:
     if recipe_args.resize_size and recipe_args.image_size and recipe_args.resize_size < recipe_args.image_size:
         raise ConfigError(f"--resize_size {recipe_args.resize_size} is smaller than --image_size "
                           f"{recipe_args.image_size}. To fix: resize to at least the crop size.")
+    if recipe_args.average_last_epochs > 1:
+        if training_args.load_best_model_at_end or training_args.save_strategy != "epoch":
+            raise ConfigError("--average_last_epochs averages the last epoch checkpoints. To fix: also pass "
+                              "--load_best_model_at_end false --save_strategy epoch")
+        limit = training_args.save_total_limit
+        if limit is not None and limit <= recipe_args.average_last_epochs:
+            raise ConfigError(f"--save_total_limit {limit} would delete checkpoints that "
+                              f"--average_last_epochs {recipe_args.average_last_epochs} needs. To fix: raise it "
+                              f"above {recipe_args.average_last_epochs}")
     if training_args.eval_strategy != training_args.save_strategy and training_args.load_best_model_at_end:
         raise ConfigError("load_best_model_at_end needs --eval_strategy equal to --save_strategy.")
 

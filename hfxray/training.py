@@ -89,6 +89,24 @@ def _recipe_trainer_class():
     return RecipeTrainer
 
 
+def _average_last_checkpoints(trainer, count: int) -> None:
+    """Load into the model the mean of the weights of the last `count` checkpoints on disk (resume-safe)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folders = sorted(Path(trainer.args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
+                     key=lambda path: int(path.name.split("-")[-1]))[-count:]
+    if len(folders) < count:
+        print(f"warning: --average_last_epochs {count}, but the run has only {len(folders)} epoch checkpoint(s): "
+              f"averaging those", file=sys.stderr)
+        count = len(folders)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    total = None
+    for folder in folders:
+        weights = type(model).from_pretrained(folder, config=model.config).state_dict()
+        total = weights if total is None else {name: total[name] + weights[name] for name in total}
+    model.load_state_dict({name: value / count for name, value in total.items()}, strict=True)
+
+
 def _epoch_callback(dataset):
     from transformers import TrainerCallback
 
@@ -179,7 +197,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
         (Path(output_dir) / "args.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=True))
 
     train_result = trainer.train(resume_from_checkpoint=resume_from)
-    trainer.save_model()  # the best model by validation accuracy (load_best_model_at_end)
+    if recipe_args.average_last_epochs > 1:
+        _average_last_checkpoints(trainer, recipe_args.average_last_epochs)
+    trainer.save_model()  # best by the validation metric (load_best_model_at_end), or the averaged weights
     train_metrics = dict(train_result.metrics, world_size=training_args.world_size,
                          global_step=trainer.state.global_step)
     trainer.save_metrics("train", train_metrics)

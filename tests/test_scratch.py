@@ -1,5 +1,5 @@
 """From-scratch control (`--preset small --recipe scratch`) on the real sample: every kind learns, and a full run
-of the best kind comes near the bar of a plain 40-line PyTorch loop (0.93 accuracy, 0.978 AUROC) within 5 minutes."""
+of the best kind reaches the bar of a plain 40-line PyTorch loop (0.93 accuracy, 0.978 AUROC) within 5 minutes."""
 
 from __future__ import annotations
 
@@ -39,6 +39,6 @@ def test_full_scratch_run_of_bit_reaches_the_bar_in_minutes(prepared_dir, tmp_pa
     print(f"bit small/scratch full run: accuracy {test['test_accuracy']:.3f}, AUROC {test['test_auroc']:.3f}, "
           f"{train['train_runtime']:.0f} s")
     assert train["train_runtime"] <= 300
-    # Measured 0.902 / 0.978 with the default seed here (seeds 1-2: 0.935 / 0.983, 0.913 / 0.985; the bar is
-    # 0.93 / 0.978). One test image is 1.1 points, so the assertion keeps a margin below the measured figures.
-    assert test["test_auroc"] >= 0.97 and test["test_accuracy"] >= 0.88
+    # Measured 0.935 / 0.982 with the default seed here (the bar: 0.93 / 0.978). One test image is 1.1 points;
+    # the margin absorbs float differences between CPUs, not a worse recipe.
+    assert test["test_auroc"] >= 0.975 and test["test_accuracy"] >= 0.91

@@ -121,7 +121,7 @@ def test_resume_after_sigkill_mid_epoch_matches_an_uninterrupted_run(prepared_di
     extra = ["--recipe", "scratch", "--num_train_epochs", "2", "--max_train_samples", "48",
              "--per_device_train_batch_size", "8", "--report_to", "none", "--save_strategy", "steps",
              "--eval_strategy", "steps", "--save_steps", "3", "--eval_steps", "3", "--save_total_limit", "10",
-             "--seed", "3"]
+             "--average_last_epochs", "0", "--load_best_model_at_end", "true", "--seed", "3"]
     script = tmp_path / "killing_train.py"
     script.write_text(KILLING_TRAIN)
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
@@ -147,3 +147,28 @@ def test_push_to_hub_without_network_fails_before_training(prepared_dir, tmp_pat
     code = main(_run_args(prepared_dir, out, "vit", ["--push_to_hub", "--hub_model_id", "someone/xray"]))
     assert code == 2
     assert "push" in capsys.readouterr().err and not (out / "args.yaml").exists()
+
+
+def test_weight_averaging_needs_epoch_checkpoints(prepared_dir, tmp_path):
+    base = _run_args(prepared_dir, tmp_path / "o", "bit", ["--recipe", "scratch"])
+    with pytest.raises(ConfigError, match="average_last_epochs"):
+        parse_args([*base, "--save_strategy", "steps", "--eval_strategy", "steps"])
+    with pytest.raises(ConfigError, match="save_total_limit"):
+        parse_args([*base, "--save_total_limit", "2"])
+
+
+def test_final_model_is_the_mean_of_the_last_epoch_checkpoints(prepared_dir, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    out = tmp_path / "averaged"
+    assert main(_run_args(prepared_dir, out, "bit", ["--recipe", "scratch", "--num_train_epochs", "3",
+                                                     "--max_train_samples", "32", "--report_to", "none"])) == 0
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))[-3:]
+    states = [AutoModelForImageClassification.from_pretrained(c).state_dict() for c in checkpoints]
+    final = AutoModelForImageClassification.from_pretrained(out)
+    folded = json.loads((out / "config.json").read_text())["folded_temperature"]  # the head also holds 1/T
+    for name, value in final.state_dict().items():
+        expected = sum(state[name] for state in states) / 3
+        if name.startswith("classifier"):
+            expected = expected / folded
+        assert (value - expected).abs().max().item() < 1e-5, name
