@@ -57,7 +57,7 @@ def applied_lrs(model: str, recipe: str, fake_prepared, tmp_path, extra: list[st
         "--model", model, "--recipe", recipe, "--data_dir", str(fake_prepared), "--output_dir", str(tmp_path / "run"),
         "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--eval_strategy", "no",
         "--save_strategy", "no", "--load_best_model_at_end", "false", "--report_to", "none",
-        "--logging_strategy", "no", "--use_cpu", "true", *extra])
+        "--logging_strategy", "no", "--use_cpu", "true", "--average_last_epochs", "0", *extra])
     recorder = RecordAppliedLr()
     trainer = _recipe_trainer_class()(model=TinyClassifier(), args=training_args, train_dataset=Samples(),
                                       callbacks=[recorder], recipe=recipe_args)
