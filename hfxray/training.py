@@ -20,6 +20,7 @@ from .data import DataError
 from .hub import HubError, prepare_push_to_hub, push_run
 from .models import ModelLoadError
 
+
 def _recipe_trainer_class():
     from transformers import Trainer
 
@@ -199,7 +200,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     if recipe_args.average_last_epochs > 1:
         _average_last_checkpoints(trainer, recipe_args.average_last_epochs)
-    trainer.save_model()  # best by the validation metric (load_best_model_at_end), or the averaged weights
     train_metrics = dict(train_result.metrics, world_size=training_args.world_size,
                          global_step=trainer.state.global_step)
     trainer.save_metrics("train", train_metrics)
@@ -214,7 +214,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
             from .predict import fold_temperature_into_head
 
             fold_temperature_into_head(trainer.model, test_metrics["test_temperature"])
-            trainer.save_model()
+    # The best model by the validation metric (load_best_model_at_end) or the averaged weights, calibrated.
+    trainer.save_model()
     trainer.save_metrics("test", test_metrics)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
