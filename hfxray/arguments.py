@@ -162,7 +162,11 @@ def parse_args(argv: list[str] | None = None):
     recipe = early.recipe or config_values.get("recipe", RecipeArguments.recipe)
     recipe_values = _read_yaml(recipe_path(model, recipe), known)
     parser.set_defaults(**{**TRAINING_DEFAULTS, **recipe_values, **config_values})
-    model_args, data_args, recipe_args, run_args, training_args = parser.parse_args_into_dataclasses(argv)
+    try:
+        model_args, data_args, recipe_args, run_args, training_args = parser.parse_args_into_dataclasses(argv)
+    except ValueError as err:  # TrainingArguments.__post_init__ checks (e.g. bf16 without a GPU): no traceback
+        raise ConfigError(f"{str(err).strip()} (from transformers' TrainingArguments). To fix: change the flag "
+                          "it names.") from None
     validate(model_args, data_args, recipe_args, training_args)
     return model_args, data_args, recipe_args, run_args, training_args
 

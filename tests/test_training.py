@@ -172,3 +172,16 @@ def test_final_model_is_the_mean_of_the_last_epoch_checkpoints(prepared_dir, tmp
         if name.startswith("classifier"):
             expected = expected / folded
         assert (value - expected).abs().max().item() < 1e-5, name
+
+
+def test_mixed_precision_and_gradient_accumulation_pass_through(prepared_dir, tmp_path, capsys):
+    out = tmp_path / "amp"
+    common = ["--recipe", "scratch", "--num_train_epochs", "1", "--max_train_samples", "64",
+              "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2", "--bf16", "true",
+              "--report_to", "none"]
+    assert main(_run_args(prepared_dir, out, "vit", common)) == 2  # bf16 needs a GPU unless --use_cpu
+    assert "use_cpu" in capsys.readouterr().err
+    assert main(_run_args(prepared_dir, out, "vit", [*common, "--use_cpu", "true"])) == 0
+    assert json.loads((out / "train_results.json").read_text())["global_step"] == 4  # 64 / (8 x 2)
+    resolved = yaml.safe_load((out / "args.yaml").read_text())
+    assert resolved["bf16"] is True and resolved["gradient_accumulation_steps"] == 2
