@@ -364,6 +364,15 @@ def read_manifest(data_dir: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def kept_counts(rows: list[dict[str, str]]) -> dict[str, Counter]:
+    """split -> label -> kept images, from manifest rows (every split present, possibly empty)."""
+    counts: dict[str, Counter] = {split: Counter() for split in SPLITS}
+    for row in rows:
+        if row["status"] == "kept":
+            counts[row["split"]][row["label"]] += 1
+    return counts
+
+
 def check_prepared(data_dir: str | os.PathLike) -> Path:
     """Raise DataError unless `data_dir` looks like the output of `hfxray data prepare`."""
     data_dir = Path(data_dir)

@@ -48,12 +48,10 @@ def predict_logits(model, dataset, batch_size: int = 64, desc: str = "predicting
     return np.concatenate(chunks) if chunks else np.zeros((0, 2))
 
 
-def load_split(data_dir, split: str, geometry):
-    """(XrayTensorDataset, labels, patient groups) for one split of a prepared folder."""
-    from .data import load_imagefolder
+def load_split(dataset, data_dir, split: str, geometry):
+    """(XrayTensorDataset, labels, patient groups) for one split of a loaded prepared folder."""
     from .transforms import XrayTensorDataset, decode_split
 
-    dataset = load_imagefolder(data_dir)
     if split not in dataset:
         raise DataError(f"{data_dir}: no {split!r} split (has {', '.join(dataset)}). To fix: choose --split "
                         "train, validation or test, or prepare with --val-fraction > 0.")
@@ -65,16 +63,18 @@ def load_split(data_dir, split: str, geometry):
 def evaluate_model(model, processor, data_dir, split: str = "test", out: str | Path | None = None,
                    n_resamples: int = 1000, seed: int = 0, title: str | None = None) -> dict:
     """Full evaluation report of `model` on `split`; writes JSON + reliability diagram when `out` is given."""
+    from .data import load_imagefolder
     from .metrics import apply_temperature, evaluation_report, plot_reliability_diagram
     from .transforms import Geometry
 
     geometry = Geometry.from_processor(processor)
-    dataset, labels, groups = load_split(data_dir, split, geometry)
-    logits = predict_logits(model, dataset, desc=f"predicting {split}")
+    dataset = load_imagefolder(data_dir)
+    split_dataset, labels, groups = load_split(dataset, data_dir, split, geometry)
+    logits = predict_logits(model, split_dataset, desc=f"predicting {split}")
     val_logits = val_labels = None
     if split != "validation":
         try:
-            val_dataset, val_labels, _ = load_split(data_dir, "validation", geometry)
+            val_dataset, val_labels, _ = load_split(dataset, data_dir, "validation", geometry)
             val_logits = predict_logits(model, val_dataset, desc="predicting validation")
         except DataError as err:  # no validation split: report without calibration, and say so
             print(f"warning: no temperature scaling ({err})")

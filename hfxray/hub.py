@@ -7,7 +7,6 @@ read from the run's own files (args.yaml, *_results.json, the prepared manifest)
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import math
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .data import CLASS_NAMES, MANIFEST_NAME
+from .data import CLASS_NAMES, MANIFEST_NAME, kept_counts, read_manifest
 
 # Top-level files a Hub repo gets (README.md is written by `write_model_card`), plus *_results.json and PNG figures.
 HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "args.yaml")
@@ -71,29 +70,16 @@ def _test_metrics(run_dir: Path) -> dict[str, float]:
             if isinstance(results.get(key), (int, float)) and math.isfinite(results[key])}
 
 
-def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson interval of a proportion: says in one line how little a small test set pins down."""
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def _split_counts(args: dict) -> tuple[dict[str, Counter], int, int] | None:
     """(split -> class -> images, skipped rows, patient groups in test and train/validation) from the manifest."""
     data_dir = args.get("data_dir")
-    manifest = Path(data_dir) / MANIFEST_NAME if data_dir else None
-    if manifest is None or not manifest.is_file():
+    if not data_dir or not (Path(data_dir) / MANIFEST_NAME).is_file():
         return None
-    with manifest.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    kept = [row for row in rows if row.get("status") == "kept"]
-    counts: dict[str, Counter] = {}
-    for row in kept:
-        counts.setdefault(row["split"], Counter())[row["label"]] += 1
+    rows = read_manifest(data_dir)
+    kept = [row for row in rows if row["status"] == "kept"]
     test_groups = {row["patient_group"] for row in kept if row["split"] == "test"}
     other_groups = {row["patient_group"] for row in kept if row["split"] != "test"}
-    return counts, len(rows) - len(kept), len(test_groups & other_groups)
+    return kept_counts(rows), len(rows) - len(kept), len(test_groups & other_groups)
 
 
 def _optimizer_text(args: dict) -> str:
@@ -205,9 +191,10 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
     else:
         evaluation = ["No test_results.json in the run folder: this model was not evaluated."]
     small = f"n = {n} test images" if n else "A few hundred test images at most"
-    if n and "test_accuracy" in metrics:
-        low, high = _wilson(metrics["test_accuracy"], int(n))
-        small += f"; the 95% Wilson interval of the accuracy is {low:.2f}-{high:.2f}"
+    accuracy_ci = (results.get("test_ci95") or {}).get("accuracy")
+    if accuracy_ci and None not in accuracy_ci:
+        small += (f"; the 95% bootstrap interval of the accuracy ({results.get('test_bootstrap_unit', 'image')}-level "
+                  f"resampling) is {accuracy_ci[0]:.2f}-{accuracy_ci[1]:.2f}")
     small += ". One run, one seed: differences of a few points between models are noise."
     figures = sorted(p.relative_to(run_dir).as_posix() for p in _pngs(run_dir))
     sections = [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .data import CLASS_NAMES, SPLITS, read_manifest
+from .data import CLASS_NAMES, SPLITS, kept_counts, read_manifest
 
 HYPERPARAMETERS = (
     ("model_tag", "model"), ("recipe", "recipe"), ("pretrained_checkpoint", "weights"), ("optimizer", "optimizer"),
@@ -84,7 +84,7 @@ def table1(data_dir: Path) -> str:
     rows = read_manifest(data_dir)
     hierarchy = Counter((r["Label"], r["Label_1_Virus_category"], r["Label_2_Virus_category"]) for r in rows
                         if r["Label"])
-    split_counts = {s: Counter(r["label"] for r in rows if r["status"] == "kept" and r["split"] == s) for s in SPLITS}
+    split_counts = kept_counts(rows)
     first = _table(["Label", "Label_1_Virus_category", "Label_2_Virus_category", "images"],
                    [[a or "—", b or "—", c or "—", n] for (a, b, c), n in sorted(hierarchy.items())])
     second = _table(["split", *CLASS_NAMES, "total"],
