@@ -12,10 +12,10 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models import model_family
+from .upsample import upsample_to_input
 
 
 class NotApplicable(ValueError):
@@ -42,14 +42,6 @@ def _token_grid(num_patches: int, size: tuple[int, int]) -> tuple[int, int]:
     if num_patches % rows:
         raise ValueError(f"{num_patches} patch tokens do not form a grid for a {size[0]}x{size[1]} input")
     return rows, num_patches // rows
-
-
-def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear to input resolution, then min-max to [0, 1] per image (the same scale as Grad-CAM)."""
-    maps = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-    low = maps.amin(dim=(1, 2), keepdim=True)
-    high = maps.amax(dim=(1, 2), keepdim=True)
-    return ((maps - low) / (high - low).clamp_min(1e-12)).cpu().numpy()
 
 
 @contextmanager
@@ -109,4 +101,4 @@ def rollout_map(model: nn.Module, pixel_values: torch.Tensor) -> np.ndarray:
                                 "--method gradcam or actmax for bit models")
     finally:
         model.train(was_training)
-    return _upsample(maps, size)
+    return upsample_to_input(maps, size)
