@@ -55,6 +55,7 @@ def _labels() -> dict:
 def build_processor(crop_size: int, resize_size: int | None = None, image_mean=None, image_std=None):
     """Resize the shortest edge to `resize_size` (default: the crop size), center-crop, normalise."""
     from transformers import BitImageProcessor
+    from transformers.image_utils import PILImageResampling
 
     mean_std = dict(MINUS_ONE_TO_ONE)
     if image_mean is not None:
@@ -62,6 +63,9 @@ def build_processor(crop_size: int, resize_size: int | None = None, image_mean=N
     return BitImageProcessor(
         do_resize=True,
         size={"shortest_edge": resize_size or crop_size},
+        # Bilinear, as hfxray's cached training/evaluation tensors are resized (`transforms.decode_resized`), so
+        # `pipeline` sees the same pixels; BitImageProcessor's default is bicubic.
+        resample=PILImageResampling.BILINEAR,
         do_center_crop=True,
         crop_size={"height": crop_size, "width": crop_size},
         do_rescale=True,
