@@ -185,3 +185,22 @@ def test_mixed_precision_and_gradient_accumulation_pass_through(prepared_dir, tm
     assert json.loads((out / "train_results.json").read_text())["global_step"] == 4  # 64 / (8 x 2)
     resolved = yaml.safe_load((out / "args.yaml").read_text())
     assert resolved["bf16"] is True and resolved["gradient_accumulation_steps"] == 2
+
+
+@pytest.mark.parametrize("kind", ["vit", "bit", "hybrid"])
+def test_flop_estimate_counts_parameters_once_and_agrees_with_the_trainer(kind, tmp_path):
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from hfxray.models import create_model
+    from hfxray.training import RecipeArguments, _recipe_trainer_class
+
+    model, _, _ = create_model(kind, "tiny")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = _recipe_trainer_class()(model=model, args=args, recipe=RecipeArguments())
+    inputs = {"pixel_values": torch.zeros(4, 3, 64, 64), "labels": torch.zeros(4, dtype=torch.long)}
+    expected = Trainer.floating_point_ops(trainer, inputs)
+    assert expected > 0
+    assert trainer.floating_point_ops(inputs) == expected
+    model.num_parameters = lambda **_: 0  # counted once: a second call must not count again
+    assert trainer.floating_point_ops(inputs) == expected
