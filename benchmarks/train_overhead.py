@@ -3,7 +3,10 @@ schedule, steps), for the tiny and the small preset. Both sides are timed in ste
 WARM to the end of the last step: one-off costs (Trainer construction, the Trainer's final gc.collect, about
 0.3 s here) are left out of both. Goal: ratio >= 0.95.
 
-    python benchmarks/train_overhead.py [--steps 40] [--repeats 3]
+Like `hfxray train` on CPU, the process first keeps freed memory (`hfxray.cpu_memory`); `--default-allocator`
+leaves glibc's default, under which the Trainer page-faults its activation memory in again at every step.
+
+    python benchmarks/train_overhead.py [--steps 100] [--repeats 3] [--default-allocator]
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--default-allocator", action="store_true", help="skip hfxray's CPU allocator setting")
     args = parser.parse_args()
+    if not args.default_allocator:
+        from hfxray.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()
+    allocator = "default allocator" if args.default_allocator else "kept memory"
 
     from transformers import TrainingArguments
 
@@ -100,7 +109,7 @@ def main() -> None:
 
         times = interleaved_medians({"trainer": trainer_path, "bare": bare_loop}, repeats=args.repeats)
         trainer_rate, bare_rate = samples / times["trainer"], samples / times["bare"]
-        print(f"train overhead {kind}.{preset}: trainer {trainer_rate:.1f} samples/s, bare loop {bare_rate:.1f} "
+        print(f"train overhead {kind}.{preset} ({allocator}): trainer {trainer_rate:.1f} samples/s, bare loop {bare_rate:.1f} "
               f"samples/s, ratio {trainer_rate / bare_rate:.3f} (goal >= 0.95)")
 
 
