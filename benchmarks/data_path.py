@@ -10,7 +10,6 @@ DataLoader workers (`--dataloader_num_workers`), its own way of using the cores.
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
@@ -31,7 +30,7 @@ def main() -> None:
 
     from hfxray.data import load_imagefolder
     from hfxray.models import build_processor
-    from hfxray.transforms import Geometry, XrayTensorDataset, decode_split
+    from hfxray.transforms import Geometry, XrayTensorDataset, available_cores, decode_split
 
     train = load_imagefolder(prepared_sample())["train"]
     n = len(train)
@@ -58,7 +57,7 @@ def main() -> None:
     example_dataset = train.with_transform(example_transform)
     example_loader = torch.utils.data.DataLoader(example_dataset, batch_size=args.batch_size, shuffle=True,
                                                  collate_fn=example_collate)
-    cores = len(os.sched_getaffinity(0))
+    cores = available_cores()
     example_loader_workers = torch.utils.data.DataLoader(example_dataset, batch_size=args.batch_size, shuffle=True,
                                                          collate_fn=example_collate, num_workers=cores)
 

@@ -32,11 +32,13 @@ def measured_matmul_tflops(device: str, size: int = 2048, repeats: int = 5) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 128 on a GPU, 8 on the CPU")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps; default: 30 on a GPU, 3 on the CPU")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (>= 1); default: 30 on a GPU, 3 on the CPU")
     parser.add_argument("--warmup", type=int, default=None, help="default: 10 on a GPU, 1 on the CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the card")
     args = parser.parse_args()
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be at least 1")
 
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import ViTConfig, ViTForImageClassification
@@ -44,7 +46,8 @@ def main() -> None:
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
     batch_size = args.batch_size or (128 if on_gpu else 8)
-    steps, warmup = args.steps or (30 if on_gpu else 3), args.warmup or (10 if on_gpu else 1)
+    steps = args.steps if args.steps is not None else (30 if on_gpu else 3)
+    warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 1)
     if on_gpu:
         name = torch.cuda.get_device_name()
         peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
@@ -88,7 +91,7 @@ def main() -> None:
     seconds = (time.perf_counter() - start) / steps
     achieved = flops_per_step / seconds / 1e12
     reference = "peak" if on_gpu else "measured bf16 matmul"
-    print(f"gpu {label} bf16 train on {name}: {batch_size / seconds:.1f} samples/s, "
+    print(f"{'gpu' if on_gpu else 'cpu smoke'} {label} bf16 train on {name}: {batch_size / seconds:.1f} samples/s, "
           f"{flops_per_step / batch_size / 1e9:.1f} GFLOP/sample (fwd+bwd), {achieved:.3g} TFLOP/s achieved"
           + (f", MFU {achieved / peak:.3f} of {peak:.3g} TFLOP/s {reference}" if peak else
              ", MFU: pass --peak-tflops"))

@@ -1,6 +1,6 @@
 """Inference: `pipeline("image-classification")` with batching vs a raw batched forward of the same model on the
-same images, both through the model's own processor (the pipeline one image at a time, the raw side a batch
-at a time). Run for the small presets and for the study's full-size architectures with random weights (no
+same images, both through the model's own processor (the pipeline preprocesses one image at a time and
+batches the forward; the raw side does both a batch at a time). Run for the small presets and for the study's full-size architectures with random weights (no
 download), whose per-image compute is what users wait for. Goal: ratio >= 0.9.
 
     python benchmarks/inference.py [--repeats 3] [--images 32]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import resource
 import subprocess
 import sys
 
@@ -39,6 +38,7 @@ def minor_faults(mode: str) -> int:
                               text=True).stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt tuning exists only in glibc")
 def test_kept_memory_is_not_faulted_in_again_each_step():
     default, kept = minor_faults("default"), minor_faults("keep")

@@ -29,8 +29,12 @@ def test_a_single_hot_cell_peaks_at_its_centre(top_left_anchored, centre):
     assert upsampled.min() == 0 and upsampled.max() == 1
 
 
-def test_a_single_cell_map_is_flat():
-    assert np.ptp(upsample_to_input(torch.ones(2, 1, 1), (8, 8))) == 0
+def test_a_one_row_map_spreads_over_its_columns_and_holds_the_rows():
+    maps = torch.tensor([[[0.0, 1.0]]])  # 1 x 2 cells on an 8 x 8 input: stride 8 x 4
+    upsampled = upsample_to_input(maps, (8, 8))[0]
+    assert np.ptp(upsampled, axis=0).max() == 0  # one row of cells: every pixel row is the same
+    # centred cells at x = 1.5 and 5.5: 0 up to the first centre, 1 from the second, linear between
+    np.testing.assert_allclose(upsampled[0], [0, 0, 0.125, 0.375, 0.625, 0.875, 1, 1], atol=1e-6)
 
 
 def test_bit_cells_sit_on_their_top_left_pixel():

@@ -30,22 +30,29 @@ def test_evaluation_tensors_equal_the_processor_output(prepared_dir, crop):
 
 def test_center_crop_rounds_offsets_down_like_the_processors():
     image = torch.arange(5 * 8).reshape(1, 5, 8)
-    assert center_crop(image, 2).tolist() == [[[11, 12], [19, 20]]]  # rows 1-2, columns 3-4 (torchvision: 2-3)
+    assert center_crop(image, 2).tolist() == [[[11, 12], [19, 20]]]  # rows 1-2, columns 3-4 (torchvision: rows 2-3)
+    with pytest.raises(ValueError, match="cannot be center-cropped"):
+        center_crop(image, 6)
 
 
 def test_decoding_keeps_split_order_and_converts_modes(tmp_path):
     from datasets import Dataset, Features, Image as ImageFeature, Value
 
+    from hfxray.transforms import decode_resized
+
     rng = np.random.default_rng(0)
+    modes = ["L", "RGB", "RGBA", "I;16", "P", "CMYK"]
+    channels = {"L": 1, "I;16": 1, "RGB": 3, "RGBA": 3, "P": 3, "CMYK": 3}
     paths = []
-    for index, mode in enumerate(["L", "RGB", "RGBA", "I;16", "P"]):
-        array = rng.integers(0, 255, (40 + index, 30), dtype=np.uint8)
-        image = Image.fromarray(array).convert(mode) if mode != "I;16" else Image.fromarray(array.astype(np.uint16) * 257)
-        paths.append(str(tmp_path / f"{index}.png"))
+    for index, mode in enumerate(modes):
+        array = rng.integers(0, 255, (30 + 10 * index, 30), dtype=np.uint8)  # a different height for each image
+        image = Image.fromarray(array.astype(np.uint16) * 257) if mode == "I;16" else Image.fromarray(array).convert(mode)
+        paths.append(str(tmp_path / f"{index}.{'jpg' if mode == 'CMYK' else 'png'}"))
         image.save(paths[-1])
-    split = Dataset.from_dict({"image": paths, "label": [0, 1, 0, 1, 1]},
+    split = Dataset.from_dict({"image": paths, "label": [0, 1, 0, 1, 1, 0]},
                               features=Features({"image": ImageFeature(), "label": Value("int64")}))
     images, labels = decode_split(split, 16, progress=lambda items, **_: items)
-    assert labels == [0, 1, 0, 1, 1]
-    assert [tuple(t.shape[-2:]) for t in images] == [(int(16 * (40 + i) / 30), 16) for i in range(5)]
-    assert all(t.dtype == torch.uint8 and t.shape[0] in (1, 3) for t in images)
+    assert labels == [0, 1, 0, 1, 1, 0]
+    for index, (mode, decoded) in enumerate(zip(modes, images)):
+        assert decoded.dtype == torch.uint8 and decoded.shape == (channels[mode], int(16 * (30 + 10 * index) / 30), 16)
+        assert torch.equal(decoded, decode_resized(split[index]["image"], 16)), f"image {index} ({mode}) out of order"

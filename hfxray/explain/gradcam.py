@@ -26,8 +26,11 @@ class GradCamTarget:
     layer: nn.Module
     # Turns (B, tokens, C) into (B, C, h, w) given the input (height, width); None for conv feature maps.
     reshape: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
-    # BiT pads every strided conv / pool by (k - 1) / 2, so cell i is centred on input pixel stride * i. The
-    # hybrid's TF-"same" stem is centred within 1.5 px of the middle of its cell, and ViT patches exactly.
+    # BiT pads every strided conv / pool by (k - 1) / 2, so cell i is centred on input pixel stride * i (both its
+    # residual paths agree). ViT patches are centred exactly. The hybrid pads TF-"same": a dot probe put its stem
+    # cells (tiny/small presets, stride 4) 1.5 px past their middle, and the R50's stride-16 cells (full preset)
+    # 3 px past their top-left pixel along the residual shortcut but 15 px along the 3x3 path; the middle (7.5)
+    # lies between, so the hybrid keeps the plain placement.
     top_left_anchored: bool = False
 
 

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 def _source_coordinates(cells: int, pixels: int, top_left_anchored: bool) -> torch.Tensor:
     """For each output pixel, its position on the cell grid (cell i centred at i), for `grid_sample`'s [-1, 1]."""
+    if cells == 1:
+        return torch.zeros(pixels)
     stride = pixels / cells
     centre_of_cell_zero = 0.0 if top_left_anchored else (stride - 1) / 2
     position = (torch.arange(pixels, dtype=torch.float32) - centre_of_cell_zero) / stride
-    if cells == 1:
-        return torch.zeros(pixels)
     return position / (cells - 1) * 2 - 1  # align_corners=True convention: -1 is cell 0's centre, 1 the last's
 
 
@@ -28,8 +28,10 @@ def upsample_to_input(maps: torch.Tensor | np.ndarray, size: tuple[int, int], to
     """(B, h, w) cell maps -> (B, H, W) bilinear maps in [0, 1] (min-max per image), edges held at the border cell.
 
     `top_left_anchored`: the cells of a "same"-padded strided CNN (BiT) are centred on their top-left input pixel.
+    The stride is taken as input size / cells, so the input must be a multiple of the network's stride (the
+    processors' crops, 64 / 128 / 224 px, are).
     """
-    maps = torch.as_tensor(maps, dtype=torch.float32)
+    maps = torch.as_tensor(maps).detach().float().cpu()
     batch, cells_y, cells_x = maps.shape
     grid_y = _source_coordinates(cells_y, size[0], top_left_anchored)
     grid_x = _source_coordinates(cells_x, size[1], top_left_anchored)
