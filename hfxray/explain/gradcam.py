@@ -103,4 +103,4 @@ def gradcam_map(model: nn.Module, pixel_values: torch.Tensor, target_class: int 
     finally:
         model.zero_grad(set_to_none=True)  # Grad-CAM backpropagates into the weights; leave no stale gradients
         model.train(was_training)
-    return np.clip(upsample_to_input(cell_maps, (height, width), target.top_left_anchored), 0.0, 1.0)
+    return upsample_to_input(cell_maps, (height, width), target.top_left_anchored)  # already in [0, 1]
