@@ -11,13 +11,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = Path(os.environ.get("HFXRAY_SAMPLE_DIR", REPO.parent / "shared" / "data" / "coronahack-mini"))
 
 
 def require_sample() -> Path:
-    if not (SAMPLE / "Chest_xray_Corona_Metadata.csv").is_file():
-        sys.exit(f"the real sample is needed at {SAMPLE} (or set HFXRAY_SAMPLE_DIR)")
-    return SAMPLE
+    from hfxray.env import expected_sample_dir, sample_dir
+
+    found = sample_dir()
+    if found is None:
+        sys.exit(f"the real sample is needed at {expected_sample_dir()} (or set HFXRAY_SAMPLE_DIR)")
+    return found
 
 
 def prepared_sample() -> Path:

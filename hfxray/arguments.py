@@ -13,14 +13,17 @@ from pathlib import Path
 import yaml
 
 from .data import DataError, check_prepared
+from .errors import HfxrayError
 from .models import MODEL_NAMES, PRESETS
 from .recipes import OPTIMIZERS, SCHEDULES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = ("seed", "paper", "scratch")
+# Models that share recipe files: the hybrid is fine-tuned as ViT is (the study and ViT's paper did so).
+RECIPE_FAMILY = {"bit_in1k": "bit", "hybrid": "vit"}
 
 
-class ConfigError(Exception):
+class ConfigError(HfxrayError):
     """A bad flag or YAML value; the message says what to change."""
 
 
@@ -64,6 +67,9 @@ class RecipeArguments:
         "help": "Shortest edge before cropping (default: the crop size)."})
     max_zoom: float = field(default=1.0, metadata={"help": "Training augmentation: random zoom in [1, max_zoom]."})
     hflip: bool = field(default=False, metadata={"help": "Training augmentation: random horizontal flips."})
+    bit_hyperrule: bool = field(default=False, metadata={
+        "help": "Derive the schedule length, warm-up, decay steps, resolution and learning rate from the prepared "
+                "data with BiT-HyperRule (hfxray/recipes.py); explicit flags still win."})
     average_last_epochs: int = field(default=0, metadata={
         "help": "Final model = the average of the last N epoch checkpoints' weights (stochastic weight averaging "
                 "over the end of the schedule); 0 or 1 keeps the usual final/best model."})
@@ -120,8 +126,7 @@ def recipe_path(model: str, recipe: str) -> Path:
     if recipe.endswith((".yaml", ".yml")):
         path = Path(recipe)
     else:
-        family = "bit" if model == "bit_in1k" else model
-        path = CONFIG_DIR / "recipes" / f"{family}-{recipe}.yaml"
+        path = CONFIG_DIR / "recipes" / f"{RECIPE_FAMILY.get(model, model)}-{recipe}.yaml"
         if not path.is_file():
             path = CONFIG_DIR / "recipes" / f"{recipe}.yaml"
     if not path.is_file():
@@ -144,6 +149,30 @@ def _read_yaml(path: Path, known: set[str]) -> dict:
     return values
 
 
+def _hyperrule_values(data_dir: str | None, batch_size: int) -> dict:
+    """BiT-HyperRule's data-dependent settings for the prepared folder (hfxray/recipes.py holds the rule)."""
+    from statistics import median
+
+    from .data import read_manifest
+    from .recipes import bit_hyperrule_lr, bit_hyperrule_resolution, bit_hyperrule_steps
+
+    if not data_dir:
+        return {}  # validate() reports the missing --data_dir
+    try:
+        rows = [row for row in read_manifest(data_dir) if row["status"] == "kept" and row["split"] == "train"]
+    except (OSError, DataError):
+        return {}  # validate() reports the unprepared folder
+    sizes = [(int(row["width"]), int(row["height"])) for row in rows
+             if str(row.get("width", "")).isdigit() and str(row.get("height", "")).isdigit()]
+    warmup, milestones, steps = bit_hyperrule_steps(len(rows))
+    values = dict(warmup_steps=warmup, lr_milestones=list(milestones), max_steps=steps,
+                  learning_rate=bit_hyperrule_lr(batch_size))
+    if sizes:
+        resize, crop = bit_hyperrule_resolution(median(w for w, _ in sizes), median(h for _, h in sizes))
+        values.update(resize_size=resize, image_size=crop)
+    return values
+
+
 def parse_args(argv: list[str] | None = None):
     """(model, data, recipe, run, training) arguments from flags, recipe YAML and --config YAML."""
     import argparse
@@ -161,6 +190,18 @@ def parse_args(argv: list[str] | None = None):
     model = early.model or config_values.get("model", ModelArguments.model)
     recipe = early.recipe or config_values.get("recipe", RecipeArguments.recipe)
     recipe_values = _read_yaml(recipe_path(model, recipe), known)
+    if recipe_values.get("bit_hyperrule") or config_values.get("bit_hyperrule"):
+        pre.add_argument("--data_dir")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            pre.add_argument(f"--{name}", type=int)
+        data_dir = pre.parse_known_args(argv)[0].data_dir or config_values.get("data_dir")
+        batch = ((pre.parse_known_args(argv)[0].per_device_train_batch_size
+                  or config_values.get("per_device_train_batch_size")
+                  or recipe_values.get("per_device_train_batch_size") or 1)
+                 * (pre.parse_known_args(argv)[0].gradient_accumulation_steps
+                    or config_values.get("gradient_accumulation_steps")
+                    or recipe_values.get("gradient_accumulation_steps") or 1))
+        recipe_values.update(_hyperrule_values(data_dir, batch))
     parser.set_defaults(**{**TRAINING_DEFAULTS, **recipe_values, **config_values})
     try:
         model_args, data_args, recipe_args, run_args, training_args = parser.parse_args_into_dataclasses(argv)

@@ -36,6 +36,8 @@ from transformers.image_utils import PILImageResampling
 from transformers.models.bit.modeling_bit import get_padding_value
 
 from .data import CLASS_NAMES
+from .env import hub_offline
+from .errors import HfxrayError, one_line
 
 BIT_IN21K_CHECKPOINT = "timm/resnetv2_50x1_bit.goog_in21k"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "hfxray" / "bit"
@@ -61,15 +63,15 @@ _SUPPORTED = (
 )
 
 
-class UnsupportedTimmModelError(ValueError):
+class UnsupportedTimmModelError(HfxrayError, ValueError):
     """The timm model uses a layout that BitConfig cannot express, so a conversion would change its outputs."""
 
 
-class BitConversionError(ValueError):
+class BitConversionError(HfxrayError, ValueError):
     """State dicts that do not line up key for key; raised instead of silently leaving weights random."""
 
 
-class HubDownloadError(RuntimeError):
+class HubDownloadError(HfxrayError, RuntimeError):
     """The timm checkpoint could not be fetched from the Hugging Face Hub (no network or no local copy)."""
 
 
@@ -272,12 +274,12 @@ def _download(checkpoint: str, factory: Callable[[str], nn.Module], folder: Path
     try:
         return factory(checkpoint)
     except _DOWNLOAD_ERRORS as err:
-        offline = " (HF_HUB_OFFLINE=1 is set here)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
         raise HubDownloadError(
-            f"Could not load timm checkpoint '{checkpoint}': converting it needs network access to the Hugging Face "
-            f"Hub{offline} ({type(err).__name__}: {err}); to fix: run once with network (the converted model is then "
-            f"cached in {folder}), or set HF_HUB_OFFLINE=0 / pre-download with `hf download {checkpoint}` "
-            f"(`huggingface-cli download {checkpoint}` on huggingface_hub < 1.0)."
+            f"cannot load timm checkpoint '{checkpoint}': converting it needs network access to the Hugging Face "
+            f"Hub{offline} ({type(err).__name__}: {one_line(err)[:200]}). To fix: run once with network (the converted "
+            f"model is then cached in {folder}), or download it beforehand with `hf download {checkpoint}` and pass "
+            "the local folder with --checkpoint; --preset tiny or small trains without pretrained weights."
         ) from err
 
 

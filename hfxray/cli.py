@@ -10,6 +10,9 @@ import argparse
 import importlib
 import sys
 
+from .errors import HfxrayError
+from .logs import configure
+
 # subcommand -> (module, one-line help)
 COMMANDS = {
     "data": ("hfxray.commands.data", "prepare the Kaggle CoronaHack download as a binary ImageFolder"),
@@ -24,8 +27,22 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a subcommand; any HfxrayError becomes one `error: ...` line and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="hfxray", description=__doc__.splitlines()[0])
+    quiet = False
+    while argv and argv[0] in ("-q", "--quiet"):
+        quiet, argv = True, argv[1:]
+    configure("WARNING" if quiet else "INFO")
+    try:
+        return _dispatch(argv)
+    except HfxrayError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="hfxray", description=__doc__.splitlines()[0],
+                                     epilog="-q / --quiet before the command: warnings and errors only.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         subparsers.add_parser(name, help=help_text, add_help=False)

@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import HfxrayError
 from .imaging import DEFAULT_MAX_PIXELS, ImageProblem, check_image, load_standard_image
 
 CLASS_NAMES = ("normal", "virus")
@@ -42,7 +43,7 @@ KERMANY_PERSON = re.compile(r"^person(\d+)_", re.IGNORECASE)
 KERMANY_IM = re.compile(r"^(?:NORMAL2-)?IM-(\d+)-", re.IGNORECASE)
 
 
-class DataError(Exception):
+class DataError(HfxrayError):
     """The source cannot be used at all (missing or malformed CSV, nothing usable left)."""
 
 

@@ -1,7 +1,9 @@
-"""Evaluate a trained model on a prepared split: metrics with patient-level bootstrap CIs, and calibration.
+"""Evaluate a model on a prepared split: one entry (`report_split`) for the end of training and `hfxray evaluate`.
 
-Temperature scaling is fitted on the validation split (never on the split being reported) and reported as
-ECE before / after on the evaluated split.
+The report describes the model as it ships: metrics with patient-level bootstrap CIs, and the ECE of the saved
+model's own probabilities. When a temperature was folded into the head (`hfxray.calibration`), the logits
+before folding are the shipped logits times T, so the ECE before folding is reported beside it, with its CI,
+from the same forward pass.
 """
 
 from __future__ import annotations
@@ -41,53 +43,64 @@ def predict_logits(model, dataset, batch_size: int = 64, desc: str = "predicting
     device = next(model.parameters()).device
     chunks = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch"):
+        for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch", disable=None):
             crops = [dataset.crop(i) for i in range(start, min(start + batch_size, len(dataset)))]
             batch = dataset.normalise(torch.stack(crops))
             chunks.append(model(pixel_values=batch.to(device)).logits.float().cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, 2))
 
 
-def load_split(dataset, data_dir, split: str, geometry):
-    """(XrayTensorDataset, labels, patient groups) for one split of a loaded prepared folder."""
-    from .transforms import XrayTensorDataset, decode_split
+def split_logits(model, processor, data_dir, split: str, dataset=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(logits, labels, patient groups) of `model` on one split of a prepared folder."""
+    from .data import load_imagefolder
+    from .transforms import Geometry, XrayTensorDataset, decode_split
 
+    dataset = dataset if dataset is not None else load_imagefolder(data_dir)
     if split not in dataset:
         raise DataError(f"{data_dir}: no {split!r} split (has {', '.join(dataset)}). To fix: choose --split "
                         "train, validation or test, or prepare with --val-fraction > 0.")
-    images, labels = decode_split(dataset[split], geometry.resize, desc=f"decoding {split}")
-    groups = patient_groups(data_dir, split_paths(dataset[split]))
-    return XrayTensorDataset(images, labels, geometry), np.asarray(labels), groups
-
-
-def evaluate_model(model, processor, data_dir, split: str = "test", out: str | Path | None = None,
-                   n_resamples: int = 1000, seed: int = 0, title: str | None = None) -> dict:
-    """Full evaluation report of `model` on `split`; writes JSON + reliability diagram when `out` is given."""
-    from .data import load_imagefolder
-    from .metrics import apply_temperature, evaluation_report, plot_reliability_diagram
-    from .transforms import Geometry
-
     geometry = Geometry.from_processor(processor)
-    dataset = load_imagefolder(data_dir)
-    split_dataset, labels, groups = load_split(dataset, data_dir, split, geometry)
-    logits = predict_logits(model, split_dataset, desc=f"predicting {split}")
-    val_logits = val_labels = None
-    if split != "validation":
-        try:
-            val_dataset, val_labels, _ = load_split(dataset, data_dir, "validation", geometry)
-            val_logits = predict_logits(model, val_dataset, desc="predicting validation")
-        except DataError as err:  # no validation split: report without calibration, and say so
-            print(f"warning: no temperature scaling ({err})")
-    report = evaluation_report(labels, logits, groups=groups, val_logits=val_logits, val_labels=val_labels,
-                               n_resamples=n_resamples, seed=seed)
-    report["split"] = split
+    images, labels = decode_split(dataset[split], geometry.resize, desc=f"decoding {split}")
+    logits = predict_logits(model, XrayTensorDataset(images, labels, geometry), desc=f"predicting {split}")
+    return logits, np.asarray(labels), patient_groups(data_dir, split_paths(dataset[split]))
+
+
+def report_split(model, processor, data_dir, split: str = "test", out: str | Path | None = None,
+                 n_resamples: int = 1000, seed: int = 0, title: str | None = None, prefix: str = "") -> dict:
+    """Full report of `model` as it ships on `split`; writes JSON + reliability diagram when `out` is given.
+
+    With `prefix` ("test"), the JSON's keys are prefixed as the Trainer names split metrics (`test_accuracy`).
+    """
+    from .calibration import folded_temperature, unfolded_logits
+    from .metrics import apply_temperature, evaluation_report, plot_reliability_diagram
+
+    logits, labels, groups = split_logits(model, processor, data_dir, split)
+    report = evaluation_report(labels, logits, groups=groups, n_resamples=n_resamples, seed=seed)
+    temperature = folded_temperature(model)
+    report.update(split=split, folded_temperature=temperature)
+    before = None
+    if temperature != 1.0:
+        before = evaluation_report(labels, unfolded_logits(logits, temperature), groups=groups,
+                                   n_resamples=n_resamples, seed=seed)
+        report.update(ece_before_folding=before["ece"], ece_before_folding_ci95=before["ci95"]["ece"])
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        probs = apply_temperature(logits, 1.0)
-        after = apply_temperature(logits, report["temperature"]) if "temperature" in report else None
-        diagram = out.with_name(out.stem + "_reliability.png")
-        plot_reliability_diagram(labels, probs, diagram, title or f"Reliability ({split} split)", probs_after=after)
+        diagram = out.with_name(out.stem.removesuffix("_results") + "_reliability.png")
+        shipped = apply_temperature(logits, 1.0)
+        if before is None:
+            plot_reliability_diagram(labels, shipped, diagram, title or f"Reliability ({split} split, as shipped: "
+                                     "no temperature folded)")
+        else:
+            plot_reliability_diagram(labels, apply_temperature(unfolded_logits(logits, temperature), 1.0), diagram,
+                                     title or f"Reliability ({split} split)", probs_after=shipped,
+                                     panel_titles=("Before folding (T = 1)", f"As shipped (T = {temperature:.3g} "
+                                                                             "folded)"))
         report["reliability_diagram"] = diagram.name
-        out.write_text(json.dumps(report, indent=2))
+        out.write_text(json.dumps(prefixed(report, prefix) if prefix else report, indent=2))
     return report
+
+
+def prefixed(report: dict, prefix: str) -> dict:
+    """`{prefix}_{key}` for every key, as the Trainer names split metrics (`test_accuracy`, ...)."""
+    return {f"{prefix}_{key}": value for key, value in report.items()}

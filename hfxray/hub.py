@@ -18,6 +18,8 @@ from pathlib import Path
 import yaml
 
 from .data import CLASS_NAMES, MANIFEST_NAME, kept_counts, read_manifest
+from .env import hub_offline, looks_local
+from .errors import HfxrayError
 
 # Top-level files a Hub repo gets (README.md is written by `write_model_card`), plus *_results.json and PNG figures.
 HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "args.yaml")
@@ -31,6 +33,7 @@ CARD_METRICS = {
     "test_sensitivity": ("recall", "Sensitivity (recall of virus)"),
     "test_specificity": ("specificity", "Specificity (recall of normal)"),
     "test_f1": ("f1", "F1 (virus)"),
+    "test_ece": ("expected_calibration_error", "ECE (15 bins, top-label, as shipped)"),
 }
 FAMILY_TAGS = {"vit": ["vit"], "bit": ["bit", "resnetv2"], "timm_wrapper": ["timm", "vit", "resnetv2", "hybrid"]}
 BASE_TAGS = ["image-classification", "medical-imaging", "chest-x-ray", "pneumonia", "coronahack", "hfxray"]
@@ -38,7 +41,7 @@ KAGGLE_URL = "https://www.kaggle.com/datasets/praveengovi/coronahack-chest-xrayd
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-class HubError(Exception):
+class HubError(HfxrayError):
     """A run cannot be published; the message says what to change and never contains a token."""
 
 
@@ -60,7 +63,7 @@ def _base_model(args: dict) -> str | None:
     checkpoint = args.get("pretrained_checkpoint")
     if args.get("preset") != "full" or not checkpoint or not HUB_ID.fullmatch(checkpoint):
         return None
-    return None if Path(checkpoint).expanduser().exists() else checkpoint
+    return None if looks_local(checkpoint) else checkpoint
 
 
 def _test_metrics(run_dir: Path) -> dict[str, float]:
@@ -159,11 +162,13 @@ def _data_section(args: dict, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _calibration_text(config: dict) -> str:
+def _calibration_text(run_dir: Path, config: dict) -> str:
+    decision = _read_json(run_dir / "calibration.json")
+    reason = f" ({decision['reason']})" if decision.get("reason") else ""
     if config.get("folded_temperature"):
         return (f"A temperature T = {config['folded_temperature']:.4g} fitted on the validation split is folded "
-                "into the classifier weights, so `pipeline` scores are temperature-scaled as they are.")
-    return "Scores are plain softmax outputs; no temperature scaling was fitted, so they are not calibrated."
+                f"into the classifier weights{reason}, so `pipeline` scores are temperature-scaled as they are.")
+    return f"Scores are the plain softmax of the trained model: no temperature is folded in{reason}."
 
 
 def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float], example_id: str) -> str:
@@ -183,8 +188,16 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
     results = _read_json(run_dir / "test_results.json")
     n, n_positive = results.get("test_n"), results.get("test_n_positive")
     if metrics:
-        evaluation = ["| metric (test split) | value |", "|---|---:|"]
-        evaluation += [f"| {CARD_METRICS[key][1]} | {value:.4f} |" for key, value in metrics.items()]
+        intervals = results.get("test_ci95") or {}
+        unit = results.get("test_bootstrap_unit", "image")
+        evaluation = [f"| metric (test split) | value | 95% CI ({unit}-level bootstrap) |", "|---|---:|---|"]
+        for key, value in metrics.items():
+            low, high = intervals.get(key.removeprefix("test_")) or (None, None)
+            interval = f"{low:.3f}-{high:.3f}" if low is not None and high is not None else "-"
+            evaluation.append(f"| {CARD_METRICS[key][1]} | {value:.4f} | {interval} |")
+        if results.get("test_ece_before_folding") is not None:
+            evaluation.append(f"\nECE of the same model before the temperature was folded in: "
+                              f"{results['test_ece_before_folding']:.4f}.")
         if n:
             evaluation.append(f"\nn = {n} test images" + (f" ({n_positive} virus)." if n_positive is not None
                                                            else "."))
@@ -207,7 +220,7 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
         "## How to use",
         f'```python\nfrom transformers import pipeline\nprint(pipeline("image-classification", model="{example_id}")'
         '("chest_xray.jpeg"))\n```',
-        _calibration_text(config),
+        _calibration_text(run_dir, config),
         "## Training recipe",
         "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in _recipe_rows(args, run_dir)),
         "## Data and the patient-level split",
@@ -275,10 +288,6 @@ def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, lic
     return path
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
 def _scrub(text: str, token: str | None) -> str:
     """First line of an error message with the token masked (httpx errors may echo request details)."""
     line = (text.strip().splitlines() or [""])[0][:300]
@@ -294,7 +303,7 @@ def check_hub_access(token: str | None = None) -> str:
     from huggingface_hub import HfApi, constants, get_token
 
     problems = []
-    if constants.HF_HUB_OFFLINE or _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
+    if hub_offline():
         problems.append("the Hugging Face Hub is switched off (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set). "
                         "To fix: unset it on a machine with network access")
     try:

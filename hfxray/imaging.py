@@ -15,6 +15,8 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from .errors import HfxrayError
+
 # Chest X-rays are at most ~4,000 x 4,000 px; anything far beyond is a decompression bomb, not a radiograph.
 DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -24,7 +26,7 @@ READY_MODES = {"L", "RGB"}
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we report, never silently padded
 
 
-class ImageProblem(Exception):
+class ImageProblem(HfxrayError):
     """An image that cannot be used; `str(err)` is a one-line reason suitable for a manifest."""
 
 

@@ -3,20 +3,19 @@
 Point estimates come from scikit-learn so they match what others compute. Confidence intervals use a
 percentile bootstrap that, given patient ids, resamples whole patients: several X-rays of one child are not
 independent evidence, and resampling images would make the intervals too narrow. Calibration follows
-Guo et al. 2017 ("On Calibration of Modern Neural Networks"): top-label ECE and temperature scaling.
+Guo et al. 2017 ("On Calibration of Modern Neural Networks"): top-label ECE (temperature scaling itself lives in
+`hfxray.calibration`).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import expit, logsumexp
+from scipy.special import expit
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -30,15 +29,9 @@ from sklearn.metrics import (
 THRESHOLD = 0.5
 ECE_BINS = 15
 # Metrics that get a bootstrap CI; the counts n / n_positive are properties of the sample, not of the model.
-CI_METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "precision", "f1")
-# log T search interval: T in [0.01, 100] covers any plausible network; a fit at the edge is reported.
-LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))
+CI_METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "precision", "f1", "ece")
 # Upper bound on resamples x samples held in memory at once by the bootstrap.
 BOOTSTRAP_CHUNK_CELLS = 2_000_000
-TEMPERATURE_NOTE = (
-    "Temperature scaling divides the logit difference by T > 0: predictions at threshold 0.5 and AUROC, and so "
-    "every threshold metric and its CI, are unchanged; only calibration (ECE) changes."
-)
 
 
 def _check_labels_probs(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +65,7 @@ def _none_if_nan(value: float) -> float | None:
 
 
 def binary_metrics(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray) -> dict[str, Any]:
-    """Threshold (0.5) and ranking metrics with virus as the positive class.
+    """Threshold (0.5), ranking and calibration (top-label ECE) metrics with virus as the positive class.
 
     A metric whose defining class is absent is None rather than a misleading 0: auroc and balanced_accuracy
     need both classes, sensitivity needs a virus case, specificity a normal one. precision and f1 follow
@@ -90,6 +83,7 @@ def binary_metrics(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | 
         "specificity": float(recall_score(y, pred, pos_label=0, zero_division=0)) if has_neg else None,
         "precision": float(precision_score(y, pred, zero_division=0)),
         "f1": float(f1_score(y, pred, zero_division=0)),
+        "ece": expected_calibration_error(y, p, ECE_BINS),
         "confusion_matrix": confusion_matrix(y, pred, labels=[0, 1]).tolist(),
         "n": int(len(y)),
         "n_positive": n_positive,
@@ -123,7 +117,17 @@ def _weighted_metrics(weights: np.ndarray, labels: np.ndarray, probs: np.ndarray
         wins = (pos_at * (neg_below + 0.5 * neg_at)).sum(axis=1)
         auroc = np.where((n_pos > 0) & (n_neg > 0), wins / (n_pos * n_neg), np.nan)
 
+    # Top-label ECE per resample: the same bins as `reliability_bins`, with weighted sums per bin.
+    conf = np.maximum(probs, 1 - probs)
+    correct = ((probs >= THRESHOLD).astype(int) == labels).astype(float)
+    which = np.digitize(conf, np.linspace(0.0, 1.0, ECE_BINS + 1)[1:-1], right=True)
+    in_bin = np.zeros((len(probs), ECE_BINS))
+    in_bin[np.arange(len(probs)), which] = 1.0
+    gap = w @ (in_bin * (correct - conf)[:, None])
+    ece = np.abs(gap).sum(axis=1) / w.sum(axis=1)
+
     return {
+        "ece": ece,
         "accuracy": (tp + tn) / (n_pos + n_neg),
         "balanced_accuracy": (sensitivity + specificity) / 2,
         "auroc": auroc,
@@ -239,41 +243,13 @@ def apply_temperature(logits: Sequence[Sequence[float]] | np.ndarray, temperatur
     return expit((z[:, 1] - z[:, 0]) / temperature)
 
 
-def fit_temperature(logits: Sequence[Sequence[float]] | np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
-    """Temperature T > 0 minimising the NLL of softmax(logits / T) on validation data (Guo et al. 2017).
-
-    Searches log T with bounded Brent (deterministic): the NLL is convex in 1/T, hence unimodal in log T.
-    Warns when the optimum sits at the edge of T in [0.01, 100] (e.g. perfectly separated validation data).
-    """
-    z = _check_logits(logits)
-    y = np.asarray(labels)
-    if y.shape != (len(z),):
-        raise ValueError(f"logits and labels differ in length: {len(z)} logits vs {y.size} labels")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError(f"labels must be 0 (normal) or 1 (virus), got values {np.unique(y)[:10].tolist()}")
-    y = y.astype(int)
-    true_logit = z[np.arange(len(z)), y]
-
-    def nll(log_t: float) -> float:
-        scaled = np.exp(-log_t)
-        return float(np.mean(logsumexp(z * scaled, axis=1) - true_logit * scaled))
-
-    fit = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
-    if min(abs(fit.x - bound) for bound in LOG_T_BOUNDS) < 1e-3:
-        warnings.warn(
-            f"temperature fit hit the search bound (T = {math.exp(fit.x):.3g}); validation logits may be "
-            "separable or degenerate",
-            stacklevel=2,
-        )
-    return float(math.exp(fit.x))
-
-
 def plot_reliability_diagram(
     labels: Sequence[int] | np.ndarray,
     probs: Sequence[float] | np.ndarray,
     path: str | Path,
     title: str,
     probs_after: Sequence[float] | np.ndarray | None = None,
+    panel_titles: tuple[str, str] = ("Before temperature scaling", "After temperature scaling"),
 ) -> Path:
     """PNG reliability diagram: accuracy per confidence bin against the diagonal, gap shaded, counts below.
 
@@ -283,9 +259,9 @@ def plot_reliability_diagram(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = [("Before temperature scaling\n" if probs_after is not None else "", probs)]
+    panels = [(panel_titles[0] + "\n" if probs_after is not None else "", probs)]
     if probs_after is not None:
-        panels.append(("After temperature scaling\n", probs_after))
+        panels.append((panel_titles[1] + "\n", probs_after))
 
     fig = Figure(figsize=(5.5 * len(panels), 6.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -328,42 +304,25 @@ def evaluation_report(
     labels: Sequence[int] | np.ndarray,
     logits: Sequence[Sequence[float]] | np.ndarray,
     groups: Sequence[Any] | np.ndarray | None = None,
-    val_logits: Sequence[Sequence[float]] | np.ndarray | None = None,
-    val_labels: Sequence[int] | np.ndarray | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Everything needed to report one split, as a flat JSON-serialisable dict.
+    """Everything needed to report one split from its logits, as a flat JSON-serialisable dict.
 
-    Keys: the `binary_metrics` keys, "ci95" {metric: [low, high]}, "ci95_n_resamples_used", "bootstrap_unit"
-    ("patient" or "image"), "n_resamples", "threshold", "ece", "ece_n_bins". With validation logits and labels
-    also "temperature" (fitted on validation), "ece_before_temperature" / "ece_after_temperature" (this split)
-    and "temperature_note".
+    Keys: the `binary_metrics` keys, "ci95" {metric: [low, high]} (ECE included), "ci95_n_resamples_used",
+    "bootstrap_unit" ("patient" or "image"), "n_resamples", "threshold", "ece", "ece_n_bins".
     """
-    if (val_logits is None) != (val_labels is None):
-        raise ValueError("val_logits and val_labels must be given together")
     z = _check_logits(logits)
     if len(z) != len(labels):
         raise ValueError(f"labels and logits differ in length: {len(labels)} labels vs {len(z)} logits")
     probs = apply_temperature(z, 1.0)
     ci = bootstrap_ci(labels, probs, groups=groups, n_resamples=n_resamples, confidence=0.95, seed=seed)
-    ece = expected_calibration_error(labels, probs, ECE_BINS)
-    report: dict[str, Any] = {
+    return {
         **binary_metrics(labels, probs),
         "ci95": {name: list(ci[name]) for name in CI_METRICS},
         "ci95_n_resamples_used": ci["n_resamples_used"],
         "bootstrap_unit": "image" if groups is None else "patient",
         "n_resamples": int(n_resamples),
         "threshold": THRESHOLD,
-        "ece": ece,
         "ece_n_bins": ECE_BINS,
     }
-    if val_logits is not None:
-        temperature = fit_temperature(_check_logits(val_logits, "val_logits"), val_labels)
-        report.update(
-            temperature=temperature,
-            ece_before_temperature=ece,
-            ece_after_temperature=expected_calibration_error(labels, apply_temperature(z, temperature), ECE_BINS),
-            temperature_note=TEMPERATURE_NOTE,
-        )
-    return report

@@ -11,12 +11,16 @@ mean/std) so that one data path serves all three and `pipeline("image-classifica
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .data import CLASS_NAMES
+from .env import hub_offline, looks_local
+from .errors import HfxrayError, one_line
+from .families import model_family  # noqa: F401  (explain imports it from here)
 
 ID2LABEL = dict(enumerate(CLASS_NAMES))
 LABEL2ID = {name: index for index, name in ID2LABEL.items()}
@@ -26,8 +30,12 @@ PRESETS = ("full", "small", "tiny")
 MINUS_ONE_TO_ONE = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(HfxrayError):
     """A checkpoint could not be loaded; the message names it and says how to get it."""
+
+
+class ModelSpecError(HfxrayError, ValueError):
+    """No registry entry for this --model / --preset pair."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +47,6 @@ class ModelSpec:
     checkpoint: str | None  # Hub id of the pretrained weights (full preset), else None
     image_size: int
     build: Callable[["ModelSpec", str | None], object] = field(repr=False, compare=False)
-    # Grad-CAM / rollout code looks these up instead of guessing module paths.
-    family: str = ""  # "vit" | "bit" | "hybrid"
 
     @property
     def tag(self) -> str:
@@ -76,24 +82,73 @@ def build_processor(crop_size: int, resize_size: int | None = None, image_mean=N
     )
 
 
-def _from_pretrained(loader, checkpoint: str, **kwargs):
-    """Call a `from_pretrained`, turning a missing folder or an unreachable Hub into one clear message."""
-    looks_local = checkpoint.startswith((".", "/", "~")) or os.sep in checkpoint.strip("/").split("/", 1)[-1]
-    folder = Path(checkpoint).expanduser()
-    if looks_local and not folder.exists():
-        raise ModelLoadError(f"{checkpoint}: no such folder. To fix: pass an existing model folder or a Hub id.")
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        raise ModelLoadError(f"{checkpoint}: no config.json, so not a saved model. To fix: pass the --output-dir of "
-                             "a training run, or a folder written by save_pretrained.")
+# Weight files transformers can read without unpickling; a folder with only pickled weights is refused.
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model.pt")
+
+
+def check_model_folder(checkpoint: str | os.PathLike, *, weights: bool = True) -> Path | None:
+    """The local folder `checkpoint` names, checked to be a loadable, code-free model; None for a Hub id.
+
+    Refuses, with what to do: a missing folder, a folder without config.json, a config that asks for its own
+    Python code (`auto_map`: hfxray never runs a model folder's code), and (when `weights`) a folder whose weights
+    exist only as a pickle, which can run code when read.
+    """
+    name = os.fspath(checkpoint)
+    if not looks_local(name):
+        return None
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise ModelLoadError(f"{name}: {'not a folder' if folder.exists() else 'no such folder'}. To fix: pass the "
+                             "--output_dir of a training run (config.json, model.safetensors, "
+                             "preprocessor_config.json) or a Hub id such as owner/name.")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{name}: no config.json, so not a saved model. To fix: pass the --output_dir of a "
+                             "training run, or a folder written by save_pretrained.")
     try:
-        return loader(checkpoint, **kwargs)
-    except (OSError, ValueError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelLoadError(f"{folder / 'config.json'}: not valid JSON ({one_line(err)[:120]}). To fix: restore "
+                             "the file from the run folder or the Hub.") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{folder / 'config.json'}: not a JSON object. To fix: restore the file.")
+    if config.get("auto_map"):
+        raise ModelLoadError(f"{name}: config.json asks to run the folder's own Python code (auto_map), which "
+                             "hfxray never does. To fix: use a model saved by hfxray or transformers' built-in "
+                             "classes (ViT, BiT, timm wrapper).")
+    if weights and not any((folder / safe).is_file() for safe in SAFE_WEIGHTS):
+        pickled = [p for p in PICKLED_WEIGHTS if (folder / p).is_file()]
+        if pickled:
+            raise ModelLoadError(f"{name}: weights only as a pickle ({pickled[0]}), which can run code when "
+                                 "loaded. To fix: convert it once in a trusted environment with "
+                                 "`AutoModelForImageClassification.from_pretrained(folder).save_pretrained(folder, "
+                                 "safe_serialization=True)`, which writes model.safetensors.")
+        raise ModelLoadError(f"{name}: no model.safetensors. To fix: pass a complete run folder (training writes "
+                             "model.safetensors at its end).")
+    return folder
+
+
+def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs):
+    """Call a `from_pretrained` safely (never remote code; weights from safetensors only) with one clear message.
+
+    `weights=False` for loaders that read no weights (image processors).
+    """
+    folder = check_model_folder(checkpoint, weights=weights)
+    kwargs["trust_remote_code"] = False
+    if weights:
+        kwargs["use_safetensors"] = True
+    try:
+        return loader(str(folder) if folder else checkpoint, **kwargs)
+    except (OSError, ValueError, RuntimeError, EnvironmentError) as err:
+        if folder is not None:
+            raise ModelLoadError(f"cannot load {checkpoint} ({type(err).__name__}: {one_line(err)[:200]}). To fix: "
+                                 "the folder's files are damaged or incomplete; copy the run folder again or "
+                                 "retrain.") from None
         raise ModelLoadError(
-            f"cannot load checkpoint {checkpoint!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            f"It needs the Hugging Face Hub{' (HF_HUB_OFFLINE is set)' if offline else ''}. To fix: run once with "
-            f"network access, or download it beforehand with `hf download {checkpoint}` and pass the local folder "
-            f"with --checkpoint; use --preset tiny or small to train without pretrained weights."
+            f"cannot load checkpoint {checkpoint!r} ({type(err).__name__}: {one_line(err)[:200]}). "
+            f"It needs the Hugging Face Hub{' (HF_HUB_OFFLINE is set)' if hub_offline() else ''}. To fix: run once "
+            f"with network access, or download it beforehand with `hf download {checkpoint}` and pass the local "
+            f"folder instead of the Hub id."
         ) from None
 
 
@@ -176,7 +231,7 @@ def _hybrid(spec: ModelSpec, checkpoint: str | None):
     return TimmWrapperForImageClassification(config)
 
 
-_BUILDERS = {"vit": (_vit, "vit"), "bit": (_bit, "bit"), "bit_in1k": (_bit_in1k, "bit"), "hybrid": (_hybrid, "hybrid")}
+_BUILDERS = {"vit": _vit, "bit": _bit, "bit_in1k": _bit_in1k, "hybrid": _hybrid}
 _CHECKPOINTS = {
     "vit": "google/vit-base-patch16-224-in21k",
     "bit": "timm/resnetv2_50x1_bit.goog_in21k",
@@ -190,15 +245,14 @@ _SIZES = {"full": 224, "small": 128, "tiny": 64}
 def get_spec(name: str, preset: str = "full", image_size: int | None = None) -> ModelSpec:
     """Look up a registry entry; `image_size` overrides the preset's input size (e.g. the seed recipe's 128 px)."""
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}. To fix: choose one of {', '.join(MODEL_NAMES)}")
+        raise ModelSpecError(f"unknown model {name!r}. To fix: choose one of {', '.join(MODEL_NAMES)}")
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}. To fix: choose one of {', '.join(PRESETS)}")
+        raise ModelSpecError(f"unknown preset {preset!r}. To fix: choose one of {', '.join(PRESETS)}")
     if name == "bit_in1k" and preset != "full":
-        raise ValueError("bit_in1k exists only as the pretrained google/bit-50. To fix: use --model bit for "
+        raise ModelSpecError("bit_in1k exists only as the pretrained google/bit-50. To fix: use --model bit for "
                          f"--preset {preset}")
-    builder, family = _BUILDERS[name]
     return ModelSpec(name=name, preset=preset, checkpoint=_CHECKPOINTS[name] if preset == "full" else None,
-                     image_size=image_size or _SIZES[preset], build=builder, family=family)
+                     image_size=image_size or _SIZES[preset], build=_BUILDERS[name])
 
 
 def create_model(name: str, preset: str = "full", image_size: int | None = None, resize_size: int | None = None,
@@ -210,20 +264,10 @@ def create_model(name: str, preset: str = "full", image_size: int | None = None,
     return model, processor, spec
 
 
-def model_family(model) -> str:
-    """"vit", "bit" or "hybrid" for a loaded model (used by explainability and hub code)."""
-    model_type = getattr(model.config, "model_type", "")
-    if model_type == "timm_wrapper":
-        return "hybrid"
-    if model_type in ("vit", "bit"):
-        return model_type
-    raise ValueError(f"unsupported model type {model_type!r}: hfxray handles ViT, BiT and timm hybrids")
-
-
 def load_trained(model_dir: str, **model_kwargs):
     """(model, processor) of a trained run folder or Hub id, with one clear error when it cannot be loaded."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     model = _from_pretrained(AutoModelForImageClassification.from_pretrained, model_dir, **model_kwargs)
-    processor = _from_pretrained(AutoImageProcessor.from_pretrained, model_dir)
+    processor = _from_pretrained(AutoImageProcessor.from_pretrained, model_dir, weights=False)
     return model, processor

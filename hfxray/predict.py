@@ -1,10 +1,8 @@
 """Batch prediction through `pipeline("image-classification")`: the same code path a Hub user runs.
 
 Files are opened with `hfxray.imaging.load_rgb`, so a corrupt or empty file becomes a row with its reason instead of
-stopping the run; the decoded images go to the pipeline in batches. The pipeline has no temperature hook (its
-postprocess is a plain softmax), so training folds the validation-fitted temperature into the classifier head:
-logits / T = (W / T) x + b / T, recorded as `config.folded_temperature` (not `config.temperature`: transformers
-treats that name as a generation parameter and refuses to save such a config).
+stopping the run; the decoded images go to the pipeline in batches. Probabilities are calibrated when training
+folded a temperature into the head (`hfxray.calibration`).
 """
 
 from __future__ import annotations
@@ -12,21 +10,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .env import hub_offline, looks_local
+from .errors import HfxrayError, one_line
 from .imaging import ImageProblem, load_rgb
 
 OUTPUT_FORMATS = (".csv", ".json")
 COLUMNS = ("file", "label", "probability", "p_virus", "error")
-# config.json key: the product of the temperatures folded into the classifier weights.
-FOLDED_TEMPERATURE = "folded_temperature"
 
 
-class PredictError(Exception):
+class PredictError(HfxrayError):
     """The model cannot be loaded or the output cannot be written; the message says what to change."""
 
 
@@ -41,61 +38,24 @@ class Prediction:
     error: str = ""
 
 
-def classifier_head(model):
-    """The final nn.Linear of a ViT, BiT or timm hybrid classifier (its output is the logits)."""
-    import torch
-
-    from .models import model_family
-
-    family = model_family(model)
-    if family == "vit":
-        head = model.classifier
-    elif family == "bit":
-        head = model.classifier[-1]  # Sequential(Flatten, Linear)
-    else:
-        head = model.timm_model.get_classifier()
-    if not isinstance(head, torch.nn.Linear):
-        raise ValueError(f"the {family} model's head is {type(head).__name__}, not a Linear layer")
-    return head
-
-
-def fold_temperature_into_head(model, temperature: float) -> None:
-    """Divide the classifier's weight and bias by T, so that the model's logits become logits / T.
-
-    After this, `pipeline` (and anything else reading the logits) returns temperature-scaled probabilities with no
-    custom code; saving the model publishes them calibrated. `config.folded_temperature` records the product of
-    folded temperatures.
-    """
-    import torch
-
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive number, got {temperature}")
-    head = classifier_head(model)
-    with torch.no_grad():
-        head.weight.div_(temperature)
-        if head.bias is not None:
-            head.bias.div_(temperature)
-    setattr(model.config, FOLDED_TEMPERATURE, getattr(model.config, FOLDED_TEMPERATURE, 1.0) * temperature)
-
-
 def load_classifier(model: str, device: str | None = None):
     """`pipeline("image-classification")` for a run folder or Hub id; raises PredictError with what to change."""
     from transformers import pipeline
 
-    path = Path(model).expanduser()
-    looks_local = model.startswith((".", "/", "~")) or path.exists() or model.count("/") > 1
-    if looks_local and not (path / "config.json").is_file():
-        raise PredictError(f"{model}: {'no config.json in this folder' if path.is_dir() else 'no such folder'}. "
-                           "To fix: pass a run folder written by `hfxray train` (config.json, model.safetensors, "
-                           "preprocessor_config.json) or a Hub id such as owner/name.")
+    from .models import ModelLoadError, check_model_folder
+
     try:
-        classifier = pipeline("image-classification", model=str(path) if looks_local else model, device=device)
-    except (OSError, ValueError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        hint = "; HF_HUB_OFFLINE is set, so a Hub id works only if already cached" if offline else ""
-        reason = (str(err).strip().splitlines() or [""])[0][:200]
-        raise PredictError(f"cannot load {model!r} ({type(err).__name__}: {reason}). To fix: check the folder or "
-                           f"Hub id{hint}.") from None
+        folder = check_model_folder(model)
+    except ModelLoadError as err:
+        raise PredictError(str(err)) from None
+    try:
+        # Never the folder's own code, never pickled weights: a model folder is data, not a program.
+        classifier = pipeline("image-classification", model=str(folder) if folder else model, device=device,
+                              trust_remote_code=False, model_kwargs={"use_safetensors": True})
+    except (OSError, ValueError, RuntimeError) as err:
+        hint = "; HF_HUB_OFFLINE is set, so a Hub id works only if already cached" if hub_offline() else ""
+        raise PredictError(f"cannot load {model!r} ({type(err).__name__}: {one_line(err)[:200]}). To fix: check "
+                           f"the folder or Hub id{hint}.") from None
     return classifier
 
 

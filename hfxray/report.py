@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .data import CLASS_NAMES, SPLITS, kept_counts, read_manifest
+from .errors import HfxrayError
 
 HYPERPARAMETERS = (
     ("model_tag", "model"), ("recipe", "recipe"), ("pretrained_checkpoint", "weights"), ("optimizer", "optimizer"),
@@ -24,7 +25,7 @@ HYPERPARAMETERS = (
 )
 
 
-class ReportError(Exception):
+class ReportError(HfxrayError):
     """A run folder lacks a file the report needs; the message names it."""
 
 
@@ -182,14 +183,18 @@ def calibration_section(runs: list[Run], out_dir: Path) -> str:
 
     rows, images = [], []
     for index, run in enumerate(runs):
-        rows.append([run.name, _fmt(run.test.get("test_ece")), _fmt(run.test.get("test_temperature"), 2),
-                     _fmt(run.test.get("test_ece_after_temperature")), run.args.get("label_smoothing")])
+        ece_ci = (run.test.get("test_ci95") or {}).get("ece") or [None, None]
+        folded = run.test.get("test_folded_temperature") or 1.0
+        rows.append([run.name, f"{_fmt(run.test.get('test_ece'))} ({_fmt(ece_ci[0])}-{_fmt(ece_ci[1])})",
+                     _fmt(folded, 2) if folded != 1.0 else "none", _fmt(run.test.get("test_ece_before_folding")),
+                     run.args.get("label_smoothing")])
         diagram = run.path / "test_reliability.png"
         if diagram.is_file():
             target = out_dir / f"reliability_{index}_{run.path.name}.png"
             shutil.copyfile(diagram, target)
             images.append(f"![{run.name}]({target.name})")
-    table = _table(["run", "ECE (15 bins)", "temperature (fit on validation)", "ECE after", "label smoothing"], rows)
+    table = _table(["run", "ECE as shipped (95% CI)", "folded temperature", "ECE before folding",
+                    "label smoothing"], rows)
     return table + "\n\n" + "\n".join(images)
 
 

@@ -1,32 +1,34 @@
-"""Fine-tuning with the Hugging Face Trainer: the recipe's loss/optimizer/schedule, Trainer assembly, run files.
+"""Fine-tuning with the Hugging Face Trainer: the recipe's loss/optimizer/schedule, Trainer assembly, the saved model.
 
-Each run folder gets args.yaml (the resolved arguments), TensorBoard events, checkpoints, the best model with its
-processor, train_results.json and test_results.json.
+`train` stops at the saved model; `hfxray.workflow` chains it with calibration, evaluation, the model card and
+the optional push.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
+import shutil
 from pathlib import Path
 
 import yaml
 
-from .arguments import (ConfigError, DataArguments, ModelArguments, RecipeArguments, RunArguments, parse_args,
-                        resolved_config)
+from .arguments import ConfigError, DataArguments, ModelArguments, RecipeArguments, RunArguments, resolved_config
 from .data import DataError
-from .hub import HubError, prepare_push_to_hub, push_run
-from .models import ModelLoadError
+from .logs import get_logger
+
+logger = get_logger(__name__)
+# The Trainer's pickled TrainingArguments (transformers.trainer.TRAINING_ARGS_NAME).
+TRAINING_ARGS_NAME = "training_args.bin"
 
 
 def _recipe_trainer_class():
     from transformers import Trainer
 
+    from .compat import CountParametersOnce, StrictCheckpointReload
     from .recipes import build_optimizer, build_scheduler
 
-    class RecipeTrainer(Trainer):
+    class RecipeTrainer(StrictCheckpointReload, CountParametersOnce, Trainer):
         """The Trainer with its loss, optimizer and schedule taken from the recipe (via the documented hooks)."""
 
         def __init__(self, *args, recipe: RecipeArguments, **kwargs):
@@ -36,7 +38,6 @@ def _recipe_trainer_class():
             kwargs.setdefault("compute_loss_func", LabelSmoothingCrossEntropy(recipe.label_smoothing))
             super().__init__(*args, **kwargs)
             self._train_correct = self._train_seen = 0
-            self._parameter_count = None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             """The usual loss, plus a running training accuracy (logged as `train_accuracy`, this process)."""
@@ -48,16 +49,6 @@ def _recipe_trainer_class():
                 self._train_correct += int((logits.argmax(-1) == labels).sum())
                 self._train_seen += int(labels.numel())
             return (loss, outputs) if return_outputs else loss
-
-        def floating_point_ops(self, inputs: dict) -> int:
-            """The Trainer's own estimate (6 x input elements x parameters), with the parameters counted once:
-            counting walked every parameter at every step (0.7 ms of a 90 ms bit.small step, more of a tiny one)."""
-            main_input = getattr(self.model, "main_input_name", "pixel_values")
-            if main_input not in inputs or not hasattr(self.model, "num_parameters"):
-                return 0  # as the Trainer does for models that are not PreTrainedModels
-            if self._parameter_count is None:
-                self._parameter_count = self.model.num_parameters(exclude_embeddings=True)
-            return 6 * inputs[main_input].numel() * self._parameter_count
 
         def log(self, logs: dict, *args, **kwargs) -> None:
             if "loss" in logs and self._train_seen:
@@ -84,33 +75,29 @@ def _recipe_trainer_class():
                                                     tuple(r.lr_milestones), r.onecycle_pct_start)
             return self.lr_scheduler
 
-        # transformers 5.x saves checkpoints with the 4.x parameter names (ViT: `vit.encoder.layer.*`) but
-        # reloads them for --resume and load_best_model_at_end with a non-strict `load_state_dict`, which
-        # silently keeps the current weights. Reload through `from_pretrained`, which maps the names, strictly.
-        def _load_weights_from(self, folder: str, model=None) -> None:
-            target = self.accelerator.unwrap_model(model if model is not None else self.model)
-            reloaded = type(target).from_pretrained(folder, config=target.config)
-            target.load_state_dict(reloaded.state_dict(), strict=True)
-
-        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            self._load_weights_from(resume_from_checkpoint, model)
-
-        def _load_best_model(self) -> None:
-            self._load_weights_from(self.state.best_model_checkpoint)
-
     return RecipeTrainer
 
 
-def _average_last_checkpoints(trainer, count: int) -> None:
-    """Load into the model the mean of the weights of the last `count` checkpoints on disk (resume-safe)."""
+def _checkpoints(output_dir: str | Path) -> list[Path]:
+    """The run's checkpoint-N folders (those the Trainer wrote: they hold trainer_state.json), oldest first."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    folders = sorted(Path(trainer.args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"),
-                     key=lambda path: int(path.name.split("-")[-1]))[-count:]
+    found = [p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+             if p.is_dir() and p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda path: int(path.name.split("-")[-1]))
+
+
+def _average_last_checkpoints(trainer, count: int) -> None:
+    """Load into the model the mean of the weights of this run's last `count` checkpoints (resume-safe)."""
+    # Only checkpoints of this run's schedule: none past its last step.
+    folders = [p for p in _checkpoints(trainer.args.output_dir)
+               if int(p.name.split("-")[-1]) <= trainer.state.global_step][-count:]
     if len(folders) < count:
-        print(f"warning: --average_last_epochs {count}, but the run has only {len(folders)} epoch checkpoint(s): "
-              f"averaging those", file=sys.stderr)
+        logger.warning("--average_last_epochs %d, but the run has only %d epoch checkpoint(s): averaging those",
+                       count, len(folders))
         count = len(folders)
+    if not folders:
+        return
     model = trainer.accelerator.unwrap_model(trainer.model)
     total = None
     for folder in folders:
@@ -151,9 +138,32 @@ def _last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
+def _start_over(output_dir: str, resume: bool, overwrite: bool) -> str | None:
+    """The checkpoint to resume from, after refusing or clearing an earlier run's checkpoints."""
+    if resume:
+        resume_from = _last_checkpoint(output_dir)
+        if resume_from is None:
+            raise ConfigError(f"--resume: no checkpoint-* folder in {output_dir}. To fix: drop --resume to start "
+                              "a new run, or point --output_dir at the interrupted run.")
+        return resume_from
+    earlier = _checkpoints(output_dir) if os.path.isdir(output_dir) else []
+    if earlier and not overwrite:
+        raise ConfigError(f"{output_dir} already holds checkpoints. To fix: pass --resume to continue, or "
+                          "--overwrite_output_dir to start over.")
+    # Starting over: an earlier run's checkpoints would otherwise be averaged or resumed into this one.
+    for folder in earlier:
+        shutil.rmtree(folder)
+    return None
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: RecipeArguments,
           run_args: RunArguments, training_args) -> dict:
-    """Fine-tune one model and write the run folder; returns the test metrics."""
+    """Fine-tune one model and save it with its processor in --output_dir; returns the training metrics.
+
+    The run folder gets args.yaml (the resolved arguments), TensorBoard events, checkpoints, the final model
+    (the best by the validation metric with load_best_model_at_end, or the averaged weights) and
+    train_results.json. Calibration, evaluation and the model card are later steps (`hfxray.workflow`).
+    """
     import torch
     from transformers import set_seed
 
@@ -162,15 +172,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     from .transforms import Geometry, XrayTensorDataset, decode_split
 
     output_dir = training_args.output_dir
-    resume_from = None
-    if run_args.resume:
-        resume_from = _last_checkpoint(output_dir)
-        if resume_from is None:
-            raise ConfigError(f"--resume: no checkpoint-* folder in {output_dir}. To fix: drop --resume to start "
-                              "a new run, or point --output_dir at the interrupted run.")
-    elif _last_checkpoint(output_dir) and not run_args.overwrite_output_dir:
-        raise ConfigError(f"{output_dir} already holds checkpoints. To fix: pass --resume to continue, or "
-                          "--overwrite_output_dir to start over.")
+    resume_from = _start_over(output_dir, run_args.resume, run_args.overwrite_output_dir)
     set_seed(training_args.seed)
     if training_args.use_cpu or not torch.cuda.is_available():
         from .cpu_memory import keep_freed_memory
@@ -187,7 +189,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     if data_args.max_train_samples:
         train_split = train_split.select(range(min(data_args.max_train_samples, len(train_split))))
     splits = {}
-    for name, split in (("train", train_split), ("validation", dataset["validation"]), ("test", dataset["test"])):
+    for name, split in (("train", train_split), ("validation", dataset["validation"])):
         images, labels = decode_split(split, geometry.resize, desc=f"decoding {name}")
         splits[name] = XrayTensorDataset(images, labels, geometry, train=name == "train",
                                          max_zoom=recipe_args.max_zoom, hflip=recipe_args.hflip,
@@ -207,7 +209,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     config = resolved_config(model_args, data_args, recipe_args, run_args, training_args)
     config.update(model_tag=spec.tag, pretrained_checkpoint=model_args.checkpoint or spec.checkpoint,
                   world_size=training_args.world_size, train_size=len(splits["train"]),
-                  validation_size=len(splits["validation"]), test_size=len(splits["test"]))
+                  validation_size=len(splits["validation"]), test_size=len(dataset["test"]))
     if trainer.is_world_process_zero():
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "args.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=True))
@@ -219,35 +221,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
                          global_step=trainer.state.global_step)
     trainer.save_metrics("train", train_metrics)
     trainer.save_state()
-    test_output = trainer.predict(splits["test"], metric_key_prefix="test")
-    validation_output = trainer.predict(splits["validation"], metric_key_prefix="validation")
-    test_metrics = dict(test_output.metrics)
-    if trainer.is_world_process_zero():
-        test_metrics.update(_full_test_report(test_output, validation_output, data_args.data_dir,
-                                              dataset["test"], output_dir))
-        if run_args.calibrate:
-            from .predict import fold_temperature_into_head
-
-            fold_temperature_into_head(trainer.model, test_metrics["test_temperature"])
-    # The best model by the validation metric (load_best_model_at_end) or the averaged weights, calibrated.
     trainer.save_model()
-    trainer.save_metrics("test", test_metrics)
+    if trainer.is_world_process_zero():
+        # The Trainer pickles its arguments beside the model; args.yaml is the run's readable record, and a
+        # pickle is not something a model folder should ask anyone to load.
+        (Path(output_dir) / TRAINING_ARGS_NAME).unlink(missing_ok=True)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-    return test_metrics
-
-
-def _full_test_report(test_output, validation_output, data_dir, test_split, output_dir) -> dict:
-    """CIs (patient bootstrap), ECE and validation-fitted temperature, as `test_*` keys + a reliability PNG."""
-    from .evaluation import patient_groups, split_paths
-    from .metrics import apply_temperature, evaluation_report, plot_reliability_diagram
-
-    logits, labels = test_output.predictions, test_output.label_ids
-    report = evaluation_report(labels, logits, groups=patient_groups(data_dir, split_paths(test_split)),
-                               val_logits=validation_output.predictions, val_labels=validation_output.label_ids)
-    plot_reliability_diagram(labels, apply_temperature(logits, 1.0), Path(output_dir) / "test_reliability.png",
-                             "Reliability (test split)", probs_after=apply_temperature(logits, report["temperature"]))
-    return {f"test_{key}": value for key, value in report.items() if f"test_{key}" not in test_output.metrics}
+    return train_metrics
 
 
 def _plain(value):
@@ -259,35 +240,3 @@ def _plain(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(getattr(value, "value", value))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of scripts/train.py and `hfxray train`."""
-    import warnings
-
-    # The Trainer asks for pinned memory by default; on a CPU-only machine torch warns once per DataLoader.
-    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
-    try:
-        model_args, data_args, recipe_args, run_args, training_args = parse_args(argv)
-        if training_args.output_dir in (None, "trainer_output"):
-            raise ConfigError("--output_dir is required. To fix: pass --output_dir OUT")
-        # Hub access is checked before any model or data work. The upload itself is hfxray's curated one
-        # (model card, safetensors, processor, results): the Trainer's would add the pickled
-        # training_args.bin and TensorBoard runs/ and replace the model card.
-        hub_repo = prepare_push_to_hub(training_args)
-        training_args.push_to_hub = False
-        metrics = train(model_args, data_args, recipe_args, run_args, training_args)
-        if hub_repo and training_args.process_index == 0:
-            uploaded = push_run(training_args.output_dir, hub_repo, token=training_args.hub_token,
-                                private=bool(training_args.hub_private_repo))
-            print(f"pushed {len(uploaded)} files to https://huggingface.co/{hub_repo}")
-    except (ConfigError, DataError, ModelLoadError, HubError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        import torch
-
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
-    return 0

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real CoronaHack sample from ../shared (skipped with a reason when absent) and offline Hub."""
+"""Shared fixtures: the real CoronaHack sample (skipped with a reason when absent) and an offline Hub."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_DIR = Path(os.environ.get("HFXRAY_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "data" / "coronahack-mini"))
 
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """The read-only real sample (721 X-rays, Kaggle layout)."""
-    if not (SAMPLE_DIR / "Chest_xray_Corona_Metadata.csv").is_file():
-        pytest.skip(f"real CoronaHack sample not found at {SAMPLE_DIR} (set HFXRAY_SAMPLE_DIR or provide ../shared)")
-    return SAMPLE_DIR
+    from hfxray.env import expected_sample_dir, sample_dir as find_sample
+
+    found = find_sample()
+    if found is None:
+        pytest.skip(f"real CoronaHack sample not found at {expected_sample_dir()} (set HFXRAY_SAMPLE_DIR)")
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +38,7 @@ def prepared_dir(sample_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_runs(prepared_dir, tmp_path_factory) -> dict[str, Path]:
     """Two tiny models trained briefly on the real sample (shared by evaluation, report, hub tests)."""
-    from hfxray.training import main
+    from hfxray.workflow import main
 
     runs = {}
     for kind in ("vit", "bit"):

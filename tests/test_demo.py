@@ -21,7 +21,7 @@ def test_demo_runs_every_stage_offline(sample_dir, tmp_path, monkeypatch, capsys
     assert (out / "report" / "report.md").is_file() and (out / "report" / "figure1_test_metrics.png").is_file()
     for kind, method in (("vit", "rollout"), ("bit", "gradcam"), ("hybrid", "gradcam")):
         assert list((out / "explain" / kind).glob(f"*.{method}.png")), kind
-        assert (out / "runs" / kind / "test_evaluation.json").is_file()
+        assert (out / "runs" / kind / "test_results.json").is_file() and (out / "runs" / kind / "README.md").is_file()
 
 
 def test_generated_fallback_set_prepares_with_both_classes(tmp_path):

@@ -43,7 +43,7 @@ def test_evaluate_matches_an_independent_computation(tiny_runs, prepared_dir, tm
     assert report["auroc"] == pytest.approx(roc_auc_score(labels, probs), abs=0.02)
     low, high = report["ci95"]["accuracy"]
     assert low <= report["accuracy"] <= high and report["bootstrap_unit"] == "patient"
-    assert {"ece", "temperature", "ece_before_temperature", "ece_after_temperature"} <= set(report)
+    assert {"ece", "folded_temperature"} <= set(report)
     diagram = tmp_path / report["reliability_diagram"]
     assert np.asarray(Image.open(diagram).convert("L")).std() > 10
     # training's test_results.json carries the same fields and agrees on the point estimates
@@ -51,11 +51,21 @@ def test_evaluate_matches_an_independent_computation(tiny_runs, prepared_dir, tm
     assert trained["test_accuracy"] == pytest.approx(report["accuracy"])
     assert trained["test_auroc"] == pytest.approx(report["auroc"])
     assert trained["test_ci95"]["accuracy"] == pytest.approx(report["ci95"]["accuracy"])
-    # the temperature fitted on validation was folded into the saved head: the saved model's ECE is the
-    # "after temperature" ECE that training reported
+    # One ECE everywhere: the shipped model's, in training's results, `evaluate` and the model card.
+    assert trained["test_ece"] == pytest.approx(report["ece"])
+    assert trained["test_ci95"]["ece"] == pytest.approx(report["ci95"]["ece"])
+    card = (run / "README.md").read_text()
+    assert f"{report['ece']:.4f}" in card
+    calibration = json.loads((run / "calibration.json").read_text())
     config = json.loads((run / "config.json").read_text())
-    assert config["folded_temperature"] == pytest.approx(trained["test_temperature"])
-    assert report["ece"] == pytest.approx(trained["test_ece_after_temperature"], abs=0.02)
+    if calibration["fold"]:
+        assert config["folded_temperature"] == pytest.approx(calibration["temperature"])
+        assert report["folded_temperature"] == pytest.approx(calibration["temperature"])
+        assert "ece_before_folding" in report
+    else:
+        assert "folded_temperature" not in config and report["folded_temperature"] == 1.0
+        assert "ece_before_folding" not in report
+    assert calibration["reason"] in card
 
 
 def test_report_tables_figures_and_curves_from_real_event_files(tiny_runs, prepared_dir, tmp_path):

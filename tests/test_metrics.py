@@ -16,7 +16,6 @@ from hfxray.metrics import (
     bootstrap_ci,
     evaluation_report,
     expected_calibration_error,
-    fit_temperature,
     plot_reliability_diagram,
     reliability_bins,
 )
@@ -172,13 +171,15 @@ def test_group_bootstrap_resamples_whole_patients():
     assert by_patient["accuracy"][0] in (pytest.approx(0.2), pytest.approx(0.4))
 
 
-def test_bootstrap_1000_resamples_is_fast():
-    import time
+def test_bootstrap_in_small_chunks_gives_the_same_intervals(monkeypatch):
+    """Memory is bounded by drawing resamples in chunks; the chunking must not change any interval."""
+    import hfxray.metrics as metrics
 
     labels, d = synthetic(100, seed=6)
-    start = time.perf_counter()
-    bootstrap_ci(labels, 1 / (1 + np.exp(-d)), groups=np.arange(100) // 2, n_resamples=1000)
-    assert time.perf_counter() - start < 5.0  # ~0.05 s here; generous for a loaded machine
+    probs, groups = 1 / (1 + np.exp(-d)), np.arange(100) // 2
+    whole = bootstrap_ci(labels, probs, groups=groups, n_resamples=300)
+    monkeypatch.setattr(metrics, "BOOTSTRAP_CHUNK_CELLS", 700)  # 14 resamples of 50 patients per chunk
+    assert bootstrap_ci(labels, probs, groups=groups, n_resamples=300) == whole
 
 
 # ---------------------------------------------------------------- calibration
@@ -217,18 +218,6 @@ def test_apply_temperature_one_is_softmax():
     np.testing.assert_allclose(apply_temperature(logits, 2.0), apply_temperature(logits / 2, 1.0), rtol=1e-12)
 
 
-def test_temperature_recovers_overconfidence():
-    labels, d = synthetic(4000, seed=8)
-    calibrated = np.stack([-d / 2, d / 2], axis=1)
-    overconfident = 5 * calibrated
-    t = fit_temperature(overconfident, labels)
-    assert t == pytest.approx(5.0, rel=0.1)
-    assert fit_temperature(overconfident, labels) == t  # deterministic
-    before = expected_calibration_error(labels, apply_temperature(overconfident, 1.0))
-    after = expected_calibration_error(labels, apply_temperature(overconfident, t))
-    assert after < before / 3
-
-
 # ---------------------------------------------------------------- plot and report
 
 
@@ -249,11 +238,8 @@ def test_reliability_diagram_png(tmp_path, with_after):
 def test_evaluation_report_is_json_and_consistent():
     labels, d = synthetic(150, seed=10)
     logits = 3 * np.stack([-d / 2, d / 2], axis=1)
-    val_labels, val_d = synthetic(400, seed=11)
-    val_logits = 3 * np.stack([-val_d / 2, val_d / 2], axis=1)
     groups = np.arange(150) // 3
-    report = evaluation_report(labels, logits, groups=groups, val_logits=val_logits, val_labels=val_labels,
-                               n_resamples=200, seed=1)
+    report = evaluation_report(labels, logits, groups=groups, n_resamples=200, seed=1)
     decoded = json.loads(json.dumps(report, allow_nan=False))
     probs = apply_temperature(logits, 1.0)
     point = binary_metrics(labels, probs)
@@ -262,14 +248,9 @@ def test_evaluation_report_is_json_and_consistent():
     assert decoded["ci95"] == {k: list(v) for k, v in bootstrap_ci(labels, probs, groups, 200, seed=1).items()
                                if k in CI_METRICS}
     assert decoded["bootstrap_unit"] == "patient"
-    assert decoded["ece"] == decoded["ece_before_temperature"] == pytest.approx(
-        expected_calibration_error(labels, probs))
-    t = decoded["temperature"]
-    assert t == pytest.approx(fit_temperature(val_logits, val_labels)) and t > 1.5
-    assert decoded["ece_after_temperature"] == pytest.approx(
-        expected_calibration_error(labels, apply_temperature(logits, t)))
-    # The note's claim: threshold metrics and AUROC are untouched by temperature scaling.
-    assert binary_metrics(labels, apply_temperature(logits, t)) == point
+    assert decoded["ece"] == pytest.approx(naive_ece(labels, probs))
+    low, high = decoded["ci95"]["ece"]
+    assert low <= decoded["ece"] <= high
     assert all(isinstance(v, (float, int, str, list, dict, type(None))) for v in decoded.values())
 
 
@@ -277,9 +258,6 @@ def test_evaluation_report_single_class_and_arguments():
     report = evaluation_report([0, 0, 0, 0], [[1.0, 0.0], [2.0, -1.0], [0.0, 0.5], [0.3, 0.1]], n_resamples=20)
     json.dumps(report, allow_nan=False)
     assert report["auroc"] is None and report["ci95"]["auroc"] == [None, None]
-    assert "temperature" not in report
-    with pytest.raises(ValueError, match="val_logits and val_labels"):
-        evaluation_report([0, 1], [[0.0, 1.0], [1.0, 0.0]], val_logits=[[0.0, 1.0]])
     with pytest.raises(ValueError, match="labels and logits differ"):
         evaluation_report([0, 1, 1], [[0.0, 1.0], [1.0, 0.0]])
     with pytest.raises(ValueError, match="shape \\[n, 2\\]"):

@@ -19,7 +19,7 @@ from PIL import Image
 
 from hfxray.cli import main
 from hfxray.models import create_model
-from hfxray.predict import fold_temperature_into_head
+from hfxray.calibration import fold_temperature
 
 KINDS = ("vit", "bit", "hybrid")
 
@@ -67,31 +67,12 @@ def test_pipeline_scores_equal_the_models_own_softmax(model_dirs, kind):
     np.testing.assert_allclose([got["normal"], got["virus"]], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_folding_temperature_divides_the_logits(kind):
-    model, _, spec = create_model(kind, "tiny")
-    model.eval()
-    pixels = torch.randn(3, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        before = model(pixel_values=pixels).logits
-        fold_temperature_into_head(model, 2.5)
-        after = model(pixel_values=pixels).logits
-    torch.testing.assert_close(after, before / 2.5, atol=1e-5, rtol=1e-5)
-    assert model.config.folded_temperature == 2.5
-
-
-def test_folding_rejects_a_non_positive_temperature():
-    model, _, _ = create_model("vit", "tiny")
-    with pytest.raises(ValueError, match="positive"):
-        fold_temperature_into_head(model, 0.0)
-
-
 def test_a_folded_and_saved_model_is_calibrated_in_plain_pipeline(model_dirs, tmp_path):
     """What an evaluation step can publish: T in the weights, so Hub users need no hfxray code."""
     from transformers import AutoModelForImageClassification, pipeline
 
     model = AutoModelForImageClassification.from_pretrained(model_dirs["bit"])
-    fold_temperature_into_head(model, 3.0)
+    fold_temperature(model, 3.0)
     folder = tmp_path / "folded"
     model.save_pretrained(folder)
     shutil.copy(model_dirs["bit"] / "preprocessor_config.json", folder)

@@ -12,7 +12,8 @@ import torch
 from transformers import TrainerCallback
 
 from hfxray import recipes
-from hfxray.training import _recipe_trainer_class, parse_args
+from hfxray.arguments import parse_args
+from hfxray.training import _recipe_trainer_class
 
 N_TRAIN = 40
 
@@ -130,3 +131,17 @@ def test_bit_hyperrule_heuristics():
 def test_unknown_schedule_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown schedule"):
         recipes.lr_multiplier("1/t", 0, 10)
+
+
+def test_bit_paper_recipe_is_derived_from_the_rule_and_the_data(prepared_dir, tmp_path):
+    """bit-paper.yaml types none of the rule's numbers: they come from hfxray/recipes.py and the manifest."""
+    base = ["--model", "bit", "--recipe", "paper", "--data-dir", str(prepared_dir), "--output-dir", str(tmp_path)]
+    _, _, recipe, _, training = parse_args(base)
+    assert (training.warmup_steps, tuple(recipe.lr_milestones), training.max_steps) == \
+        recipes.bit_hyperrule_steps(443)  # the sample's training images
+    assert (recipe.resize_size, recipe.image_size) == (512, 480)  # the sample's X-rays are larger than 96 px
+    assert training.learning_rate == pytest.approx(recipes.bit_hyperrule_lr(64 * 8))
+    _, _, _, _, halved = parse_args([*base, "--gradient_accumulation_steps", "4"])
+    assert halved.learning_rate == pytest.approx(recipes.bit_hyperrule_lr(64 * 4))  # scales with the batch
+    _, _, flagged, _, flagged_training = parse_args([*base, "--max_steps", "20", "--image_size", "128"])
+    assert flagged_training.max_steps == 20 and flagged.image_size == 128  # explicit flags win

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from hfxray.models import create_model
-from hfxray.training import main
+from hfxray.workflow import main
 
 
 def _train(prepared_dir, out, kind, *extra):

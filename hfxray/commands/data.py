@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 
 def add_arguments(parser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -16,11 +14,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..data import DataError, prepare
+    from ..data import prepare
 
-    try:
-        prepare(args.source, args.out, val_fraction=args.val_fraction, seed=args.seed, min_side=args.min_side)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    prepare(args.source, args.out, val_fraction=args.val_fraction, seed=args.seed, min_side=args.min_side)
     return 0

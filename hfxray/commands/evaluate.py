@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 
@@ -18,20 +17,23 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..data import DataError
-    from ..evaluation import evaluate_model
-    from ..models import ModelLoadError, load_trained
+    from ..data import check_prepared
+    from ..evaluation import report_split
+    from ..models import load_trained
 
-    try:
-        model, processor = load_trained(args.model)
-        out = Path(args.out) if args.out else Path(args.model) / f"{args.split}_evaluation.json"
-        report = evaluate_model(model, processor, args.data_dir, args.split, out, args.n_resamples, args.seed)
-    except (DataError, ModelLoadError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    keys = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1", "ece", "temperature",
-            "ece_after_temperature")
+    check_prepared(args.data_dir)
+    model, processor = load_trained(args.model)
+    out = Path(args.out) if args.out else Path(args.model) / f"{args.split}_evaluation.json"
+    report = report_split(model, processor, args.data_dir, args.split, out, args.n_resamples, args.seed)
+    keys = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1", "ece",
+            "folded_temperature", "ece_before_folding")
     summary = {k: report[k] for k in keys if report.get(k) is not None}
-    print(json.dumps({"split": args.split, **summary, "ci95": {k: report["ci95"][k] for k in ("accuracy", "auroc")},
-                      "out": str(out)}, indent=1))
+    if report["folded_temperature"] == 1.0:
+        summary["calibration"] = "no temperature folded into this model: ECE is that of its plain softmax"
+    else:
+        summary["calibration"] = (f"T = {report['folded_temperature']:.4g} was folded into this model at training: "
+                                  "ECE is the shipped model's; ece_before_folding is the same model with T = 1")
+    print(json.dumps({"split": args.split, **summary,
+                      "ci95": {k: report["ci95"][k] for k in ("accuracy", "auroc", "ece")}, "out": str(out)},
+                     indent=1))
     return 0

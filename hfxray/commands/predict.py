@@ -19,8 +19,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..imaging import IMAGE_EXTENSIONS, expand_paths
-    from ..predict import (FOLDED_TEMPERATURE, PredictError, check_output_path, load_classifier, predict_files,
-                           summary_line, write_predictions)
+    from ..calibration import folded_temperature
+    from ..predict import PredictError, check_output_path, load_classifier, predict_files, summary_line, \
+        write_predictions
 
     if args.batch_size < 1:
         print(f"error: --batch-size {args.batch_size}. To fix: pass a positive number.", file=sys.stderr)
@@ -36,8 +37,8 @@ def run(args) -> int:
     except PredictError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    temperature = getattr(classifier.model.config, FOLDED_TEMPERATURE, None)
-    if temperature:
+    temperature = folded_temperature(classifier.model)
+    if temperature != 1.0:
         print(f"probabilities temperature-scaled with T = {temperature:.4g}", file=sys.stderr)
     predictions = predict_files(classifier, files, batch_size=args.batch_size)
     write_predictions(predictions, args.out)

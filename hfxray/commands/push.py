@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="--output_dir of a finished `hfxray train` run")
@@ -17,13 +15,8 @@ def run(args) -> int:
     from ..hub import HubError, push_run
 
     if args.repo_id.count("/") != 1:
-        print(f"error: REPO_ID {args.repo_id!r} must be owner/name. To fix: e.g. `hfxray push {args.run_dir} "
-              "your-user/xray-vit`", file=sys.stderr)
-        return 2
-    try:
-        files = push_run(args.run_dir, args.repo_id, private=args.private, license_id=args.license_id)
-    except HubError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise HubError(f"REPO_ID {args.repo_id!r} must be owner/name. To fix: e.g. `hfxray push {args.run_dir} "
+                       "your-user/xray-vit`")
+    files = push_run(args.run_dir, args.repo_id, private=args.private, license_id=args.license_id)
     print(f"pushed {len(files)} files to https://huggingface.co/{args.repo_id}: {', '.join(files)}")
     return 0

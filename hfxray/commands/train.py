@@ -2,6 +2,6 @@
 
 
 def run_argv(argv: list[str]) -> int:
-    from ..training import main
+    from ..workflow import main
 
     return main(argv)

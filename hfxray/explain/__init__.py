@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import HfxrayError
 from ..imaging import ImageProblem, expand_paths, load_rgb
 from ..models import model_family
 from .actmax import ActMaxResult, activation_maximization, input_spec
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-class ExplainError(Exception):
+class ExplainError(HfxrayError):
     """The model cannot be loaded or explained this way; the message is one line and says how to fix it."""
 
 

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import HfxrayError
 from ..models import model_family
 from .upsample import upsample_to_input
 
 
-class NotApplicable(ValueError):
+class NotApplicable(HfxrayError, ValueError):
     """The explanation method does not exist for this model kind; the message says what to use instead."""
 
 

@@ -1,0 +1,119 @@
+"""`scripts/train.py` / `hfxray train`: train -> calibrate -> evaluate -> model card -> optional push.
+
+Each step is a function a reader can call alone on a run folder; `run` only chains them. The Hub token is read
+once, before training, and kept out of the TrainingArguments so that nothing the Trainer writes can hold it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .errors import HfxrayError
+from .logs import configure, get_logger
+
+logger = get_logger(__name__)
+CALIBRATION_FILE = "calibration.json"
+
+
+def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = True, model=None, processor=None):
+    """Fit a temperature on the validation split and fold it into the saved model when the rule allows.
+
+    Writes `calibration.json` (the decision and its reason) and, when folding, the model again. Returns the
+    `TemperatureDecision`.
+    """
+    from .calibration import TemperatureDecision, decide_temperature, fold_temperature, folded_temperature
+    from .evaluation import split_logits
+    from .models import load_trained
+
+    run_dir = Path(run_dir)
+    if model is None:
+        model, processor = load_trained(str(run_dir))
+    if not enabled:
+        decision = TemperatureDecision(None, False, "turned off (--calibrate false)", 0)
+    elif folded_temperature(model) != 1.0:
+        decision = TemperatureDecision(None, False, "a temperature is already folded into this model", 0)
+    else:
+        logits, labels, _ = split_logits(model, processor, data_dir, "validation")
+        decision = decide_temperature(logits, labels)
+        if decision.fold:
+            fold_temperature(model, decision.temperature)
+            model.save_pretrained(run_dir)
+    (run_dir / CALIBRATION_FILE).write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
+    logger.info("calibration: %s%s", f"T = {decision.temperature:.3g} folded; " if decision.fold else
+                "no temperature folded; ", decision.reason)
+    return decision
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, model=None, processor=None, n_resamples: int = 1000
+                 ) -> dict:
+    """The test report of the saved model (as it ships): `test_results.json` and `test_reliability.png`."""
+    from .evaluation import report_split
+    from .models import load_trained
+
+    run_dir = Path(run_dir)
+    if model is None:
+        model, processor = load_trained(str(run_dir))
+    return report_split(model, processor, data_dir, "test", out=run_dir / "test_results.json",
+                        n_resamples=n_resamples, title="Reliability (test split)", prefix="test")
+
+
+def run(model_args, data_args, recipe_args, run_args, training_args, hub_repo: str | None = None,
+        hub_token: str | None = None) -> dict:
+    """Train, then (main process only) calibrate, evaluate, write the model card and push; returns test metrics."""
+    from .hub import push_run, write_model_card
+    from .models import load_trained
+    from .training import train
+
+    train(model_args, data_args, recipe_args, run_args, training_args)
+    if training_args.process_index != 0:
+        return {}
+    run_dir = Path(training_args.output_dir)
+    model, processor = load_trained(str(run_dir))
+    calibrate_run(run_dir, data_args.data_dir, run_args.calibrate, model, processor)
+    report = evaluate_run(run_dir, data_args.data_dir, model, processor)
+    write_model_card(run_dir, repo_id=hub_repo)
+    if hub_repo:
+        uploaded = push_run(run_dir, hub_repo, token=hub_token, private=bool(training_args.hub_private_repo))
+        logger.info("pushed %d files to https://huggingface.co/%s", len(uploaded), hub_repo)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of scripts/train.py and `hfxray train`: one `error:` line and exit 2 for any HfxrayError."""
+    import warnings
+
+    from .arguments import ConfigError, parse_args
+    from .compat import check_versions
+    from .hub import prepare_push_to_hub
+
+    configure()
+    # The Trainer asks for pinned memory by default; on a CPU-only machine torch warns once per DataLoader.
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
+    try:
+        check_versions()
+        model_args, data_args, recipe_args, run_args, training_args = parse_args(argv)
+        level = training_args.get_process_log_level()
+        configure(level if level >= 0 else "INFO")  # "passive" (-1): hfxray's default, INFO
+        if training_args.output_dir in (None, "trainer_output"):
+            raise ConfigError("--output_dir is required. To fix: pass --output_dir OUT")
+        # Hub access is checked before any model or data work. The upload itself is hfxray's curated one (model
+        # card, safetensors, processor, results): the Trainer's would add TensorBoard runs/ and replace the card.
+        hub_repo = prepare_push_to_hub(training_args)
+        hub_token = training_args.hub_token
+        training_args.push_to_hub = False
+        training_args.hub_token = None  # never pickled into training_args.bin or checkpoints
+        report = run(model_args, data_args, recipe_args, run_args, training_args, hub_repo, hub_token)
+    except HfxrayError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        import torch
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if report:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()
+                          if isinstance(v, (int, float, str))}))
+    return 0
