@@ -40,7 +40,7 @@ SOURCE_FOLDERS = {"TRAIN": "train", "TEST": "test"}
 MANIFEST_COLUMNS = (
     "file", "label", "split", "patient_group", "status", "reason", "action",
     "source_file", "Dataset_type", "Label", "Label_1_Virus_category", "Label_2_Virus_category",
-    "width", "height", "mode", "csv_line",
+    "width", "height", "mode", "csv_row",
 )
 # The Kaggle CSV spells the pneumonia label "Pnemonia"; accept the correct spelling too. Compared lower-case.
 NORMAL_LABELS = {"normal"}
@@ -130,7 +130,7 @@ class SourceRecord:
     mode: str = ""
     format: str | None = None
     needs_conversion: bool = False
-    csv_line: int | None = None  # None for files on disk that the CSV does not list
+    csv_row: int | None = None  # 1 = first data row of the CSV; None for files on disk that the CSV does not list
     output_name: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -346,7 +346,7 @@ def _prepare_records(rows: list[dict[str, str]], csv_path: Path, image_root: Pat
     for line_number, row in enumerate(rows, start=2):
         name = row["X_ray_image_name"]
         record = SourceRecord(source_file=name, csv_fields={k: row.get(k, "") for k in REQUIRED_COLUMNS},
-                              csv_line=line_number)
+                              csv_row=line_number - 1)
         records.append(record)
         record.group = patient_group(name)
         dataset_type = row["Dataset_type"].upper()
@@ -572,8 +572,8 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out.parent):
         _recover(out, echo)
-        _check_replaceable(out)
         _clean_leftovers(out, echo)
+        _check_replaceable(out)
         summary = _prepare_locked(source, out, val_fraction, seed, min_side, max_pixels, echo, progress)
     _print_tables(summary, echo)
     for message in summary.warnings:
@@ -590,7 +590,7 @@ def _manifest_row(record: SourceRecord, relative: str, action: str) -> dict[str,
         "reason": record.reason, "action": action, "source_file": record.source_file,
         **{k: fields.get(k, "") for k in REQUIRED_COLUMNS if k != "X_ray_image_name"},
         "width": record.width or "", "height": record.height or "", "mode": record.mode,
-        "csv_line": record.csv_line or "",
+        "csv_row": record.csv_row or "",
     }
     return {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
 
@@ -660,7 +660,7 @@ def _prepare_locked(source: Path, out: Path, val_fraction: float, seed: int, min
 
 def read_manifest(data_dir: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of a prepared folder's manifest.csv (kept and skipped)."""
-    with (Path(data_dir) / MANIFEST_NAME).open(newline="") as handle:
+    with (Path(data_dir) / MANIFEST_NAME).open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -719,10 +719,10 @@ def check_classes(data_dir: str | os.PathLike) -> dict[str, Counter]:
 
 def load_imagefolder(data_dir: str | os.PathLike):
     """The prepared folder as a datasets DatasetDict (`image`, `label` with names normal/virus)."""
-    from datasets import load_dataset
-
     data_dir = check_prepared(data_dir)
     check_classes(data_dir)
+    from datasets import load_dataset
+
     dataset = load_dataset("imagefolder", data_dir=str(data_dir))
     names = dataset["train"].features["label"].names
     if tuple(names) != CLASS_NAMES:
