@@ -197,6 +197,7 @@ def _link_problem(path: Path, folder: Path) -> str:
 
 
 def _check_files(records: list[SourceRecord], image_root: Path, min_side: int, max_pixels: int, progress) -> None:
+    first_by_inode: dict[tuple[int, int], str] = {}
     for record in progress(records, desc="checking images", unit="img"):
         if not record.kept:
             continue
@@ -204,6 +205,16 @@ def _check_files(records: list[SourceRecord], image_root: Path, min_side: int, m
         if reason := _link_problem(path, path.parent):
             record.reason = reason
             continue
+        try:
+            info = path.stat()
+        except OSError:
+            info = None  # check_image says why
+        if info is not None:
+            # One image under two names (a link) would count twice, and could sit in train and test at once.
+            first = first_by_inode.setdefault((info.st_dev, info.st_ino), record.source_file)
+            if first != record.source_file:
+                record.reason = f"duplicate: the same file as {printable(first)} (a link)"
+                continue
         try:
             check = check_image(path, max_pixels=max_pixels)
         except ImageProblem as problem:

@@ -169,11 +169,15 @@ def test_a_link_inside_the_source_to_a_file_outside_is_skipped(source, tmp_path)
     source.add("loop.jpeg", write=False)
     source.path("sibling.jpeg").symlink_to("IM-0000-0001.jpeg")  # inside the folder: fine
     source.add("sibling.jpeg", write=False)
+    os.link(source.path("IM-0001-0001.jpeg"), source.path("hard.jpeg"))
+    source.add("hard.jpeg", write=False)
     data.prepare(source.write_csv(), tmp_path / "out", **QUIET)
     rows = _manifest_by_source(tmp_path / "out")
     assert rows["link.jpeg"]["reason"] == "symbolic link to a file outside the source folder"
     assert rows["loop.jpeg"]["reason"] == "broken or looping symbolic link"
-    assert rows["sibling.jpeg"]["status"] == "kept"
+    # a second name of one image (a link inside the folder) would count it twice, maybe in train and test
+    assert rows["sibling.jpeg"]["reason"] == "duplicate: the same file as IM-0000-0001.jpeg (a link)"
+    assert rows["hard.jpeg"]["reason"] == "duplicate: the same file as IM-0001-0001.jpeg (a link)"
 
 
 # --- 3. only what hfxray wrote is replaced or deleted ---------------------------------------------------------
@@ -312,6 +316,15 @@ def test_a_second_run_writing_next_to_the_same_out_is_refused(source, tmp_path):
             data.prepare(source.root, tmp_path / "out", **QUIET)
     finally:
         os.close(descriptor)
+
+
+def test_an_os_error_is_one_line_too(monkeypatch, tmp_path, capsys):
+    def denied(*_, **__):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "read-only"))
+
+    monkeypatch.setattr(data, "prepare", denied)
+    assert cli_main(["data", "prepare", "--source", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "Permission denied" in _one_error_line(capsys.readouterr().err)
 
 
 # --- 6. degenerate data is refused before training ------------------------------------------------------------
