@@ -190,7 +190,7 @@ def _link_problem(path: Path, folder: Path) -> str:
     except (OSError, RuntimeError):
         return "broken or looping symbolic link"
     if folder.resolve() not in target.parents:
-        return "symbolic link to a file outside the source folder"
+        return "symbolic link to a file outside its split folder"
     if not stat.S_ISREG(target.stat().st_mode):
         return "symbolic link to something that is not a regular file"
     return ""
