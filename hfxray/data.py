@@ -14,10 +14,10 @@ import json
 import os
 import random
 import re
+import secrets
 import shutil
 import stat
 import sys
-import tempfile
 import unicodedata
 from collections import Counter, defaultdict
 from contextlib import contextmanager
@@ -446,6 +446,18 @@ def _leftovers(out: Path, kind: str) -> list[Path]:
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def _new_sibling(out: Path, kind: str) -> Path:
+    """A new empty folder `.OUT.kind-XXXXXXXX` next to OUT, with the umask's permissions (mkdtemp's 0700 would
+    make the swapped-in output unreadable to the rest of a team)."""
+    while True:
+        folder = out.parent / f".{out.name}.{kind}-{secrets.token_hex(4)}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+
+
 def _exchange(first: Path, second: Path) -> bool:
     """Swap two folders in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
     if not sys.platform.startswith("linux"):
@@ -473,7 +485,7 @@ def _swap_into_place(staging: Path, out: Path) -> Path | None:
         return None
     if _exchange(staging, out):
         return staging
-    retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    retired = _new_sibling(out, "old")
     retired.rmdir()
     out.rename(retired)
     staging.rename(out)
@@ -625,7 +637,7 @@ def _prepare_locked(source: Path, out: Path, val_fraction: float, seed: int, min
     assign_validation(records, val_fraction, seed)
     assign_output_names(records)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging = _new_sibling(out, "partial")
     try:
         _write_marker(staging, complete=False)
         for split in SPLITS:

@@ -241,6 +241,9 @@ def test_an_earlier_output_is_replaced_and_an_empty_folder_is_used(source, tmp_p
     source.add("IM-0500-0001.jpeg", format="JPEG")
     data.prepare(source.write_csv(), out, **QUIET)
     assert not (out / "stale.txt").exists() and "IM-0500-0001.jpeg" in _manifest_by_source(out)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # readable like any folder the user makes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kaggle", "out"]
 
 
