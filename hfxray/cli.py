@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import HfxrayError
+from .errors import HfxrayError, printable
 from .logs import configure
 
 # subcommand -> (module, one-line help)
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(argv)
     except HfxrayError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
 
 

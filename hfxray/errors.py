@@ -6,6 +6,8 @@ exit status 2. Any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class HfxrayError(Exception):
     """A problem with the user's input, files or environment; the message is one line and says how to fix it."""
@@ -14,3 +16,9 @@ class HfxrayError(Exception):
 def one_line(message: object) -> str:
     """The message flattened to one line (library errors often span several)."""
     return " ".join(str(message).split())
+
+
+def printable(text: str) -> str:
+    """`text` with undecodable bytes and control characters escaped (\\xNN), so that it fits one UTF-8 line."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else c for c in text)

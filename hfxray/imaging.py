@@ -7,6 +7,7 @@ or exotic file is reported the same way everywhere instead of failing deep insid
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +47,20 @@ class ImageCheck:
 
 
 def _open_checked(path: str | os.PathLike, max_pixels: int) -> Image.Image:
-    path = Path(path)
     try:
-        size = path.stat().st_size
+        path = Path(path)
+        info = path.stat()
     except FileNotFoundError:
         raise ImageProblem("file not found") from None
-    if size == 0:
+    except ValueError:  # a NUL byte in the name
+        raise ImageProblem("invalid file name (NUL byte)") from None
+    except OSError as err:  # a looping link, a name too long, no permission to search a folder...
+        raise ImageProblem(f"cannot read the file ({err.strerror or err})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageProblem("a folder, not an image file (it could not be searched)")
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageProblem("not a regular file (a device, pipe or socket)")  # reading a pipe could block forever
+    if info.st_size == 0:
         raise ImageProblem("zero-byte file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -64,6 +73,8 @@ def _open_checked(path: str | os.PathLike, max_pixels: int) -> Image.Image:
             raise ImageProblem(f"decompression bomb: more than {max_pixels:,} pixels declared") from None
         except UnidentifiedImageError:
             raise ImageProblem("not an image (PIL cannot identify the file format)") from None
+        except PermissionError as err:
+            raise ImageProblem(f"cannot read the file ({err.strerror})") from None
         except (OSError, SyntaxError, ValueError) as err:
             raise ImageProblem(f"corrupt or truncated image ({err})") from None
         finally:
@@ -90,6 +101,9 @@ def to_standard_mode(image: Image.Image) -> Image.Image:
         return image
     if mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}:
         pixels = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(pixels).all():  # min-max of NaN is NaN: the image would silently become black
+            bad = int(np.count_nonzero(~np.isfinite(pixels)))
+            raise ImageProblem(f"NaN or infinite pixel values ({bad:,} of {pixels.size:,} pixels)")
         low, high = float(pixels.min()), float(pixels.max())
         scale = 255.0 / (high - low) if high > low else 0.0
         return Image.fromarray(np.round((pixels - low) * scale).astype(np.uint8), mode="L")
@@ -123,11 +137,34 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> I
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Folders become their image files (recursively, sorted); files are kept as given, even missing ones, so that
-    each is reported rather than silently dropped."""
+    each is reported rather than silently dropped.
+
+    Symbolically linked sub-folders are followed (each real folder once, so a link loop cannot hang), links to
+    files are kept even when broken, and a sub-folder that cannot be listed is kept as an entry of its own: the
+    caller reports it like an unreadable file.
+    """
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            files += _images_under(path)
         else:
             files.append(path)
     return files
+
+
+def _images_under(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=lambda err: found.append(Path(err.filename))):
+        try:
+            info = os.stat(root)
+        except OSError:
+            found.append(Path(root))
+            dirs[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:  # reached again through a link: already listed
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        found += (Path(root) / name for name in names if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
+    return sorted(found)

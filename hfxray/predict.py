@@ -107,6 +107,8 @@ def check_output_path(out: str | os.PathLike | None) -> None:
     if out is None:
         return
     out = Path(out)
+    if out.is_dir():  # `preds.csv/` included: writing would fail after the whole run, with a traceback
+        raise PredictError(f"--out {out} is a folder. To fix: pass a file name, e.g. --out {out / 'predictions.csv'}.")
     if out.suffix.lower() not in OUTPUT_FORMATS:
         raise PredictError(f"--out {out}: unknown format {out.suffix or '(no extension)'!r}. To fix: end the name "
                            f"with {' or '.join(OUTPUT_FORMATS)}.")

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import HfxrayError
+from .errors import HfxrayError, printable
 from .logs import configure, get_logger
 
 logger = get_logger(__name__)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         training_args.hub_token = None  # never pickled into training_args.bin or checkpoints
         report = run(model_args, data_args, recipe_args, run_args, training_args, hub_repo, hub_token)
     except HfxrayError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
     finally:
         import torch

@@ -7,14 +7,21 @@ def add_arguments(parser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     prepare = actions.add_parser("prepare", help="CSV + images -> OUT/{train,validation,test}/{normal,virus}/")
     prepare.add_argument("--source", required=True, help="unzipped Kaggle CoronaHack folder (holds the metadata CSV)")
-    prepare.add_argument("--out", required=True, help="output folder; replaced whole on success")
+    prepare.add_argument("--out", required=True, help="output folder outside --source; an earlier output of this "
+                         "command is replaced whole on success, any other non-empty folder is refused")
     prepare.add_argument("--val-fraction", type=float, default=0.15, help="share of TRAIN patients for validation")
     prepare.add_argument("--seed", type=int, default=42, help="seed of the patient-level validation split")
     prepare.add_argument("--min-side", type=int, default=64, help="skip images whose shorter side is below this")
 
 
 def run(args) -> int:
-    from ..data import prepare
+    from ..data import DataError, prepare
+    from ..errors import printable
 
-    prepare(args.source, args.out, val_fraction=args.val_fraction, seed=args.seed, min_side=args.min_side)
+    try:
+        prepare(args.source, args.out, val_fraction=args.val_fraction, seed=args.seed, min_side=args.min_side)
+    except OSError as err:  # no permission, disk full, ...: still one line, never a traceback
+        where = printable(str(err.filename)) if err.filename else args.out
+        raise DataError(f"{where}: {err.strerror or err}. To fix: check that --source is readable and that --out's "
+                        "folder is writable and has space.") from None
     return 0
