@@ -30,7 +30,7 @@ SOURCE_FOLDERS = {"TRAIN": "train", "TEST": "test"}
 MANIFEST_COLUMNS = (
     "file", "label", "split", "patient_group", "status", "reason", "action",
     "source_file", "Dataset_type", "Label", "Label_1_Virus_category", "Label_2_Virus_category",
-    "width", "height", "mode",
+    "width", "height", "mode", "window",
 )
 # The Kaggle CSV spells the pneumonia label "Pnemonia"; accept the correct spelling too. Compared lower-case.
 NORMAL_LABELS = {"normal"}
@@ -88,6 +88,7 @@ class SourceRecord:
     height: int | None = None
     mode: str = ""
     needs_conversion: bool = False
+    window: str = ""  # DICOM sources: the display window that made the 8-bit PNG
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -143,6 +144,7 @@ def _check_files(records: list[SourceRecord], image_root: Path, min_side: int, m
             record.reason = str(problem)
             continue
         record.width, record.height, record.mode = check.width, check.height, check.mode
+        record.window = check.window
         record.needs_conversion = check.needs_conversion
         if min(check.width, check.height) < min_side:
             record.reason = f"too small: {check.width}x{check.height} px, under --min-side {min_side}"
@@ -335,6 +337,7 @@ def prepare(
                     "reason": record.reason, "action": action, "source_file": record.source_file,
                     **{k: fields.get(k, "") for k in REQUIRED_COLUMNS if k != "X_ray_image_name"},
                     "width": record.width or "", "height": record.height or "", "mode": record.mode,
+                    "window": record.window,
                 })
         summary = PrepareSummary(out, counts, skipped, hierarchy, warnings_list)
         if summary.kept_total == 0:
