@@ -41,7 +41,7 @@ DISCLAIMER = ("**Research tool, not a medical device.** The answers below come f
               "public data set; they are not validated for diagnosis and must not guide the care of a patient.")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-DEFAULT_MAX_UPLOAD_MB = 25  # a chest radiograph is at most ~20 MB even as uncompressed 16-bit DICOM
+DEFAULT_MAX_UPLOAD_MB = 25  # MiB; a chest radiograph is at most ~20 MiB even as uncompressed 16-bit DICOM
 # Which explanation suits each kind: Grad-CAM where there is a convolutional feature map, rollout for pure ViT.
 EXPLANATION = {"vit": "rollout", "bit": "gradcam", "hybrid": "gradcam"}
 EXPLANATION_TITLE = {"rollout": "attention rollout (class-agnostic)", "gradcam": "Grad-CAM of the predicted class"}
@@ -204,7 +204,7 @@ def check_upload(path: str | os.PathLike, max_bytes: int) -> None:
     except OSError:
         raise ImageProblem("file not found") from None
     if size > max_bytes:
-        raise ImageProblem(f"file too large: {size / 1e6:.1f} MB, the limit is {max_bytes / 1e6:.0f} MB")
+        raise ImageProblem(f"file too large: {size / 2**20:.1f} MiB, the limit is {max_bytes / 2**20:g} MiB")
 
 
 def analyze(models: Sequence[ServedModel], path: str | os.PathLike, max_bytes: int | None = None,
@@ -260,7 +260,7 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
 
     if not models:
         raise ServeError("no model to serve. To fix: pass --model RUN_FOLDER at least once")
-    max_bytes = int(max_upload_mb * 1e6)
+    max_bytes = int(max_upload_mb * 2**20)  # Gradio's "25mb" is 25 MiB too
     title = "hfxray: chest X-ray classifiers, normal vs viral pneumonia"
 
     def empty(message: str) -> list:
@@ -311,8 +311,8 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
         with gr.Row():
             for index, served in enumerate(models):
                 with gr.Column(elem_id=f"model-{index}"):
-                    gr.Markdown(f"### {served.name}  ·  {served.family}  ·  "
-                                f"{EXPLANATION_TITLE[served.method]}")
+                    kind = "" if served.name == served.family else f"  ·  {served.family}"
+                    gr.Markdown(f"### {served.name}{kind}  ·  {EXPLANATION_TITLE[served.method]}")
                     label = gr.Label(num_top_classes=2, label=f"{served.name}: calibrated probabilities",
                                      elem_id=f"label-{index}")
                     overlay = gr.Image(label=f"{served.name}: {EXPLANATION_TITLE[served.method]}",

@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--share", action="store_true",
                         help="also publish a temporary public Gradio link (off by default: uploads are X-rays)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                        help=f"largest accepted upload in MB (default {DEFAULT_MAX_UPLOAD_MB:g})")
+                        help=f"largest accepted upload in MiB (default {DEFAULT_MAX_UPLOAD_MB:g})")
     parser.add_argument("--examples", default=None, metavar="DIR",
                         help="Kaggle-layout CoronaHack folder whose test split gives the example images (default: "
                              "the sample if found; 'none' to show no examples)")
