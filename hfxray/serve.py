@@ -45,6 +45,7 @@ DEFAULT_MAX_UPLOAD_MB = 25  # MiB; a chest radiograph is at most ~20 MiB even as
 # Which explanation suits each kind: Grad-CAM where there is a convolutional feature map, rollout for pure ViT.
 EXPLANATION = {"vit": "rollout", "bit": "gradcam", "hybrid": "gradcam"}
 EXPLANATION_TITLE = {"rollout": "attention rollout (class-agnostic)", "gradcam": "Grad-CAM of the predicted class"}
+# Display images go to the page as JPEG: PNG encoding took longer than a small model's whole analysis.
 DISPLAY_SIDE = 384  # overlays are enlarged to this many pixels so a 64 px tiny-model input is still readable
 NUM_EXAMPLES = 4
 
@@ -242,6 +243,14 @@ def find_examples(sample_dir: str | os.PathLike | None, count: int = NUM_EXAMPLE
     return picked[:count]
 
 
+def _thumbnail(image: Image.Image, side: int = 2 * DISPLAY_SIDE) -> Image.Image:
+    """A display copy: encoding a full-size radiograph for the page would cost more than the analysis itself."""
+    if max(image.size) <= side:
+        return image
+    scale = side / max(image.size)
+    return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+
+
 def _percent(probability: float) -> str:
     return f"{100 * probability:.1f} %"
 
@@ -279,7 +288,7 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
             return empty(f"**Analysis failed** ({type(err).__name__}). To fix: try another image; the server log "
                          "has the details.")
         outputs: list = [f"Analysed **{Path(path).name}** ({image.width}×{image.height} px) with "
-                         f"{len(answers)} model(s).", image]
+                         f"{len(answers)} model(s).", _thumbnail(image)]
         raw = []
         for result in answers:
             outputs += [result.probabilities, result.overlay(), answer_markdown(result)]
@@ -305,7 +314,7 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
             with gr.Column(scale=1):
                 status = gr.Markdown("Drop an X-ray (PNG, JPEG or DICOM), paste one, or pick an example.",
                                      elem_id="status")
-                preview = gr.Image(label="decoded input", interactive=False, type="pil", format="png",
+                preview = gr.Image(label="decoded input", interactive=False, type="pil", format="jpeg",
                                    elem_id="preview")
         per_model: list = []
         with gr.Row():
@@ -316,7 +325,7 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
                     label = gr.Label(num_top_classes=2, label=f"{served.name}: calibrated probabilities",
                                      elem_id=f"label-{index}")
                     overlay = gr.Image(label=f"{served.name}: {EXPLANATION_TITLE[served.method]}",
-                                       interactive=False, type="pil", format="png", elem_id=f"heatmap-{index}")
+                                       interactive=False, type="pil", format="jpeg", elem_id=f"heatmap-{index}")
                     line = gr.Markdown(elem_id=f"answer-{index}")
                     folded = getattr(served.model.config, FOLDED_TEMPERATURE, None) is not None
                     gr.Markdown(metrics_markdown(served.test_results, folded), elem_id=f"metrics-{index}")
