@@ -41,7 +41,7 @@ SOURCE_FOLDERS = {"TRAIN": "train", "TEST": "test"}
 MANIFEST_COLUMNS = (
     "file", "label", "split", "patient_group", "status", "reason", "action",
     "source_file", "Dataset_type", "Label", "Label_1_Virus_category", "Label_2_Virus_category",
-    "width", "height", "mode", "csv_row",
+    "width", "height", "mode", "csv_row", "window",
 )
 # The Kaggle CSV spells the pneumonia label "Pnemonia"; accept the correct spelling too. Compared lower-case.
 NORMAL_LABELS = {"normal"}
@@ -127,6 +127,7 @@ class SourceRecord:
     needs_conversion: bool = False
     csv_row: int | None = None  # 1 = first data row of the CSV; None for files on disk that the CSV does not list
     output_name: str = ""
+    window: str = ""  # DICOM sources: the display window that made the 8-bit PNG
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -217,6 +218,7 @@ def _check_files(records: list[SourceRecord], image_root: Path, min_side: int, m
             continue
         record.width, record.height, record.mode = check.width, check.height, check.mode
         record.format, record.needs_conversion = check.format, check.needs_conversion
+        record.window = check.window
         if min(check.width, check.height) < min_side:
             record.reason = f"too small: {check.width}x{check.height} px, under --min-side {min_side}"
 
@@ -608,7 +610,7 @@ def _manifest_row(record: SourceRecord, relative: str, action: str) -> dict[str,
         "reason": record.reason, "action": action, "source_file": record.source_file,
         **{k: fields.get(k, "") for k in REQUIRED_COLUMNS if k != "X_ray_image_name"},
         "width": record.width or "", "height": record.height or "", "mode": record.mode,
-        "csv_row": record.csv_row or "",
+        "csv_row": record.csv_row or "", "window": record.window,
     }
     return {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
 

@@ -91,7 +91,16 @@ def run_demo(out: Path, source: Path | None = None, epochs: int = 4, echo=print)
              **{f"run_{kind}": path for kind, path in runs.items()}}
     for name, path in paths.items():
         echo(f"  {name:<13} {path}")
+    echo("[demo] see each model's answer and explanation in a web page (Ctrl-C to stop):")
+    echo("  " + serve_command(runs.values()))
     return paths
+
+
+def serve_command(run_dirs) -> str:
+    """The `hfxray serve` line for these run folders (quoted for a POSIX shell)."""
+    import shlex
+
+    return "hfxray serve " + " ".join(f"--model {shlex.quote(str(path))}" for path in run_dirs)
 
 
 def explain_one(runs: dict[str, Path], image: Path, out: Path) -> Path:

@@ -16,11 +16,12 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from .dicom import is_dicom, read_dicom
 from .errors import HfxrayError
 
 # Chest X-rays are at most ~4,000 x 4,000 px; anything far beyond is a decompression bomb, not a radiograph.
 DEFAULT_MAX_PIXELS = 64_000_000
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 # Modes a model processor reads as they are (grayscale is expanded to RGB by `to_rgb`).
 READY_MODES = {"L", "RGB"}
 
@@ -39,6 +40,7 @@ class ImageCheck:
     height: int
     mode: str
     format: str | None
+    window: str = ""  # DICOM only: how stored values became 8-bit (see hfxray.dicom)
 
     @property
     def needs_conversion(self) -> bool:
@@ -62,6 +64,10 @@ def _open_checked(path: str | os.PathLike, max_pixels: int) -> Image.Image:
         raise ImageProblem("not a regular file (a device, pipe or socket)")  # reading a pipe could block forever
     if info.st_size == 0:
         raise ImageProblem("zero-byte file")
+    if is_dicom(path):  # pydicom, not PIL, reads DICOM; the result is an 8-bit "L" image like any other
+        image, window = read_dicom(path, max_pixels)
+        image.format, image.info["window"] = "DICOM", window
+        return image
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         previous_limit = Image.MAX_IMAGE_PIXELS
@@ -85,7 +91,8 @@ def _open_checked(path: str | os.PathLike, max_pixels: int) -> Image.Image:
 def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
     """Fully decode `path` and describe it; raises ImageProblem with a short reason when unusable."""
     with _open_checked(path, max_pixels) as image:
-        return ImageCheck(width=image.width, height=image.height, mode=image.mode, format=image.format)
+        return ImageCheck(width=image.width, height=image.height, mode=image.mode, format=image.format,
+                          window=image.info.get("window", ""))
 
 
 def to_standard_mode(image: Image.Image) -> Image.Image:

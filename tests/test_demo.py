@@ -15,6 +15,7 @@ def test_demo_runs_every_stage_offline(sample_dir, tmp_path, monkeypatch, capsys
     assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
     printed = capsys.readouterr().out
     assert "using the real CoronaHack sample" in printed and "6/6 done" in printed
+    assert printed.rstrip().endswith(" ".join(f"--model {out / 'runs' / kind}" for kind in ("vit", "bit", "hybrid")))
     with (out / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 92 and all(r["label"] in ("normal", "virus") and not r["error"] for r in rows)

@@ -1,0 +1,51 @@
+"""`hfxray serve --model RUN [--model RUN ...] [--host 127.0.0.1] [--port 7860] [--share]`: the models in a web page.
+
+Exit status: 2 when a model cannot be loaded or an option is wrong; otherwise the server runs until interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    from ..serve import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT
+
+    parser.add_argument("--model", action="append", required=True, metavar="RUN",
+                        help="run folder from `hfxray train` (or Hub id); repeat to compare several models")
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help=f"address to listen on (default {DEFAULT_HOST}: this computer only; 0.0.0.0 exposes "
+                             "the page to the network)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--share", action="store_true",
+                        help="also publish a temporary public Gradio link (off by default: uploads are X-rays)")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                        help=f"largest accepted upload in MiB (default {DEFAULT_MAX_UPLOAD_MB:g})")
+    parser.add_argument("--examples", default=None, metavar="DIR",
+                        help="Kaggle-layout CoronaHack folder whose test split gives the example images (default: "
+                             "the sample if found; 'none' to show no examples)")
+    parser.add_argument("--device", help="torch device such as cpu or cuda:0 (default: the first GPU, else CPU)")
+
+
+def run(args) -> int:
+    import os
+    from pathlib import Path
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from ..env import sample_dir
+    from ..serve import ServeError, build_app, find_examples, launch, load_served_model
+
+    if not 0 < args.port < 65536:
+        raise ServeError(f"--port {args.port}. To fix: pass a port between 1 and 65535.")
+    if not args.max_upload_mb > 0:
+        raise ServeError(f"--max-upload-mb {args.max_upload_mb}. To fix: pass a positive size.")
+    models = [load_served_model(run_dir, device=args.device) for run_dir in args.model]
+    if args.examples and args.examples.lower() == "none":
+        examples = []
+    else:
+        examples = find_examples(Path(args.examples) if args.examples else sample_dir())
+    for served in models:
+        print(f"serving {served.name} ({served.family}, {served.method}) from {served.run_dir}", file=sys.stderr)
+    launch(build_app(models, examples, max_upload_mb=args.max_upload_mb), host=args.host, port=args.port,
+           share=args.share)
+    return 0

@@ -1,0 +1,344 @@
+"""`hfxray serve`: a Gradio page where a researcher drops an X-ray (PNG, JPEG or DICOM) and sees, for each model,
+its answer, why (a heatmap), and how good the model was on its test split.
+
+    from hfxray.serve import load_served_model, build_app
+    app = build_app([load_served_model("runs/bit-small")])
+    app.launch()                                    # what `hfxray serve --model runs/bit-small` does
+
+The page calls the same public functions as the command line: `hfxray.imaging.load_rgb` opens the file (so a bad
+file gets the same one-line reason as in `hfxray predict`), the run's `pipeline("image-classification")` from
+`hfxray.predict.load_classifier` gives the calibrated probabilities, and `hfxray.explain`'s `gradcam_map` /
+`rollout_map` give the heatmap. `analyze` is that whole request without the web layer, for notebooks and the
+benchmark.
+
+Safety: models load once at start-up; one analysis runs at a time (Grad-CAM hooks into the shared model, so two
+at once would mix their gradients) and further requests wait in Gradio's queue; uploads are capped in size;
+bad files become a message in the page; the server listens on 127.0.0.1 and is never shared unless asked.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+# Before gradio is imported anywhere: a research page on patient images must not report usage to anyone.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from .errors import HfxrayError  # noqa: E402
+from .imaging import DEFAULT_MAX_PIXELS, ImageProblem, load_rgb  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+DISCLAIMER = ("**Research tool, not a medical device.** The answers below come from models trained on a small "
+              "public data set; they are not validated for diagnosis and must not guide the care of a patient.")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_MAX_UPLOAD_MB = 25  # MiB; a chest radiograph is at most ~20 MiB even as uncompressed 16-bit DICOM
+# Which explanation suits each kind: Grad-CAM where there is a convolutional feature map, rollout for pure ViT.
+EXPLANATION = {"vit": "rollout", "bit": "gradcam", "hybrid": "gradcam"}
+EXPLANATION_TITLE = {"rollout": "attention rollout (class-agnostic)", "gradcam": "Grad-CAM of the predicted class"}
+# Display images go to the page as JPEG: PNG encoding took longer than a small model's whole analysis.
+DISPLAY_SIDE = 384  # overlays are enlarged to this many pixels so a 64 px tiny-model input is still readable
+NUM_EXAMPLES = 4
+
+
+class ServeError(HfxrayError):
+    """The app cannot start (a model folder that does not load, a bad option); the message says what to change."""
+
+
+@dataclass
+class ServedModel:
+    """One run folder, loaded once: its pipeline (probabilities), its kind and its test metrics."""
+
+    name: str
+    run_dir: Path
+    classifier: Any  # transformers ImageClassificationPipeline
+    family: str
+    test_results: dict = field(default_factory=dict)
+
+    @property
+    def model(self):
+        return self.classifier.model
+
+    @property
+    def processor(self):
+        return self.classifier.image_processor
+
+    @property
+    def method(self) -> str:
+        return EXPLANATION[self.family]
+
+
+@dataclass
+class ModelAnswer:
+    """What one model says about one image."""
+
+    name: str
+    label: str
+    probabilities: dict[str, float]  # every class, calibrated (temperature folded into the head at training)
+    method: str
+    heatmap: np.ndarray  # (H, W) in [0, 1], on the model's input grid
+    model_input: np.ndarray  # (H, W, 3) uint8: the pixels the heatmap refers to (after resize and crop)
+
+    def overlay(self, side: int = DISPLAY_SIDE) -> Image.Image:
+        """The input with the heatmap blended on top, in the colours of `hfxray explain`'s figures."""
+        from matplotlib import colormaps
+
+        from .explain.figures import HEATMAP_CMAP, OVERLAY_ALPHA
+
+        colours = colormaps[HEATMAP_CMAP](np.clip(self.heatmap, 0.0, 1.0))[..., :3] * 255.0
+        blended = (1 - OVERLAY_ALPHA) * self.model_input.astype(np.float64) + OVERLAY_ALPHA * colours
+        image = Image.fromarray(np.round(blended).astype(np.uint8), mode="RGB")
+        scale = side / max(image.size)
+        return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+
+
+def read_test_results(run_dir: str | os.PathLike) -> dict:
+    """The run's test_results.json, or {} when the run was never evaluated or the file is unreadable."""
+    path = Path(run_dir) / "test_results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return results if isinstance(results, dict) else {}
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def metrics_markdown(results: dict) -> str:
+    """One line: test accuracy, AUROC and ECE (of the model as shipped, whose probabilities the page shows) with
+    their 95 % CIs."""
+    if not results:
+        return "_No test_results.json in this run folder: the model was not evaluated on a test split._"
+    intervals = results.get("test_ci95") or {}
+    parts = []
+    for key, name in (("accuracy", "accuracy"), ("auroc", "AUROC"), ("ece", "ECE")):
+        value = _number(results.get(f"test_{key}"))
+        interval = intervals.get(key) if isinstance(intervals, dict) else None
+        if value is None:
+            parts.append(f"{name} n/a")
+            continue
+        text = f"{name} {value:.3f}"
+        if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(_number(v) is not None for v in interval):
+            text += f" (95 % CI {interval[0]:.3f}–{interval[1]:.3f})"
+        parts.append(text)
+    samples = results.get("test_samples") or results.get("test_n")
+    return "Test split" + (f" ({samples} images)" if samples else "") + ": " + " · ".join(parts)
+
+
+def load_served_model(run_dir: str | os.PathLike, device: str | None = None) -> ServedModel:
+    """Load a run folder (or Hub id) once; raises ServeError with what to change."""
+    from .families import model_family
+    from .predict import PredictError, load_classifier
+
+    try:
+        classifier = load_classifier(str(run_dir), device=device)
+    except PredictError as err:
+        raise ServeError(str(err)) from None
+    classifier.model.eval()
+    try:
+        family = model_family(classifier.model)
+    except HfxrayError as err:
+        raise ServeError(f"{run_dir}: {err}. To fix: serve a model trained with hfxray") from None
+    path = Path(run_dir)
+    return ServedModel(name=path.name or str(run_dir), run_dir=path, classifier=classifier, family=family,
+                       test_results=read_test_results(path))
+
+
+def _model_input(pixel_values, processor) -> np.ndarray:
+    """Normalised (3, H, W) back to uint8 (H, W, 3): what the model saw after resizing and cropping."""
+    from .explain.actmax import input_spec
+
+    _, mean, std = input_spec(processor)
+    image = pixel_values.detach().float().cpu().numpy() * np.asarray(std)[:, None, None] + np.asarray(mean)[:, None,
+                                                                                                          None]
+    return np.round(np.clip(image, 0.0, 1.0).transpose(1, 2, 0) * 255.0).astype(np.uint8)
+
+
+def answer(served: ServedModel, image: Image.Image) -> ModelAnswer:
+    """One model's label, probabilities and heatmap for an already opened RGB image."""
+    import torch
+
+    from .explain import gradcam_map, rollout_map
+
+    model = served.model
+    labels = model.config.id2label
+    # The same pipeline call as `hfxray predict`, so the page and the command line agree to the last digit.
+    scores = served.classifier(image, top_k=len(labels))
+    probabilities = {entry["label"]: float(entry["score"]) for entry in scores}
+    label = scores[0]["label"]
+    pixel_values = served.processor(images=image, return_tensors="pt")["pixel_values"]
+    pixel_values = pixel_values.to(device=model.device, dtype=next(model.parameters()).dtype)
+    if served.method == "gradcam":
+        predicted = {name: int(index) for index, name in labels.items()}[label]
+        heatmap = gradcam_map(model, pixel_values, predicted)[0]
+    else:
+        with torch.no_grad():
+            heatmap = rollout_map(model, pixel_values)[0]
+    return ModelAnswer(name=served.name, label=label, probabilities=probabilities, method=served.method,
+                       heatmap=np.asarray(heatmap, dtype=np.float64), model_input=_model_input(pixel_values[0],
+                                                                                              served.processor))
+
+
+def check_upload(path: str | os.PathLike, max_bytes: int) -> None:
+    """Refuse an oversize file before decoding it (Gradio also caps uploads; this covers every other way in)."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        raise ImageProblem("file not found") from None
+    if size > max_bytes:
+        raise ImageProblem(f"file too large: {size / 2**20:.1f} MiB, the limit is {max_bytes / 2**20:g} MiB")
+
+
+def analyze(models: Sequence[ServedModel], path: str | os.PathLike, max_bytes: int | None = None,
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, list[ModelAnswer]]:
+    """(the decoded image, one answer per model) for a file; ImageProblem with the reason when it is unusable."""
+    if max_bytes is not None:
+        check_upload(path, max_bytes)
+    image = load_rgb(path, max_pixels=max_pixels)
+    return image, [answer(served, image) for served in models]
+
+
+def find_examples(sample_dir: str | os.PathLike | None, count: int = NUM_EXAMPLES) -> list[Path]:
+    """A few test-split images of the CoronaHack sample, alternating normal and virus; [] when it is absent."""
+    if sample_dir is None:
+        return []
+    from .data import CSV_NAME, IMAGE_ROOT, binary_label
+
+    sample_dir = Path(sample_dir)
+    try:
+        with (sample_dir / CSV_NAME).open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+    by_label: dict[str, list[Path]] = {"normal": [], "virus": []}
+    for row in rows:
+        if (row.get("Dataset_type") or "").upper() != "TEST":
+            continue
+        label, _ = binary_label(row.get("Label") or "", row.get("Label_1_Virus_category") or "")
+        path = sample_dir / IMAGE_ROOT / "test" / (row.get("X_ray_image_name") or "")
+        if label in by_label and path.is_file():
+            by_label[label].append(path)
+    picked = []
+    for pair in zip(by_label["normal"], by_label["virus"]):
+        picked += pair
+    return picked[:count]
+
+
+def _thumbnail(image: Image.Image, side: int = 2 * DISPLAY_SIDE) -> Image.Image:
+    """A display copy: encoding a full-size radiograph for the page would cost more than the analysis itself."""
+    if max(image.size) <= side:
+        return image
+    scale = side / max(image.size)
+    return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+
+
+def _percent(probability: float) -> str:
+    return f"{100 * probability:.1f} %"
+
+
+def answer_markdown(result: ModelAnswer) -> str:
+    probabilities = ", ".join(f"p({name}) = {value:.4f}" for name, value in result.probabilities.items())
+    return f"**Prediction: {result.label}** ({_percent(result.probabilities[result.label])}) — {probabilities}"
+
+
+def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLike] = (),
+              max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """The Gradio Blocks page for already loaded models (queue and upload cap included; call `.launch()`)."""
+    import gradio as gr
+
+    from .calibration import folded_temperature
+
+    if not models:
+        raise ServeError("no model to serve. To fix: pass --model RUN_FOLDER at least once")
+    max_bytes = int(max_upload_mb * 2**20)  # Gradio's "25mb" is 25 MiB too
+    title = "hfxray: chest X-ray classifiers, normal vs viral pneumonia"
+
+    def empty(message: str) -> list:
+        return [message, None] + [None, None, ""] * len(models) + [None]
+
+    def run(path: str | None) -> list:
+        if not path:
+            return empty("Drop an X-ray above (PNG, JPEG or DICOM), paste one, or pick an example.")
+        try:
+            image, answers = analyze(models, path, max_bytes=max_bytes, max_pixels=max_pixels)
+        except ImageProblem as problem:
+            return empty(f"**Cannot read this file:** {problem}. To fix: upload a chest X-ray as PNG, JPEG or a "
+                         "single-frame grayscale DICOM (CR/DX).")
+        except Exception as err:  # never a stack trace in the page, never a dead server: log it, say it
+            logger.exception("analysis failed for %s", path)
+            return empty(f"**Analysis failed** ({type(err).__name__}). To fix: try another image; the server log "
+                         "has the details.")
+        outputs: list = [f"Analysed **{Path(path).name}** ({image.width}×{image.height} px) with "
+                         f"{len(answers)} model(s).", _thumbnail(image)]
+        raw = []
+        for result in answers:
+            outputs += [result.probabilities, result.overlay(), answer_markdown(result)]
+            raw.append({"model": result.name, "label": result.label, "probabilities": result.probabilities,
+                        "explanation": result.method})
+        return outputs + [raw]
+
+    # System fonts only: the page must work, and leak nothing, on a hospital network without internet access.
+    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    with gr.Blocks(title="hfxray serve", analytics_enabled=False) as app:
+        app.hfxray_theme = theme  # applied at launch (Gradio 6 takes themes there)
+        gr.Markdown(f"# {title}")
+        gr.Markdown(DISCLAIMER, elem_id="disclaimer")
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="X-ray file: PNG, JPEG or DICOM", type="filepath", elem_id="upload")
+                paste = gr.Image(label="…or paste / drop an image", type="filepath", sources=["clipboard", "upload"],
+                                 format="png", elem_id="paste")
+                if examples:
+                    gr.Examples(examples=[[str(p)] for p in examples], inputs=[upload],
+                                label="Examples from the sample's test split")
+            with gr.Column(scale=1):
+                status = gr.Markdown("Drop an X-ray (PNG, JPEG or DICOM), paste one, or pick an example.",
+                                     elem_id="status")
+                preview = gr.Image(label="decoded input", interactive=False, type="pil", format="jpeg",
+                                   elem_id="preview")
+        per_model: list = []
+        with gr.Row():
+            for index, served in enumerate(models):
+                with gr.Column(elem_id=f"model-{index}"):
+                    kind = "" if served.name == served.family else f"  ·  {served.family}"
+                    gr.Markdown(f"### {served.name}{kind}  ·  {EXPLANATION_TITLE[served.method]}")
+                    scaled = folded_temperature(served.model) != 1.0
+                    label = gr.Label(num_top_classes=2, elem_id=f"label-{index}",
+                                     label=f"{served.name}: {'temperature-scaled ' if scaled else ''}probabilities")
+                    overlay = gr.Image(label=f"{served.name}: {EXPLANATION_TITLE[served.method]}",
+                                       interactive=False, type="pil", format="jpeg", elem_id=f"heatmap-{index}")
+                    line = gr.Markdown(elem_id=f"answer-{index}")
+                    gr.Markdown(metrics_markdown(served.test_results), elem_id=f"metrics-{index}")
+                    per_model += [label, overlay, line]
+        with gr.Accordion("Raw answer (JSON, full precision)", open=False):
+            raw = gr.JSON(elem_id="raw")
+        outputs = [status, preview, *per_model, raw]
+        # One analysis at a time across both inputs (concurrency_id): the models are shared, Grad-CAM is not
+        # re-entrant; the queue keeps the others waiting with their position shown.
+        common = dict(outputs=outputs, concurrency_limit=1, concurrency_id="models", trigger_mode="always_last")
+        upload.change(run, inputs=upload, api_name="analyze", **common)
+        paste.change(run, inputs=paste, api_name="analyze_pasted", **common)
+    app.queue(max_size=32, default_concurrency_limit=1)
+    app.hfxray_max_file_size = f"{max_upload_mb:g}mb"
+    return app
+
+
+def launch(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False,
+           prevent_thread_lock: bool = False, quiet: bool = False):
+    """Start the server with the app's safety settings (upload cap, no share link unless asked, no SSR)."""
+    return app.launch(server_name=host, server_port=port, share=share, max_file_size=app.hfxray_max_file_size,
+                      show_error=False, ssr_mode=False, theme=app.hfxray_theme, prevent_thread_lock=prevent_thread_lock,
+                      quiet=quiet, footer_links=["api"], enable_monitoring=False, mcp_server=False, pwa=False)

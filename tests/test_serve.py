@@ -1,0 +1,291 @@
+"""`hfxray serve` as a user meets it: the real server in its own process on a free port, driven with
+`gradio_client` (answers equal to `hfxray predict`'s) and with headless Chromium (upload, label, heatmap)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hfxray.serve import ServeError, build_app, find_examples, metrics_markdown
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+UPLOAD_CAP_MB = 2  # small, so that the too-large case needs only a small file
+BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", "--window-size=1400,1800")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _environment(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+            "GRADIO_TEMP_DIR": str(tmp / "gradio"), "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_runs, sample_dir, tmp_path_factory):
+    """`hfxray serve` on the two tiny models, in a child process, until the module's tests are done."""
+    tmp = tmp_path_factory.mktemp("serve")
+    port = _free_port()
+    log = (tmp / "server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hfxray.cli", "serve", "--model", str(tiny_runs["vit"]), "--model",
+         str(tiny_runs["bit"]), "--port", str(port), "--max-upload-mb", str(UPLOAD_CAP_MB), "--examples",
+         str(sample_dir)], env=_environment(tmp), stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"hfxray serve exited with {process.returncode}:\n{(tmp / 'server.log').read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"hfxray serve did not answer in time:\n{(tmp / 'server.log').read_text()}")
+            time.sleep(0.5)
+        yield {"url": url, "process": process, "tmp": tmp}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server["url"], verbose=False, download_files=str(server["tmp"] / "downloads"))
+
+
+@pytest.fixture(scope="module")
+def xray(sample_dir) -> Path:
+    return find_examples(sample_dir, count=2)[1]  # a virus case of the test split
+
+
+@pytest.fixture(scope="module")
+def xray_dicom(xray, tmp_path_factory) -> Path:
+    """The same radiograph as a 12-bit MONOCHROME1 DICOM with a window, as a CR reader would write it."""
+    from test_dicom import make_dicom
+
+    gray = np.asarray(Image.open(xray).convert("L")).astype(np.uint16)
+    return make_dicom(tmp_path_factory.mktemp("dicom") / "xray.dcm", (255 - gray) * 16, photometric="MONOCHROME1",
+                      modality="CR", WindowCenter=2040, WindowWidth=4081)
+
+
+def _predict_cli(run_dir: Path, files: list[Path], out: Path) -> dict[str, dict]:
+    from hfxray.cli import main
+
+    assert main(["predict", *map(str, files), "--model", str(run_dir), "--out", str(out)]) == 0
+    return {Path(row["file"]).name: row for row in json.loads(out.read_text())}
+
+
+def _analyze(client, path: Path):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), api_name="/analyze")
+
+
+def _not_blank(path) -> float:
+    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+    return float(pixels.std())
+
+
+def test_client_answers_equal_hfxray_predict(server, client, tiny_runs, xray, xray_dicom, tmp_path):
+    names = ["vit", "bit"]
+    expected = {name: _predict_cli(tiny_runs[name], [xray, xray_dicom], tmp_path / f"{name}.json") for name in names}
+    for path in (xray, xray_dicom):
+        status, preview, *rest = _analyze(client, path)
+        assert status.startswith("Analysed"), status
+        assert Path(preview).is_file()
+        raw = rest[-1]
+        for index, name in enumerate(names):
+            label, overlay, line = rest[3 * index:3 * index + 3]
+            cli = expected[name][path.name]
+            assert not cli["error"]
+            assert label["label"] == cli["label"] == raw[index]["label"]
+            shown = {entry["label"]: entry["confidence"] for entry in label["confidences"]}
+            for probabilities in (shown, raw[index]["probabilities"]):
+                assert probabilities[cli["label"]] == pytest.approx(cli["probability"], abs=1e-5)
+                assert probabilities["virus"] == pytest.approx(cli["p_virus"], abs=1e-5)
+                assert probabilities["normal"] == pytest.approx(1 - cli["p_virus"], abs=1e-5)
+            assert f"Prediction: {cli['label']}" in line
+            assert _not_blank(overlay) > 5, f"{name}'s overlay is blank"
+        assert [entry["explanation"] for entry in raw] == ["rollout", "gradcam"]
+
+
+def _hostile_dicom(path: Path) -> Path:
+    from test_dicom import make_dicom
+
+    return make_dicom(path, np.zeros((4, 4)), modality="CT")
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("empty.png", "zero-byte file"),
+    ("truncated.jpeg", "corrupt or truncated image"),
+    ("notes.txt", "not an image"),
+    ("ct.dcm", "DICOM modality CT refused"),
+    ("bomb.dcm", "decompression bomb"),
+])
+def test_bad_files_get_a_message_in_the_page(server, client, xray, tmp_path, case, expected):
+    path = tmp_path / case
+    if case == "empty.png":
+        path.write_bytes(b"")
+    elif case == "truncated.jpeg":
+        path.write_bytes(xray.read_bytes()[:2000])
+    elif case == "notes.txt":
+        path.write_text("not an X-ray\n")
+    elif case == "ct.dcm":
+        _hostile_dicom(path)
+    else:
+        from test_dicom import make_dicom
+
+        make_dicom(path, np.zeros((4, 4)), Rows=50000, Columns=50000)
+    status, preview, *rest = _analyze(client, path)
+    assert status.startswith("**Cannot read this file:**") and expected in status, status
+    assert "Traceback" not in status and preview is None
+    labels, overlays, raw = rest[0:-1:3], rest[1:-1:3], rest[-1]
+    assert all(not (label or {}).get("label") for label in labels), labels  # previous answers are cleared
+    assert all(overlay is None for overlay in overlays) and not raw
+    assert server["process"].poll() is None
+
+
+def test_too_large_upload_is_refused_and_the_server_lives(server, client, xray, tmp_path):
+    from gradio_client import handle_file
+
+    big = tmp_path / "big.png"
+    big.write_bytes(xray.read_bytes() + os.urandom(UPLOAD_CAP_MB * 2**20))
+    # Gradio refuses the upload itself (HTTP 413), before any of it reaches the models.
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(big)), api_name="/analyze")
+    assert server["process"].poll() is None
+    status, *_ = _analyze(client, xray)  # still serving
+    assert status.startswith("Analysed")
+
+
+def test_two_users_at_once_are_both_answered(server, client, xray, xray_dicom):
+    from gradio_client import Client
+
+    second = Client(server["url"], verbose=False, download_files=str(server["tmp"] / "downloads2"))
+    results: dict[str, tuple] = {}
+
+    def user(name, which, path):
+        results[name] = _analyze(which, path)
+
+    threads = [threading.Thread(target=user, args=("a", client, xray)),
+               threading.Thread(target=user, args=("b", second, xray_dicom))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert set(results) == {"a", "b"}
+    assert all(result[0].startswith("Analysed") for result in results.values())
+    # Same radiograph, two encodings: equal labels show the queue kept the two requests apart.
+    assert [r["label"] for r in results["a"][-1]] == [r["label"] for r in results["b"][-1]]
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def test_browser_upload_shows_label_and_heatmap(server, tiny_runs, xray, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[dev])")
+    binary, driver_path = _chromium(), shutil.which("chromedriver")
+    if not binary or not driver_path:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium "
+                    "chromium-driver); .ci/run installs them")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    try:
+        driver.get(server["url"])
+        wait = WebDriverWait(driver, 90)
+        assert "not a medical device" in wait.until(
+            expected_conditions.visibility_of_element_located((By.ID, "disclaimer"))).text
+        driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(xray))
+        wait.until(lambda d: "Analysed" in d.find_element(By.ID, "status").text)
+        expected = _predict_cli(tiny_runs["bit"], [xray], tmp_path / "bit.json")[xray.name]["label"]
+        # gr.Label shows the top class as its heading (data-testid="label-output-value").
+        heading = (By.CSS_SELECTOR, "#label-1 [data-testid=label-output-value]")
+        wait.until(lambda d: d.find_element(*heading).text.strip())
+        assert driver.find_element(*heading).text.strip() == expected
+        assert f"Prediction: {expected}" in driver.find_element(By.ID, "answer-1").text
+        heatmap = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#heatmap-1 img"))[0]
+        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap))
+        shot = tmp_path / "heatmap.png"
+        shot.write_bytes(heatmap.screenshot_as_png)
+        assert _not_blank(shot) > 5, "the heatmap image is blank"
+        page = tmp_path / "serve.png"
+        driver.save_screenshot(str(page))
+        assert page.stat().st_size > 0
+        if os.environ.get("HFXRAY_UPDATE_SCREENSHOT"):  # refresh the README's picture: docs/serve.png
+            picture = Image.open(page).convert("RGB")
+            picture = picture.resize((900, round(picture.height * 900 / picture.width)), Image.Resampling.LANCZOS)
+            picture.quantize(colors=128).save(REPO_ROOT / "docs" / "serve.png", optimize=True)  # small in git
+    finally:
+        driver.quit()
+
+
+def test_analyze_refuses_an_oversize_file_before_decoding(tmp_path):
+    from hfxray.imaging import ImageProblem
+    from hfxray.serve import analyze
+
+    path = tmp_path / "big.png"
+    path.write_bytes(b"\0" * (2**20 + 1))
+    with pytest.raises(ImageProblem, match="file too large: 1.0 MiB, the limit is 1 MiB"):
+        analyze([], path, max_bytes=2**20)
+
+
+def test_metrics_line_reads_test_results():
+    results = {"test_accuracy": 0.85, "test_auroc": 0.9, "test_ece": 0.04, "test_n": 92,
+               "test_ci95": {"accuracy": [0.8, 0.9], "auroc": [0.85, 0.95], "ece": [0.03, 0.07]}}
+    line = metrics_markdown(results)
+    assert line == ("Test split (92 images): accuracy 0.850 (95 % CI 0.800–0.900) · AUROC 0.900 (95 % CI "
+                    "0.850–0.950) · ECE 0.040 (95 % CI 0.030–0.070)")
+    assert "AUROC n/a" in metrics_markdown({**results, "test_auroc": float("nan")})
+    assert "not evaluated" in metrics_markdown({})
+
+
+def test_examples_alternate_classes(sample_dir):
+    examples = find_examples(sample_dir)
+    assert len(examples) == 4 and all(path.is_file() for path in examples)
+    assert find_examples(None) == [] and find_examples(sample_dir / "missing") == []
+
+
+def test_serve_refuses_a_bad_model_folder(tmp_path, capsys):
+    from hfxray.cli import main
+
+    assert main(["serve", "--model", str(tmp_path)]) == 2
+    assert "To fix" in capsys.readouterr().err
+    with pytest.raises(ServeError):
+        build_app([])
