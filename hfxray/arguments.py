@@ -1,7 +1,10 @@
 """Training arguments: typed dataclasses for HfArgumentParser, recipe and config YAML, validation.
 
-Precedence: dataclass defaults < recipe (`configs/recipes/{model}-{recipe}.yaml`) < `--config FILE.yaml`
-< command-line flags. Everything is validated before any model or data work starts.
+Precedence: dataclass defaults < recipe (`configs/recipes/{family}-{recipe}.yaml`) < `--config FILE.yaml`
+< command-line flags. A recipe sets TrainingArguments fields wherever the Trainer has one (`optim`, `optim_args`,
+`lr_scheduler_type`, `warmup_steps`, `label_smoothing_factor`, ...); hfxray's own fields are only what the Trainer
+lacks (its extra schedules, augmentation, weight averaging). Everything is validated before any model or data
+work starts.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import yaml
 from .data import DataError, check_prepared
 from .errors import HfxrayError
 from .models import MODEL_NAMES, PRESETS
-from .recipes import OPTIMIZERS, SCHEDULES
+from .recipes import SCHEDULES, TRAINER_SCHEDULE
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = ("seed", "paper", "scratch")
@@ -49,22 +52,19 @@ class DataArguments:
 class RecipeArguments:
     recipe: str = field(default="seed", metadata={
         "help": f"Recipe name ({', '.join(RECIPES)}) read from configs/recipes/, or a YAML file path."})
-    optimizer: str = field(default="sgd", metadata={"help": f"One of {', '.join(OPTIMIZERS)}."})
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
-    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum for SGD."})
-    schedule: str = field(default="warmup_constant", metadata={
-        "help": f"Learning-rate schedule: {', '.join(SCHEDULES)} (formulas in hfxray/recipes.py)."})
-    warmup_epochs: float = field(default=0.0, metadata={
-        "help": "Warm-up length in epochs; used when --warmup_steps is 0."})
+    schedule: str = field(default=TRAINER_SCHEDULE, metadata={
+        "help": f"Learning-rate schedule: '{TRAINER_SCHEDULE}' uses the Trainer's --lr_scheduler_type and "
+                f"--warmup_steps; {', '.join(SCHEDULES)} are hfxray's (formulas in hfxray/recipes.py). An explicit "
+                "--lr_scheduler_type selects the Trainer's."})
     lr_decay_gamma: float = field(default=0.9, metadata={"help": "Per-epoch factor of exponential_epoch."})
     lr_milestones: list[int] = field(default_factory=list, metadata={
         "help": "Steps after which bit_hyperrule divides the learning rate by 10."})
     onecycle_pct_start: float = field(default=0.3, metadata={"help": "Fraction of steps rising, for onecycle."})
-    label_smoothing: float = field(default=0.0, metadata={"help": "alpha of the label-smoothing loss (0: plain CE)."})
     image_size: int | None = field(default=None, metadata={
-        "help": "Crop size fed to the model (default: the preset's: 224 full, 128 small, 64 tiny)."})
+        "help": "Crop size fed to the model (default: the recipe's for --preset full, else the preset's: 128 small, "
+                "64 tiny)."})
     resize_size: int | None = field(default=None, metadata={
-        "help": "Shortest edge before cropping (default: the crop size)."})
+        "help": "Shortest edge before cropping (default: the recipe's for --preset full, else 9/8 of the crop)."})
     max_zoom: float = field(default=1.0, metadata={"help": "Training augmentation: random zoom in [1, max_zoom]."})
     hflip: bool = field(default=False, metadata={"help": "Training augmentation: random horizontal flips."})
     bit_hyperrule: bool = field(default=False, metadata={
@@ -86,6 +86,8 @@ class RunArguments:
         "help": "Start over in an --output_dir that already holds checkpoints."})
 
 
+# The largest batch (images per optimizer step) a recipe keeps at the small and tiny presets.
+MAX_SMALL_BATCH = 32
 # Trainer settings that differ from transformers' defaults for this project; recipes and flags override them.
 TRAINING_DEFAULTS = dict(
     eval_strategy="epoch",
@@ -104,10 +106,37 @@ TRAINING_DEFAULTS = dict(
 )
 
 
+# TrainingArguments fields that belong together: an explicit flag for one resets the recipe's values of the others
+# (a recipe's SGD momentum means nothing to --optim adafactor; a recipe's warm-up ratio would otherwise survive an
+# explicit --warmup_steps 0). See `_apply_explicit`.
+COUPLED_FIELDS = {"optim": ("optim_args",), "lr_scheduler_type": ("lr_scheduler_kwargs",)}
+# Shown by --help besides hfxray's own arguments; --help_all lists every TrainingArguments field.
+COMMON_TRAINER_FLAGS = ("output_dir", "num_train_epochs", "max_steps", "learning_rate", "weight_decay", "optim",
+                        "optim_args", "lr_scheduler_type", "warmup_steps", "label_smoothing_factor",
+                        "per_device_train_batch_size", "gradient_accumulation_steps", "max_grad_norm", "seed",
+                        "bf16", "use_cpu", "report_to", "push_to_hub", "hub_model_id", "log_level")
+# Reporting integrations and the package each needs (a missing one is refused before any work).
+REPORT_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                   "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive", "swanlab": "swanlab",
+                   "trackio": "trackio", "azure_ml": "azureml.core", "codecarbon": "codecarbon"}
+
+
 def _dataclasses():
     from transformers import TrainingArguments
 
     return (ModelArguments, DataArguments, RecipeArguments, RunArguments, TrainingArguments)
+
+
+def _parser_class():
+    from transformers import HfArgumentParser
+
+    class Parser(HfArgumentParser):
+        """argparse's errors become ConfigError: one line, no 600-line usage dump."""
+
+        def error(self, message: str):
+            raise ConfigError(f"{message}. To fix: see `{self.prog} --help`.")
+
+    return Parser
 
 
 def _normalise_flags(argv: list[str]) -> list[str]:
@@ -122,7 +151,7 @@ def _normalise_flags(argv: list[str]) -> list[str]:
 
 
 def recipe_path(model: str, recipe: str) -> Path:
-    """configs/recipes/{model}-{recipe}.yaml, else configs/recipes/{recipe}.yaml, else `recipe` as a path."""
+    """configs/recipes/{family}-{recipe}.yaml, else configs/recipes/{recipe}.yaml, else `recipe` as a path."""
     if recipe.endswith((".yaml", ".yml")):
         path = Path(recipe)
     else:
@@ -135,18 +164,54 @@ def recipe_path(model: str, recipe: str) -> Path:
     return path
 
 
-def _read_yaml(path: Path, known: set[str]) -> dict:
+def _field_types() -> dict[str, str]:
+    """Argument name -> its annotation as text (`float`, `int | None`, `Optional[str]`, ...)."""
+    types = {}
+    for dataclass_type in _dataclasses():
+        for item in fields(dataclass_type):
+            if item.init:
+                annotation = item.type
+                types[item.name] = (annotation.__name__ if isinstance(annotation, type)
+                                    else str(annotation).replace("typing.", ""))
+    return types
+
+
+def _check_value(path: Path, key: str, value, annotation: str):
+    """A YAML value of the field's type (ints accepted for floats), or ConfigError naming the key."""
+    optional = "None" in annotation or "Optional" in annotation
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{path}: {key} is null, but it needs a value. To fix: give {key} a value or delete it.")
+    kinds = [("bool", bool), ("int", int), ("float", (int, float)), ("str", str)]
+    base = annotation.replace("Optional[", "").replace(" | None", "").strip("]").strip()
+    if base.startswith("list") or base.startswith("List"):
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: {key} must be a list, not {value!r}. To fix: write it as [a, b, ...].")
+        return value
+    for name, python_type in kinds:
+        if base == name:
+            if isinstance(value, bool) and name != "bool" or not isinstance(value, python_type):
+                raise ConfigError(f"{path}: {key} must be a {name}, not {value!r}. To fix: write a single {name} "
+                                  "value.")
+            return float(value) if name == "float" else value
+    return value  # unions, enums, dicts: TrainingArguments validates them itself
+
+
+def _read_yaml(path: Path, known: dict[str, str]) -> dict:
     try:
         values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read YAML ({err}). To fix: correct the file.") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read YAML ({' '.join(str(err).split())[:200]}). To fix: correct the "
+                          "file.") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of argument names to values.")
-    unknown = sorted(set(values) - known)
+        raise ConfigError(f"{path}: expected a mapping of argument names to values. To fix: write `name: value` "
+                          "lines.")
+    unknown = sorted(set(map(str, values)) - set(known))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}. To fix: use argument names as listed by "
-                          "`scripts/train.py --help` (with underscores).")
-    return values
+                          "`scripts/train.py --help_all` (with underscores).")
+    return {key: _check_value(path, key, value, known[key]) for key, value in values.items()}
 
 
 def _hyperrule_values(data_dir: str | None, batch_size: int) -> dict:
@@ -160,7 +225,7 @@ def _hyperrule_values(data_dir: str | None, batch_size: int) -> dict:
         return {}  # validate() reports the missing --data_dir
     try:
         rows = [row for row in read_manifest(data_dir) if row["status"] == "kept" and row["split"] == "train"]
-    except (OSError, DataError):
+    except (OSError, DataError, KeyError):
         return {}  # validate() reports the unprepared folder
     sizes = [(int(row["width"]), int(row["height"])) for row in rows
              if str(row.get("width", "")).isdigit() and str(row.get("height", "")).isdigit()]
@@ -173,61 +238,174 @@ def _hyperrule_values(data_dir: str | None, batch_size: int) -> dict:
     return values
 
 
-def parse_args(argv: list[str] | None = None):
-    """(model, data, recipe, run, training) arguments from flags, recipe YAML and --config YAML."""
+def _explicit_names(argv: list[str]) -> set[str]:
+    """Argument names given on the command line (`--name value` or `--name=value`)."""
+    return {token[2:].partition("=")[0] for token in argv if token.startswith("--") and len(token) > 2}
+
+
+def _early(argv: list[str], names: tuple[str, ...], config_values: dict, recipe_values: dict) -> dict:
+    """Values of `names` before the full parse: flag, else --config, else recipe."""
     import argparse
 
-    from transformers import HfArgumentParser
-
-    argv = _normalise_flags(list(sys.argv[1:] if argv is None else argv))
-    parser = HfArgumentParser(_dataclasses())
-    known = {f.name for dc in _dataclasses() for f in fields(dc) if f.init}
     pre = argparse.ArgumentParser(add_help=False)
-    for name in ("config", "model", "recipe"):
+    for name in names:
         pre.add_argument(f"--{name}")
-    early, _ = pre.parse_known_args(argv)
-    config_values = _read_yaml(Path(early.config), known) if early.config else {}
-    model = early.model or config_values.get("model", ModelArguments.model)
-    recipe = early.recipe or config_values.get("recipe", RecipeArguments.recipe)
+    flags = vars(pre.parse_known_args(argv)[0])
+    return {name: flags[name] if flags[name] is not None else config_values.get(name, recipe_values.get(name))
+            for name in names}
+
+
+def print_help(prog: str, everything: bool = False) -> None:
+    """`--help`: hfxray's arguments and the common Trainer flags; `--help_all`: every TrainingArguments field."""
+    parser = _parser_class()(_dataclasses() if everything else _dataclasses()[:4], prog=prog,
+                             description="Fine-tune one model: recipe (configs/recipes/) < --config YAML < flags.",
+                             epilog=None if everything else "--help_all lists every TrainingArguments flag.")
+    if not everything:
+        from transformers import TrainingArguments
+
+        group = parser.add_argument_group("common TrainingArguments flags (all of them: --help_all)")
+        for item in fields(TrainingArguments):
+            if item.name in COMMON_TRAINER_FLAGS:
+                default = TRAINING_DEFAULTS.get(item.name, item.default)
+                text = " ".join(str(item.metadata.get("help", "")).split())
+                text = text.split(". ")[0][:150]
+                group.add_argument(f"--{item.name}", help=f"{text} (default: {default})".replace("%", "%%"))
+    parser.print_help()
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
+    """(model, data, recipe, run, training) arguments from flags, recipe YAML and --config YAML.
+
+    Precedence: TRAINING_DEFAULTS < recipe < --config < flags. Then the recipe is fitted to the preset (a `full`
+    recipe's resolution and batch are for pretrained models on accelerators) and explicit flags win over the
+    recipe's coupled fields (`_apply_explicit`).
+    """
+    argv = _normalise_flags(list(sys.argv[1:] if argv is None else argv))
+    if "--help_all" in argv or "-h" in argv or "--help" in argv:
+        print_help(prog, everything="--help_all" in argv)
+        raise SystemExit(0)
+    known = _field_types()
+    early = _early(argv, ("config",), {}, {})
+    config_values = _read_yaml(Path(early["config"]), known) if early["config"] else {}
+    early = _early(argv, ("model", "recipe", "preset"), config_values, {})
+    model = early["model"] or ModelArguments.model
+    recipe = early["recipe"] or RecipeArguments.recipe
     recipe_values = _read_yaml(recipe_path(model, recipe), known)
+    explicit = _explicit_names(argv) | set(config_values)
     if recipe_values.get("bit_hyperrule") or config_values.get("bit_hyperrule"):
-        pre.add_argument("--data_dir")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
-            pre.add_argument(f"--{name}", type=int)
-        data_dir = pre.parse_known_args(argv)[0].data_dir or config_values.get("data_dir")
-        batch = ((pre.parse_known_args(argv)[0].per_device_train_batch_size
-                  or config_values.get("per_device_train_batch_size")
-                  or recipe_values.get("per_device_train_batch_size") or 1)
-                 * (pre.parse_known_args(argv)[0].gradient_accumulation_steps
-                    or config_values.get("gradient_accumulation_steps")
-                    or recipe_values.get("gradient_accumulation_steps") or 1))
-        recipe_values.update(_hyperrule_values(data_dir, batch))
+        sizes = _early(argv, ("data_dir", "per_device_train_batch_size", "gradient_accumulation_steps"),
+                       config_values, recipe_values)
+        batch = int(sizes["per_device_train_batch_size"] or 1) * int(sizes["gradient_accumulation_steps"] or 1)
+        recipe_values.update(_hyperrule_values(sizes["data_dir"], batch))
+    notes = fit_recipe_to_preset(recipe_values, early["preset"] or ModelArguments.preset, explicit)
+    _apply_explicit(recipe_values, explicit)
+    parser = _parser_class()(_dataclasses(), prog=prog)
     parser.set_defaults(**{**TRAINING_DEFAULTS, **recipe_values, **config_values})
     try:
         model_args, data_args, recipe_args, run_args, training_args = parser.parse_args_into_dataclasses(argv)
     except ValueError as err:  # TrainingArguments.__post_init__ checks (e.g. bf16 without a GPU): no traceback
-        raise ConfigError(f"{str(err).strip()} (from transformers' TrainingArguments). To fix: change the flag "
-                          "it names.") from None
-    validate(model_args, data_args, recipe_args, training_args)
+        raise ConfigError(f"{' '.join(str(err).split())} (from transformers' TrainingArguments). To fix: change the "
+                          "flag it names.") from None
+    validate(model_args, data_args, recipe_args, training_args, explicit)
+    recipe_args.preset_notes = notes
     return model_args, data_args, recipe_args, run_args, training_args
 
 
-def validate(model_args, data_args, recipe_args, training_args) -> None:
+def fit_recipe_to_preset(recipe_values: dict, preset: str, explicit: set[str]) -> list[str]:
+    """Fit a recipe's resolution and batch to a random-init preset, in place; returns what changed, in words.
+
+    A recipe's resolution and batch are the published ones, for pretrained models on accelerators (`full`). The
+    `small` and `tiny` presets are built for 128 and 64 px: they keep the recipe's optimizer and schedule shape,
+    at their native size and at most 32 images per step, with the learning rate scaled linearly with the batch.
+    """
+    from .models import native_image_size
+
+    if preset == "full" or preset not in PRESETS:
+        return []
+    notes = []
+    size = native_image_size(preset)
+    resize = round(size * 9 / 8)
+    if "image_size" not in explicit and recipe_values.get("image_size") not in (None, size):
+        notes.append(f"crop {size} px (recipe: {recipe_values['image_size']})")
+        recipe_values["image_size"] = size
+        if "resize_size" not in explicit:
+            recipe_values["resize_size"] = resize
+    batch = (recipe_values.get("per_device_train_batch_size") or TRAINING_DEFAULTS["per_device_train_batch_size"]) \
+        * (recipe_values.get("gradient_accumulation_steps") or 1)
+    if batch > MAX_SMALL_BATCH and not {"per_device_train_batch_size", "gradient_accumulation_steps"} & explicit:
+        recipe_values.update(per_device_train_batch_size=MAX_SMALL_BATCH, gradient_accumulation_steps=1)
+        note = f"batch {MAX_SMALL_BATCH} (recipe: {batch})"
+        if "learning_rate" in recipe_values and "learning_rate" not in explicit:
+            recipe_values["learning_rate"] *= MAX_SMALL_BATCH / batch
+            note += f", learning rate {recipe_values['learning_rate']:.3g} (scaled with the batch)"
+        notes.append(note)
+    return notes
+
+
+def _apply_explicit(recipe_values: dict, explicit: set[str]) -> None:
+    """An explicit flag wins over the recipe's fields that belong to the same choice (in place)."""
+    for name, coupled in COUPLED_FIELDS.items():
+        if name in explicit:
+            for other in coupled:
+                if other not in explicit:
+                    recipe_values.pop(other, None)
+    if "lr_scheduler_type" in explicit and "schedule" not in explicit:
+        recipe_values["schedule"] = TRAINER_SCHEDULE  # the user chose the Trainer's schedule
+    if "warmup_steps" in explicit:
+        recipe_values.pop("warmup_steps", None)
+
+
+def _check_report_to(report_to) -> None:
+    import importlib.util
+
+    for name in report_to or []:
+        package = REPORT_PACKAGES.get(name)
+        if package and importlib.util.find_spec(package.split(".")[0]) is None:
+            raise ConfigError(f"--report_to {name}: the {package} package is not installed. To fix: pip install "
+                              f"{package.split('.')[0]}, or pass --report_to none (or tensorboard).")
+
+
+def validate(model_args, data_args, recipe_args, training_args, explicit: set[str] = frozenset()) -> None:
     """Fail before any model or data work, with what to change."""
-    if model_args.model not in MODEL_NAMES:
-        raise ConfigError(f"--model {model_args.model!r} is unknown. To fix: use one of {', '.join(MODEL_NAMES)}")
-    if model_args.preset not in PRESETS:
-        raise ConfigError(f"--preset {model_args.preset!r} is unknown. To fix: use one of {', '.join(PRESETS)}")
-    if recipe_args.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"--optimizer {recipe_args.optimizer!r}. To fix: use one of {', '.join(OPTIMIZERS)}")
-    if recipe_args.schedule not in SCHEDULES:
-        raise ConfigError(f"--schedule {recipe_args.schedule!r}. To fix: use one of {', '.join(SCHEDULES)}")
-    if not 0.0 <= recipe_args.label_smoothing < 1.0:
-        raise ConfigError(f"--label_smoothing {recipe_args.label_smoothing} must lie in [0, 1).")
+    from .models import ModelSpecError, get_spec
+
+    try:
+        get_spec(model_args.model, model_args.preset)
+    except ModelSpecError as err:
+        raise ConfigError(str(err)) from None
+    if recipe_args.schedule not in (TRAINER_SCHEDULE, *SCHEDULES):
+        raise ConfigError(f"--schedule {recipe_args.schedule!r}. To fix: use one of {TRAINER_SCHEDULE}, "
+                          f"{', '.join(SCHEDULES)}")
+    if {"schedule", "lr_scheduler_type"} <= explicit and recipe_args.schedule != TRAINER_SCHEDULE:
+        raise ConfigError(f"--schedule {recipe_args.schedule} and --lr_scheduler_type both choose the schedule. "
+                          "To fix: pass only one of them.")
+    if "warmup_steps" in explicit and recipe_args.schedule in SCHEDULES and recipe_args.schedule != "bit_hyperrule":
+        raise ConfigError(f"--warmup_steps does not apply to the {recipe_args.schedule} schedule of recipe "
+                          f"{recipe_args.recipe!r}, which sets its own start. To fix: also pass --lr_scheduler_type "
+                          "(e.g. cosine) to use the Trainer's schedule with a warm-up, or drop --warmup_steps.")
+    if not 0.0 <= training_args.label_smoothing_factor < 1.0:
+        raise ConfigError(f"--label_smoothing_factor {training_args.label_smoothing_factor} must lie in [0, 1). "
+                          "To fix: pass a value such as 0.1.")
+    positive = {"per_device_train_batch_size": training_args.per_device_train_batch_size,
+                "per_device_eval_batch_size": training_args.per_device_eval_batch_size,
+                "gradient_accumulation_steps": training_args.gradient_accumulation_steps}
+    for name, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"--{name} {value}. To fix: pass a whole number of at least 1.")
+    if not training_args.learning_rate > 0 or training_args.learning_rate != training_args.learning_rate:
+        raise ConfigError(f"--learning_rate {training_args.learning_rate}. To fix: pass a positive number.")
+    if training_args.max_steps <= 0 and not training_args.num_train_epochs > 0:
+        raise ConfigError("neither --max_steps nor --num_train_epochs is positive. To fix: set one of them.")
+    for name in ("image_size", "resize_size"):
+        value = getattr(recipe_args, name)
+        if value is not None and value < 16:
+            raise ConfigError(f"--{name} {value}. To fix: pass at least 16 (pixels).")
     if recipe_args.max_zoom < 1.0:
-        raise ConfigError(f"--max_zoom {recipe_args.max_zoom} must be >= 1 (1 = no zoom).")
+        raise ConfigError(f"--max_zoom {recipe_args.max_zoom} must be >= 1 (1 = no zoom). To fix: pass 1 or more.")
+    if data_args.max_train_samples is not None and data_args.max_train_samples < 1:
+        raise ConfigError(f"--max_train_samples {data_args.max_train_samples}. To fix: pass at least 1.")
     if data_args.data_dir is None:
-        raise ConfigError("--data_dir is required. To fix: run `hfxray data prepare --source KAGGLE_DIR --out "
+        raise ConfigError("--data_dir is required. To fix: run `hfxray data prepare --source SOURCE_DIR --out "
                           "PREPARED` and pass --data_dir PREPARED")
     try:
         check_prepared(data_args.data_dir)
@@ -246,7 +424,9 @@ def validate(model_args, data_args, recipe_args, training_args) -> None:
                               f"--average_last_epochs {recipe_args.average_last_epochs} needs. To fix: raise it "
                               f"above {recipe_args.average_last_epochs}")
     if training_args.eval_strategy != training_args.save_strategy and training_args.load_best_model_at_end:
-        raise ConfigError("load_best_model_at_end needs --eval_strategy equal to --save_strategy.")
+        raise ConfigError("load_best_model_at_end needs --eval_strategy equal to --save_strategy. To fix: set both "
+                          "to epoch or both to steps.")
+    _check_report_to(training_args.report_to)
 
 
 def resolved_config(*argument_sets) -> dict:

@@ -698,9 +698,14 @@ def check_prepared(data_dir: str | os.PathLike) -> Path:
     data_dir = Path(data_dir)
     missing = [s for s in ("train", "test") if not (data_dir / s).is_dir()]
     if not data_dir.is_dir() or missing or not (data_dir / MANIFEST_NAME).is_file():
+        if (data_dir / CSV_NAME).is_file():  # the raw download itself: prepare it into a new folder beside it
+            target = data_dir.parent / f"{data_dir.name}-prepared"
+            raise DataError(f"{data_dir} is the raw CoronaHack download, not a prepared ImageFolder. To fix: run "
+                            f"`hfxray data prepare --source {data_dir} --out {target}` and pass {target}")
         raise DataError(
-            f"{data_dir}: not a prepared ImageFolder (needs train/, test/ and {MANIFEST_NAME}). To fix: run "
-            f"`hfxray data prepare --source KAGGLE_CORONAHACK_DIR --out {data_dir}`"
+            f"{data_dir}: {'no such folder' if not data_dir.exists() else 'not a prepared ImageFolder'} (needs "
+            f"train/, test/ and {MANIFEST_NAME}). To fix: run `hfxray data prepare --source SOURCE_DIR --out "
+            f"{data_dir}`, or pass the --out folder of an earlier `hfxray data prepare`."
         )
     return data_dir
 

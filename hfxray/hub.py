@@ -86,20 +86,29 @@ def _split_counts(args: dict) -> tuple[dict[str, Counter], int, int] | None:
 
 
 def _optimizer_text(args: dict) -> str:
-    name = args.get("optimizer", "?")
-    if name == "sgd":
-        extra = f"momentum {args.get('momentum')}{', Nesterov' if args.get('nesterov') else ''}"
+    name = str(args.get("optim", "?"))
+    if name.startswith("sgd"):
+        extra = args.get("optim_args") or "no momentum"
     else:
         extra = f"betas ({args.get('adam_beta1')}, {args.get('adam_beta2')})"
-    return f"{name} ({extra}), weight decay {args.get('weight_decay')}"
+    return f"{name} ({extra}), weight decay {args.get('weight_decay')} on non-bias weights"
+
+
+def schedule_text(args: dict) -> str:
+    """The learning-rate schedule a run used, from its args.yaml (hfxray's own, or the Trainer's)."""
+    schedule = args.get("schedule")
+    if schedule and schedule != "trainer":
+        return f"{schedule} (hfxray/recipes.py)" + (f", warm-up {args.get('warmup_steps')}"
+                                                     if schedule == "bit_hyperrule" else "")
+    warmup = args.get("warmup_steps") or 0
+    warmup_text = f"{warmup:g} of the steps" if 0 < warmup < 1 else f"{warmup:g} steps"
+    return f"{args.get('lr_scheduler_type')} (warm-up {warmup_text})"
 
 
 def _recipe_rows(args: dict, run_dir: Path) -> list[tuple[str, object]]:
     processor = _read_json(run_dir / "preprocessor_config.json")
     crop = (processor.get("crop_size") or {}).get("height", args.get("image_size"))
     resize = (processor.get("size") or {}).get("shortest_edge", args.get("resize_size"))
-    warmup = (f"{args['warmup_steps']} steps" if args.get("warmup_steps")
-              else f"{args.get('warmup_epochs', 0)} epochs")
     length = (f"{args['max_steps']} steps" if (args.get("max_steps") or -1) > 0
               else f"{args.get('num_train_epochs', 0):g} epoch(s)")
     steps = _read_json(run_dir / "train_results.json").get("global_step")
@@ -112,10 +121,10 @@ def _recipe_rows(args: dict, run_dir: Path) -> list[tuple[str, object]]:
         ("model", f"`{args.get('model_tag') or args.get('model')}`"),
         ("optimizer", _optimizer_text(args)),
         ("learning rate", args.get("learning_rate")),
-        ("schedule", f"{args.get('schedule')} (warm-up {warmup})"),
+        ("schedule", schedule_text(args)),
         ("length", length + (f", {steps} optimizer steps" if steps else "")),
         ("effective batch size", batch),
-        ("label smoothing", args.get("label_smoothing")),
+        ("label smoothing", args.get("label_smoothing_factor")),
         ("image size", f"shortest edge resized to {resize} px, center crop {crop} x {crop} px, scaled to [-1, 1]"
          if processor.get("image_mean") == [0.5, 0.5, 0.5] else f"resize {resize} px, crop {crop} px"),
         ("augmentation", ", ".join([f"random zoom up to {zoom}x" if zoom > 1 else "no zoom",

@@ -242,6 +242,11 @@ _CHECKPOINTS = {
 _SIZES = {"full": 224, "small": 128, "tiny": 64}
 
 
+def native_image_size(preset: str) -> int:
+    """The input size a preset's models are built for (224 full, 128 small, 64 tiny)."""
+    return _SIZES[preset]
+
+
 def get_spec(name: str, preset: str = "full", image_size: int | None = None) -> ModelSpec:
     """Look up a registry entry; `image_size` overrides the preset's input size (e.g. the seed recipe's 128 px)."""
     if name not in _BUILDERS:

@@ -1,18 +1,18 @@
-"""Optimizers and learning-rate schedules built from a recipe: small pure functions with their formulas.
+"""Learning-rate schedules the Trainer does not have, and BiT-HyperRule: small pure functions with their formulas.
 
-`lr_multiplier` is the single source of truth for every schedule; the Trainer gets it through a LambdaLR
-(optimizer step t uses base_lr * lr_multiplier(t)), and the tests compare the learning rate the Trainer really
-applied at each step with these formulas.
+The optimizer, its arguments, warm-up, label smoothing and the Trainer's own schedules (`constant_with_warmup`,
+`cosine`, ...) are TrainingArguments fields (`optim`, `optim_args`, `warmup_steps`, `label_smoothing_factor`,
+`lr_scheduler_type`): recipes set those fields, and an explicit flag wins. hfxray adds only the schedules below
+(`--schedule`), used when the user has not chosen a `--lr_scheduler_type`; `lr_multiplier` is their single source
+of truth, given to the Trainer through a LambdaLR (optimizer step t uses base_lr * lr_multiplier(t)).
 
 Schedules (t = optimizer step from 0, T = total steps, E = steps per epoch, W = warm-up steps):
-- `constant`:           1
 - `exponential_epoch`:  gamma ** floor(t / E)            (the study's BiT run: lr x 0.9 each epoch; its report
                                                            called this "1/t", but it is exponential decay)
-- `warmup_constant`:    t / W during warm-up, then 1      (the study's ViT / hybrid runs)
 - `bit_hyperrule`:      t / W during warm-up, then 0.1 ** #{m in milestones : m < t}   (BiT's `get_lr`)
-- `warmup_cosine`:      t / W during warm-up, then 0.5 * (1 + cos(pi * (t - W) / (T - W)))   (ViT fine-tuning)
 - `onecycle`:           torch's OneCycleLR with cosine annealing: from 1/div up to 1 over the first
                         pct_start * T steps, then down to 1/(div * final_div) at T - 1   (the scratch recipe)
+Only `bit_hyperrule` has a warm-up; the other two define their own start.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import math
 
 import torch
 
-SCHEDULES = ("constant", "exponential_epoch", "warmup_constant", "bit_hyperrule", "warmup_cosine", "onecycle")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+TRAINER_SCHEDULE = "trainer"  # --schedule value meaning: the Trainer's --lr_scheduler_type
+SCHEDULES = ("exponential_epoch", "bit_hyperrule", "onecycle")
+WARMUP_SCHEDULES = ("bit_hyperrule",)
 ONECYCLE_DIV = 25.0  # torch OneCycleLR defaults, kept so the scratch recipe matches a plain OneCycleLR loop
 ONECYCLE_FINAL_DIV = 1e4
 
@@ -42,8 +43,6 @@ def lr_multiplier(
     pct_start: float = 0.3,
 ) -> float:
     """Factor applied to the base learning rate at optimizer step `step` (formulas in the module docstring)."""
-    if schedule == "constant":
-        return 1.0
     if schedule == "exponential_epoch":
         return gamma ** (step // max(steps_per_epoch, 1))
     if schedule == "onecycle":
@@ -52,38 +51,17 @@ def lr_multiplier(
         if step <= up_end:
             return _cosine_anneal(low, 1.0, step / up_end if up_end > 0 else 1.0)
         return _cosine_anneal(1.0, low / ONECYCLE_FINAL_DIV, (step - up_end) / max(total_steps - 1 - up_end, 1e-12))
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}. To fix: choose one of {', '.join(SCHEDULES)}")
-    if step < warmup_steps:
-        return step / warmup_steps
-    if schedule == "warmup_constant":
-        return 1.0
     if schedule == "bit_hyperrule":
+        if step < warmup_steps:
+            return step / warmup_steps
         return 0.1 ** sum(1 for milestone in milestones if milestone < step)
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    raise ValueError(f"unknown schedule {schedule!r}. To fix: choose one of {', '.join(SCHEDULES)}")
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def decay_parameter_names(model: torch.nn.Module) -> list[str]:
     """Weight decay on every trainable weight except biases (the study's "non-bias weights" rule)."""
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (no_decay if name.endswith("bias") else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
-                    nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
-    """SGD (optionally Nesterov), Adam or AdamW over `parameter_groups`."""
-    groups = parameter_groups(model, weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
-    raise ValueError(f"unknown optimizer {name!r}. To fix: choose one of {', '.join(OPTIMIZERS)}")
+    return [name for name, parameter in model.named_parameters()
+            if parameter.requires_grad and not name.endswith("bias")]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, steps_per_epoch: int,

@@ -17,10 +17,10 @@ from .data import CLASS_NAMES, SPLITS, kept_counts, read_manifest
 from .errors import HfxrayError
 
 HYPERPARAMETERS = (
-    ("model_tag", "model"), ("recipe", "recipe"), ("pretrained_checkpoint", "weights"), ("optimizer", "optimizer"),
+    ("model_tag", "model"), ("recipe", "recipe"), ("pretrained_checkpoint", "weights"), ("optim", "optimizer"),
     ("learning_rate", "lr"), ("schedule", "schedule"), ("num_train_epochs", "epochs"), ("max_steps", "max steps"),
     ("per_device_train_batch_size", "batch/device"), ("gradient_accumulation_steps", "accumulation"),
-    ("weight_decay", "weight decay"), ("label_smoothing", "label smoothing"), ("image_size", "crop px"),
+    ("weight_decay", "weight decay"), ("label_smoothing_factor", "label smoothing"), ("image_size", "crop px"),
     ("world_size", "processes"),
 )
 
@@ -78,6 +78,10 @@ def _hyperparameter(args: dict, key: str) -> str:
     value = args.get(key)
     if key == "pretrained_checkpoint" and not value:
         return "random init"
+    if key == "schedule":
+        from .hub import schedule_text
+
+        return schedule_text(args)
     return f"{value:g}" if isinstance(value, float) else ("—" if value is None else str(value))
 
 
@@ -187,7 +191,7 @@ def calibration_section(runs: list[Run], out_dir: Path) -> str:
         folded = run.test.get("test_folded_temperature") or 1.0
         rows.append([run.name, f"{_fmt(run.test.get('test_ece'))} ({_fmt(ece_ci[0])}-{_fmt(ece_ci[1])})",
                      _fmt(folded, 2) if folded != 1.0 else "none", _fmt(run.test.get("test_ece_before_folding")),
-                     run.args.get("label_smoothing")])
+                     run.args.get("label_smoothing_factor")])
         diagram = run.path / "test_reliability.png"
         if diagram.is_file():
             target = out_dir / f"reliability_{index}_{run.path.name}.png"

@@ -26,16 +26,21 @@ def _recipe_trainer_class():
     from transformers import Trainer
 
     from .compat import CountParametersOnce, StrictCheckpointReload
-    from .recipes import build_optimizer, build_scheduler
+    from .recipes import TRAINER_SCHEDULE, build_scheduler, decay_parameter_names
 
     class RecipeTrainer(StrictCheckpointReload, CountParametersOnce, Trainer):
-        """The Trainer with its loss, optimizer and schedule taken from the recipe (via the documented hooks)."""
+        """The Trainer with the study's loss, its weight-decay rule and hfxray's extra schedules (documented hooks).
+
+        The optimizer is the Trainer's own (`--optim`, `--optim_args`); so is the schedule unless the recipe names
+        one of hfxray's (`--schedule`).
+        """
 
         def __init__(self, *args, recipe: RecipeArguments, **kwargs):
             from .losses import LabelSmoothingCrossEntropy
 
             self.recipe = recipe
-            kwargs.setdefault("compute_loss_func", LabelSmoothingCrossEntropy(recipe.label_smoothing))
+            # The study's loss, smoothed by --label_smoothing_factor (the Trainer's own smoother is then unused).
+            kwargs.setdefault("compute_loss_func", LabelSmoothingCrossEntropy(kwargs["args"].label_smoothing_factor))
             super().__init__(*args, **kwargs)
             self._train_correct = self._train_seen = 0
 
@@ -56,23 +61,19 @@ def _recipe_trainer_class():
                 self._train_correct = self._train_seen = 0
             super().log(logs, *args, **kwargs)
 
-        def create_optimizer(self, model=None):
-            if self.optimizer is None:
-                r, a = self.recipe, self.args
-                self.optimizer = build_optimizer(model or self.model, r.optimizer, a.learning_rate,
-                                                 weight_decay=a.weight_decay, momentum=r.momentum,
-                                                 nesterov=r.nesterov, betas=(a.adam_beta1, a.adam_beta2))
-            return self.optimizer
+        def get_decay_parameter_names(self, model) -> list[str]:
+            return decay_parameter_names(model)  # the study's rule: every weight but the biases
 
         def create_scheduler(self, num_training_steps: int, optimizer=None):
+            r, a = self.recipe, self.args
+            if r.schedule == TRAINER_SCHEDULE:
+                return super().create_scheduler(num_training_steps, optimizer)
             if self.lr_scheduler is None:
-                r, a = self.recipe, self.args
                 epochs = math.ceil(a.num_train_epochs) if a.max_steps <= 0 else 0
                 steps_per_epoch = math.ceil(num_training_steps / epochs) if epochs else num_training_steps
-                warmup = int(a.warmup_steps) or round(r.warmup_epochs * steps_per_epoch)
                 self.lr_scheduler = build_scheduler(optimizer or self.optimizer, r.schedule, num_training_steps,
-                                                    steps_per_epoch, warmup, r.lr_decay_gamma,
-                                                    tuple(r.lr_milestones), r.onecycle_pct_start)
+                                                    steps_per_epoch, a.get_warmup_steps(num_training_steps),
+                                                    r.lr_decay_gamma, tuple(r.lr_milestones), r.onecycle_pct_start)
             return self.lr_scheduler
 
     return RecipeTrainer
@@ -106,6 +107,49 @@ def _average_last_checkpoints(trainer, count: int) -> None:
     model.load_state_dict({name: value / count for name, value in total.items()}, strict=True)
 
 
+def _plan(trainer, spec, recipe_args, train_size: int) -> str:
+    """One paragraph: what this run will do (printed before the first step)."""
+    import torch
+
+    args = trainer.args
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    steps_per_epoch = max(1, math.ceil(train_size / (args.per_device_train_batch_size * args.world_size))
+                          // args.gradient_accumulation_steps)
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    device = str(args.device) + (f" ({torch.get_num_threads()} threads)" if args.device.type == "cpu" else "")
+    fitted = f" fitted to --preset {spec.preset}: " + "; ".join(recipe_args.preset_notes) \
+        if getattr(recipe_args, "preset_notes", None) else ""
+    return (f"plan: {spec.tag}, recipe {recipe_args.recipe}{fitted}; {steps} optimizer steps of {per_step} images "
+            f"({train_size} training images), {spec.image_size} px crops, {args.world_size} process(es) on "
+            f"{device}")
+
+
+def _eta_callback(max_cpu_seconds: float = 3600.0):
+    """Warn once, a few steps in, when a CPU run will take longer than `max_cpu_seconds`."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class EtaWarning(TrainerCallback):
+        measure_after = 5
+
+        def __init__(self):
+            self.started = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                self.started = time.perf_counter()
+            elif self.started and state.global_step == 1 + self.measure_after:
+                per_step = (time.perf_counter() - self.started) / self.measure_after
+                remaining = per_step * (state.max_steps - state.global_step)
+                if args.device.type == "cpu" and remaining > max_cpu_seconds:
+                    logger.warning("warning: this CPU run needs about %.1f h more (%.1f s a step, %d steps). To "
+                                   "finish sooner: --preset small or tiny, fewer --max_steps/--num_train_epochs, "
+                                   "or a GPU.", remaining / 3600, per_step, state.max_steps - state.global_step)
+
+    return EtaWarning()
+
+
 def _epoch_callback(dataset):
     from transformers import TrainerCallback
 
@@ -130,6 +174,20 @@ def compute_eval_metrics(eval_prediction) -> dict:
     probs = shifted[:, 1] / shifted.sum(axis=1)
     metrics = binary_metrics(labels, probs)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+
+
+def check_processes_connected(training_args) -> None:
+    """Refuse to run when a launcher started several processes that do not form one distributed job.
+
+    `accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs (and without a CPU config) starts
+    two independent trainings over the whole data, both writing the same folder.
+    """
+    launched = max(int(os.environ.get(name, "1") or 1) for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+    if launched > 1 and training_args.world_size == 1:
+        raise ConfigError(f"the launcher started {launched} processes, but they are not connected (each sees "
+                          "world size 1 and would train alone on all the data). To fix: launch with "
+                          "`accelerate launch --config_file configs/accelerate/cpu-2proc.yaml` on CPUs, or "
+                          "configs/accelerate/multi-gpu.yaml on a machine with that many GPUs.")
 
 
 def _last_checkpoint(output_dir: str) -> str | None:
@@ -171,6 +229,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     from .models import create_model
     from .transforms import Geometry, XrayTensorDataset, decode_split
 
+    check_processes_connected(training_args)
     output_dir = training_args.output_dir
     resume_from = _start_over(output_dir, run_args.resume, run_args.overwrite_output_dir)
     set_seed(training_args.seed)
@@ -203,7 +262,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
         processing_class=processor,
         data_collator=splits["train"].collate,  # same geometry for every split: one collator normalises all
         compute_metrics=compute_eval_metrics,
-        callbacks=[_epoch_callback(splits["train"])],
+        callbacks=[_epoch_callback(splits["train"]), _eta_callback()],
         recipe=recipe_args,
     )
     config = resolved_config(model_args, data_args, recipe_args, run_args, training_args)
@@ -214,6 +273,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "args.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=True))
 
+    if trainer.is_world_process_zero():
+        logger.info(_plan(trainer, spec, recipe_args, len(splits["train"])))
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     if recipe_args.average_last_epochs > 1:
         _average_last_checkpoints(trainer, recipe_args.average_last_epochs)

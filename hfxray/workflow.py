@@ -62,6 +62,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, model=None, processo
 def run(model_args, data_args, recipe_args, run_args, training_args, hub_repo: str | None = None,
         hub_token: str | None = None) -> dict:
     """Train, then (main process only) calibrate, evaluate, write the model card and push; returns test metrics."""
+    from .families import model_family
     from .hub import push_run, write_model_card
     from .models import load_trained
     from .training import train
@@ -71,16 +72,52 @@ def run(model_args, data_args, recipe_args, run_args, training_args, hub_repo: s
         return {}
     run_dir = Path(training_args.output_dir)
     model, processor = load_trained(str(run_dir))
-    calibrate_run(run_dir, data_args.data_dir, run_args.calibrate, model, processor)
+    decision = calibrate_run(run_dir, data_args.data_dir, run_args.calibrate, model, processor)
     report = evaluate_run(run_dir, data_args.data_dir, model, processor)
     write_model_card(run_dir, repo_id=hub_repo)
     if hub_repo:
         uploaded = push_run(run_dir, hub_repo, token=hub_token, private=bool(training_args.hub_private_repo))
         logger.info("pushed %d files to https://huggingface.co/%s", len(uploaded), hub_repo)
-    return report
+    return dict(report, family=model_family(model), calibration=decision)
 
 
-def main(argv: list[str] | None = None) -> int:
+def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=None) -> str:
+    """The readable end of a run: where everything is, the test metrics with CIs, and the next commands."""
+    import shlex
+
+    run, data = Path(run_dir), Path(data_dir)
+    quoted, data_quoted = shlex.quote(str(run)), shlex.quote(str(data))
+    intervals = report.get("ci95") or {}
+
+    def with_ci(name: str, label: str) -> str:
+        value, (low, high) = report.get(name), intervals.get(name) or (None, None)
+        if value is None:
+            return f"{label} n/a"
+        return f"{label} {value:.3f}" + (f" ({low:.3f}-{high:.3f})" if low is not None and high is not None else "")
+
+    calibration = (f"T = {decision.temperature:.3g} folded into the head" if decision and decision.fold
+                   else "no temperature folded") + (f": {decision.reason}" if decision else "")
+    method = "rollout" if report.get("family") == "vit" else "gradcam"
+    lines = [
+        f"Run finished: {run}",
+        f"  model card      {run / 'README.md'}",
+        f"  model           {run} (config.json, model.safetensors, preprocessor_config.json)",
+        f"  test results    {run / 'test_results.json'}, {run / 'test_reliability.png'}",
+        f"  test split      n = {report.get('n')}; {with_ci('accuracy', 'accuracy')}; {with_ci('auroc', 'AUROC')}; "
+        f"{with_ci('ece', 'ECE')} (95% CIs, {report.get('bootstrap_unit', 'image')}-level bootstrap)",
+        f"  calibration     {calibration}",
+        "  next:",
+        f"    hfxray evaluate --model {quoted} --data-dir {data_quoted}",
+        f"    hfxray explain --model {quoted} --method {method} --out {shlex.quote(str(run / 'maps'))} "
+        f"{shlex.quote(str(data / 'test'))}",
+        f"    hfxray predict --model {quoted} {shlex.quote(str(data / 'test'))} --out predictions.csv",
+        f"    hfxray serve --model {quoted}",
+        f"    hfxray push {quoted} YOUR_NAME/{run.resolve().name}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, prog: str = "scripts/train.py") -> int:
     """Entry point of scripts/train.py and `hfxray train`: one `error:` line and exit 2 for any HfxrayError."""
     import warnings
 
@@ -93,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
     try:
         check_versions()
-        model_args, data_args, recipe_args, run_args, training_args = parse_args(argv)
+        model_args, data_args, recipe_args, run_args, training_args = parse_args(argv, prog=prog)
         level = training_args.get_process_log_level()
         configure(level if level >= 0 else "INFO")  # "passive" (-1): hfxray's default, INFO
         if training_args.output_dir in (None, "trainer_output"):
@@ -114,6 +151,5 @@ def main(argv: list[str] | None = None) -> int:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if report:
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()
-                          if isinstance(v, (int, float, str))}))
+        print(summary(training_args.output_dir, data_args.data_dir, report, report.get("calibration")))
     return 0

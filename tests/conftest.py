@@ -49,3 +49,12 @@ def tiny_runs(prepared_dir, tmp_path_factory) -> dict[str, Path]:
         assert code == 0, f"training {kind} failed"
         runs[kind] = out
     return runs
+
+
+@pytest.fixture
+def fake_prepared(tmp_path) -> Path:
+    """A folder that passes the prepared-folder check without images (for argument and schedule tests)."""
+    for split in ("train", "test"):
+        (tmp_path / "prep" / split).mkdir(parents=True)
+    (tmp_path / "prep" / "manifest.csv").write_text("file\n")
+    return tmp_path / "prep"

@@ -58,10 +58,11 @@ def make_run(tiny_vit: Path, tmp_path: Path, preset: str = "full", results: dict
     data_dir = tmp_path / "prepared"
     data_dir.mkdir()
     (data_dir / "manifest.csv").write_text(MANIFEST)
-    args = dict(model="vit", preset=preset, model_tag=f"vit.{preset}", recipe="seed", optimizer="sgd", momentum=0.9,
-                nesterov=True, learning_rate=0.01, weight_decay=1e-4, schedule="warmup_constant", warmup_epochs=3,
-                warmup_steps=0, num_train_epochs=10.0, max_steps=-1, per_device_train_batch_size=32, world_size=1,
-                gradient_accumulation_steps=1, label_smoothing=0.1, image_size=64, resize_size=None, max_zoom=1.0,
+    args = dict(model="vit", preset=preset, model_tag=f"vit.{preset}", recipe="seed", optim="sgd",
+                optim_args="momentum=0.9,nesterov=True", learning_rate=0.01, weight_decay=1e-4, schedule="trainer",
+                lr_scheduler_type="constant_with_warmup", warmup_steps=0.3, num_train_epochs=10.0, max_steps=-1,
+                per_device_train_batch_size=32, world_size=1,
+                gradient_accumulation_steps=1, label_smoothing_factor=0.1, image_size=64, resize_size=None, max_zoom=1.0,
                 hflip=False, max_grad_norm=0.0, seed=42, data_dir=str(data_dir), train_size=4, validation_size=1,
                 test_size=2, hub_token="<HUB_TOKEN>",
                 pretrained_checkpoint="google/vit-base-patch16-224-in21k" if preset == "full" else None)

@@ -4,4 +4,4 @@
 def run_argv(argv: list[str]) -> int:
     from ..workflow import main
 
-    return main(argv)
+    return main(argv, prog="hfxray train")

@@ -1,0 +1,164 @@
+"""Every TrainingArguments field a recipe sets: an explicit flag changes what the Trainer does, or is refused.
+
+The fields are read from the recipe files themselves, so a recipe that starts setting a new field fails here until
+the field has a check below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import TrainingArguments
+
+from hfxray.arguments import CONFIG_DIR, ConfigError, parse_args
+from test_recipes import N_TRAIN, run_recipe
+
+TRAINER_FIELDS = {item.name for item in fields(TrainingArguments)}
+RECIPE_FILES = sorted((CONFIG_DIR / "recipes").glob("*.yaml"))
+
+
+def recipes_setting(name: str) -> list[tuple[str, str]]:
+    """(model, recipe) pairs whose recipe file sets `name`."""
+    found = []
+    for path in RECIPE_FILES:
+        if name in (yaml.safe_load(path.read_text()) or {}):
+            family, _, recipe = path.stem.partition("-")
+            found.append(("vit", path.stem) if not recipe else (family, recipe))
+    return found
+
+
+def _optimizer(trainer):
+    return getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+
+
+def _loss_of(trainer) -> float:
+    batch = {"pixel_values": torch.ones(4, 4), "labels": torch.tensor([0, 0, 0, 1])}  # unbalanced: smoothing shows
+    with torch.no_grad():
+        return float(trainer.compute_loss(trainer.model, batch))
+
+
+# field -> (explicit flag values, check(trainer, lrs, args) that the Trainer really does it)
+CHECKS = {
+    "optim": (["--optim", "adafactor"],
+              lambda t, lrs, a: type(_optimizer(t)).__name__ == "Adafactor"),
+    "optim_args": (["--optim_args", "momentum=0.5"],
+                   lambda t, lrs, a: _optimizer(t).param_groups[0]["momentum"] == 0.5),
+    "learning_rate": (["--learning_rate", "0.0123"],
+                      lambda t, lrs, a: _optimizer(t).param_groups[0]["initial_lr"] == pytest.approx(0.0123)),
+    "weight_decay": (["--weight_decay", "0.25"],
+                     lambda t, lrs, a: _optimizer(t).param_groups[0]["weight_decay"] == 0.25),
+    "lr_scheduler_type": (["--lr_scheduler_type", "linear", "--warmup_steps", "0"],
+                          lambda t, lrs, a: lrs[0] == pytest.approx(a.learning_rate) and lrs[-1] < lrs[0]),
+    "warmup_steps": (["--warmup_steps", "0"], lambda t, lrs, a: lrs[0] == pytest.approx(a.learning_rate)),
+    "num_train_epochs": (["--num_train_epochs", "2", "--max_steps", "-1"],
+                         lambda t, lrs, a: len(lrs) == 2 * N_TRAIN // a.per_device_train_batch_size),
+    "max_steps": (["--max_steps", "7"], lambda t, lrs, a: len(lrs) == 7),
+    "per_device_train_batch_size": (["--per_device_train_batch_size", "8", "--max_steps", "-1",
+                                     "--num_train_epochs", "1"], lambda t, lrs, a: len(lrs) == N_TRAIN // 8),
+    "gradient_accumulation_steps": (["--gradient_accumulation_steps", "2", "--max_steps", "-1",
+                                     "--num_train_epochs", "1"], lambda t, lrs, a: len(lrs) == N_TRAIN // 8),
+    "label_smoothing_factor": (["--label_smoothing_factor", "0.3"],
+                               lambda t, lrs, a: t.compute_loss_func.alpha == 0.3),
+    "max_grad_norm": (["--max_grad_norm", "0.5"], lambda t, lrs, a: t.args.max_grad_norm == 0.5),
+    "eval_strategy": (["--eval_strategy", "no", "--load_best_model_at_end", "false"],
+                      lambda t, lrs, a: t.args.eval_strategy == "no"),
+    "save_strategy": (["--save_strategy", "no", "--load_best_model_at_end", "false"],
+                      lambda t, lrs, a: t.args.save_strategy == "no"),
+    "eval_steps": (["--eval_steps", "3"], lambda t, lrs, a: t.args.eval_steps == 3),
+    "save_steps": (["--save_steps", "3"], lambda t, lrs, a: t.args.save_steps == 3),
+    "load_best_model_at_end": (["--load_best_model_at_end", "false"],
+                               lambda t, lrs, a: t.args.load_best_model_at_end is False),
+    "save_total_limit": (["--save_total_limit", "9"], lambda t, lrs, a: t.args.save_total_limit == 9),
+    "metric_for_best_model": (["--metric_for_best_model", "eval_loss"],
+                              lambda t, lrs, a: t.args.metric_for_best_model == "eval_loss"),
+}
+# Explicit flags a recipe cannot honour: refused with the recipe field to change.
+REFUSED = {("vit", "scratch", "warmup_steps"): ["--warmup_steps", "5"],
+           ("bit", "seed", "warmup_steps"): ["--warmup_steps", "5"]}
+RECIPE_TRAINER_FIELDS = sorted({key for path in RECIPE_FILES for key in (yaml.safe_load(path.read_text()) or {})}
+                               & TRAINER_FIELDS)
+
+
+def test_every_trainer_field_a_recipe_sets_has_a_check():
+    assert set(RECIPE_TRAINER_FIELDS) <= set(CHECKS), set(RECIPE_TRAINER_FIELDS) - set(CHECKS)
+
+
+# A short run of each: few steps, nothing saved (except where the field under test is the saving itself).
+QUICK = ["--max_steps", "5", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+         "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+         "--average_last_epochs", "0"]
+
+
+@pytest.mark.parametrize("name", RECIPE_TRAINER_FIELDS)
+def test_an_explicit_flag_wins_over_every_recipe_that_sets_it(name, fake_prepared, tmp_path):
+    flags, does_it = CHECKS[name]
+    for model, recipe in recipes_setting(name):
+        if (model, recipe, name) in REFUSED:
+            continue
+        lrs, trainer, args = run_recipe(model, recipe, fake_prepared, tmp_path / f"{model}-{recipe}", [*QUICK, *flags])
+        assert does_it(trainer, lrs, args), f"{model}/{recipe}: {' '.join(flags)} was not honoured"
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_flag_the_recipe_cannot_honour_is_refused_naming_the_field(case, fake_prepared, tmp_path):
+    model, recipe, name = case
+    with pytest.raises(ConfigError, match=r"--warmup_steps.*To fix: .*--lr_scheduler_type"):
+        parse_args(["--model", model, "--recipe", recipe, "--data_dir", str(fake_prepared), "--output_dir",
+                    str(tmp_path), *REFUSED[case]])
+
+
+def test_the_issue_examples(fake_prepared, tmp_path):
+    """--optim adafactor trains with Adafactor; cosine without warm-up starts at the full rate; smoothing 0.3."""
+    _, trainer, _ = run_recipe("vit", "seed", fake_prepared, tmp_path / "a", [*QUICK, "--optim", "adafactor"])
+    assert type(_optimizer(trainer)).__name__ == "Adafactor"
+    lrs, _, _ = run_recipe("vit", "seed", fake_prepared, tmp_path / "b",
+                           [*QUICK, "--lr_scheduler_type", "cosine", "--warmup_steps", "0"])
+    assert lrs[:2] == pytest.approx([0.01, 0.01 * 0.5 * (1 + math.cos(math.pi / 5))])
+    _, plain, _ = run_recipe("vit", "seed", fake_prepared, tmp_path / "c", [*QUICK, "--label_smoothing_factor", "0"])
+    _, smooth, _ = run_recipe("vit", "seed", fake_prepared, tmp_path / "d",
+                              [*QUICK, "--label_smoothing_factor", "0.3"])
+    smooth.model.load_state_dict(plain.model.state_dict())
+    assert _loss_of(smooth) != pytest.approx(_loss_of(plain))  # the loss itself changes
+
+
+def test_recipes_no_longer_offer_duplicate_flags(fake_prepared, tmp_path):
+    for duplicate in ("--optimizer", "--warmup_epochs", "--label_smoothing", "--momentum", "--nesterov"):
+        with pytest.raises(ConfigError):
+            parse_args(["--data_dir", str(fake_prepared), "--output_dir", str(tmp_path), duplicate, "1"])
+
+
+def test_paper_recipes_fit_small_presets_and_say_so(fake_prepared, tmp_path):
+    base = ["--data_dir", str(fake_prepared), "--output_dir", str(tmp_path)]
+    _, _, recipe, _, args = parse_args(["--model", "vit", "--recipe", "paper", "--preset", "tiny", *base])
+    assert (recipe.image_size, args.per_device_train_batch_size * args.gradient_accumulation_steps) == (64, 32)
+    assert args.learning_rate == pytest.approx(0.03 * 32 / 512) and args.optim == "sgd"
+    assert any("batch 32 (recipe: 512)" in note for note in recipe.preset_notes)
+    _, _, full, _, full_args = parse_args(["--model", "vit", "--recipe", "paper", *base])
+    assert (full.image_size, full_args.per_device_train_batch_size * full_args.gradient_accumulation_steps) == \
+        (384, 512) and not full.preset_notes
+
+
+def test_wrong_types_and_values_are_one_line_errors(fake_prepared, tmp_path):
+    base = ["--data_dir", str(fake_prepared), "--output_dir", str(tmp_path)]
+    for bad in (["--per_device_train_batch_size", "0"], ["--per_device_train_batch_size", "2.5"],
+                ["--model", "bit_in1k", "--preset", "tiny"], ["--report_to", "wandb"]):
+        if bad[-1] == "wandb" and _installed("wandb"):
+            continue  # only a missing integration is refused
+        with pytest.raises(ConfigError, match="To fix"):
+            parse_args([*base, *bad])
+    for value in ("[0.1]", "null", "'x'"):
+        config = Path(tmp_path) / "run.yaml"
+        config.write_text(f"learning_rate: {value}\n")
+        with pytest.raises(ConfigError, match="learning_rate.*To fix"):
+            parse_args([*base, "--config", str(config)])
+
+
+def _installed(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
