@@ -169,10 +169,17 @@ def test_merge_finds_the_shared_images_and_keeps_them_once(merged, sample_dir, c
     assert summary.kept_total == 704
 
 
-def test_test_source_holds_a_source_out_as_the_whole_test_split(sample_dir, cohen_dir, tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def external(sample_dir, cohen_dir, tmp_path_factory) -> Path:
+    """CoronaHack for train/validation, Cohen held out as the test split."""
+    out = tmp_path_factory.mktemp("external") / "out"
     assert cli_main(["data", "prepare", "--source", str(sample_dir), "--source", str(cohen_dir),
                      "--test-source", "cohen", "--out", str(out)]) == 0
+    return out
+
+
+def test_test_source_holds_a_source_out_as_the_whole_test_split(external):
+    out = external
     rows = data.read_manifest(out)
     assert {r["source"] for r in kept(rows) if r["split"] == "test"} == {"cohen"}
     assert {r["source"] for r in kept(rows) if r["split"] != "test"} == {"coronahack"}
@@ -284,3 +291,61 @@ def test_unknown_layout_format_and_test_source_fail_with_one_line(cohen_dir, tmp
         assert expected in message and "To fix" in message and "Traceback" not in message
     specs = sources.resolve_sources([cohen_dir, cohen_dir])
     assert [s.name for s in specs] == [cohen_dir.name, f"{cohen_dir.name}-2"]
+
+
+# --- evaluation per source and the source shortcut check --------------------------------------------------------
+
+def test_source_shortcut_measures_separation_within_a_class():
+    import numpy as np
+
+    from hfxray.evaluation import SHORTCUT_WARNING, shortcut_message, source_shortcut
+
+    labels = np.array([0] * 20 + [1] * 20)
+    sources = np.array((["a"] * 10 + ["b"] * 10) * 2)
+    probs = np.where(sources == "b", 0.9, 0.1) + np.linspace(0, 0.05, 40)  # the output follows the source
+    check = source_shortcut(probs, labels, sources, "test split")
+    assert [row["class"] for row in check["by_class"]] == ["normal", "virus"]
+    assert check["max_separation"] == 1.0 and check["warning"]
+    assert shortcut_message(check).startswith("WARNING") and str(SHORTCUT_WARNING) in shortcut_message(check)
+    reversed_check = source_shortcut(1 - probs, labels, sources, "test split")  # read both ways
+    assert reversed_check["max_separation"] == 1.0 and reversed_check["by_class"][0]["auroc"] == 0.0
+    rng = np.random.default_rng(0)
+    fair = source_shortcut(rng.random(40), labels, sources, "test split")
+    assert fair["max_separation"] < SHORTCUT_WARNING and not fair["warning"]
+    lone = source_shortcut(probs, labels, np.array(["a"] * 40), "test split")
+    assert lone["max_separation"] is None and "not measured" in shortcut_message(lone)
+
+
+def test_evaluation_report_and_card_break_metrics_down_by_source(merged, external, tmp_path):
+    """An untrained tiny model is enough to check the wiring: per-source metrics, sources, shortcut check."""
+    import json
+
+    import torch
+
+    from hfxray.evaluation import report_split
+    from hfxray.hub import _per_source_card
+    from hfxray.report import Run, external_validation_section
+
+    torch.manual_seed(0)
+    from hfxray.models import create_model
+
+    model, processor, _ = create_model("vit", "tiny", image_size=32, resize_size=36)
+    _, _, merged_dir = merged
+    report = report_split(model, processor, merged_dir, "test", n_resamples=50)
+    assert set(report["by_source"]) == {"coronahack", "cohen"}
+    assert sum(r["n"] for r in report["by_source"].values()) == report["n"]
+    assert all(r["bootstrap_unit"] == "patient" and "auroc" in r["ci95"] for r in report["by_source"].values())
+    assert report["source_shortcut"]["images"] == "test split"
+    # one source per split: the shortcut check compares the held-out validation (CoronaHack) and test (Cohen)
+    out = tmp_path / "run" / "test_results.json"
+    held_out = report_split(model, processor, external, "test", out=out, n_resamples=50, prefix="test")
+    assert set(held_out["by_source"]) == {"cohen"}
+    assert held_out["sources"]["train"] == {"coronahack": 515} and set(held_out["sources"]["test"]) == {"cohen"}
+    check = held_out["source_shortcut"]
+    assert check["images"] == "held-out validation and test splits"
+    assert {tuple(row["sources"]) for row in check["by_class"]} == {("cohen", "coronahack")}
+    results = json.loads(out.read_text())
+    card = "\n".join(_per_source_card(results))
+    assert "Trained on coronahack (515); tested on cohen (98)." in card and "source shortcut check" in card
+    section = external_validation_section([Run("vit / scratch", out.parent, {}, results, {})])
+    assert "| vit / scratch | coronahack (515) | coronahack (91) | cohen (98) |" in section
