@@ -6,7 +6,7 @@ different X-rays. Two images whose 64-bit hashes differ in at most `PHASH_THRESH
 picture. The threshold was chosen from the CoronaHack and Cohen samples (README, "Data";
 `scripts/phash_distances.py` measures it): the 11 images shared by the two samples lie at 0 bits, JPEG
 re-encoded and resized copies of them at 0-2 bits, and the closest pair of different X-rays across the two
-samples at 8 bits (2 of 79,520 pairs; 1 % of pairs are under 16). 4 bits lies between the two.
+samples at 8 bits (2 of 79,520 pairs; 0.3 % are under 16). 4 bits lies between the two.
 """
 
 from __future__ import annotations
