@@ -1,8 +1,11 @@
-"""CoronaHack metadata CSV + image folders -> binary (normal / virus) ImageFolder split by patient.
+"""Source folders -> one binary (normal / virus) ImageFolder split by patient.
 
-The study split images at random, so X-rays of one child ended up in train and test. Here TEST stays TEST and
-the validation split is carved out of TRAIN by patient group (`patient_group`). Every source row ends up in
-`manifest.csv`, kept or skipped with its reason, so that no data disappears silently.
+The study split images at random, so X-rays of one child ended up in train and test. Here a source's TEST stays
+TEST, a source without a test split has one carved by patient, and the validation split is carved out of TRAIN by
+patient group (`patient_group`). Every source row ends up in `manifest.csv`, kept or skipped with its reason, so
+that no data disappears silently. The layouts (CoronaHack CSV, Cohen collection, Kermany folders) are read by
+`hfxray.sources`; several sources make one set whose manifest names each row's `source`, with the images that two
+sources share found (`hfxray.duplicates`) and kept once.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ MANIFEST_COLUMNS = (
     "file", "label", "split", "patient_group", "status", "reason", "action",
     "source_file", "Dataset_type", "Label", "Label_1_Virus_category", "Label_2_Virus_category",
     "width", "height", "mode", "csv_row", "window",
+    "source", "format", "finding", "view", "phash", "duplicate_of", "merged_with",
 )
 # The Kaggle CSV spells the pneumonia label "Pnemonia"; accept the correct spelling too. Compared lower-case.
 NORMAL_LABELS = {"normal"}
@@ -129,6 +133,15 @@ class SourceRecord:
     output_name: str = ""
     window: str = ""  # DICOM sources: the display window that made the 8-bit PNG
     notes: list[str] = field(default_factory=list)
+    source: str = ""  # the source's name (its format, or its folder's name when two sources share a format)
+    source_format: str = ""
+    source_dir: Path | None = None  # the folder that holds `source_file`
+    finding: str = ""  # the source's own description of the class
+    view: str = ""
+    also_groups: list[str] = field(default_factory=list)  # patient groups that share this image
+    phash: str = ""
+    duplicate_of: str = ""  # "source/file" of the copy that was kept
+    merged_with: list[str] = field(default_factory=list)  # "source/file" of the copies that were dropped
 
     @property
     def kept(self) -> bool:
@@ -142,6 +155,10 @@ class PrepareSummary:
     skipped: Counter  # reason kind -> images
     hierarchy: Counter  # (Label, Label_1, Label_2) -> rows
     warnings: list[str]
+    by_source: dict[str, Counter] = field(default_factory=dict)  # source -> (split, label) -> kept images
+    skipped_by_source: dict[str, Counter] = field(default_factory=dict)  # source -> reason kind -> images
+    merged: int = 0  # kept images dropped because another source holds the same picture
+    shared: int = 0  # images found in two sources (kept, or excluded by their class in both)
 
     @property
     def kept_total(self) -> int:
@@ -172,8 +189,10 @@ def read_metadata(csv_path: Path) -> list[dict[str, str]]:
         raise DataError(f"{csv_path}: malformed CSV ({err}). To fix: re-download the metadata CSV.") from None
 
 
-def _source_path(record: SourceRecord, image_root: Path) -> Path:
-    return image_root / SOURCE_FOLDERS[record.csv_fields["Dataset_type"].upper()] / record.source_file
+def _source_path(record: SourceRecord) -> Path:
+    if record.source_dir is None:  # unreachable for kept records: every reader sets the folder
+        raise ImageProblem(f"no source folder for {printable(record.source_file)!r}")
+    return record.source_dir / record.source_file
 
 
 def _link_problem(path: Path, folder: Path) -> str:
@@ -192,12 +211,12 @@ def _link_problem(path: Path, folder: Path) -> str:
     return ""
 
 
-def _check_files(records: list[SourceRecord], image_root: Path, min_side: int, max_pixels: int, progress) -> None:
-    first_by_inode: dict[tuple[int, int], str] = {}
+def _check_files(records: list[SourceRecord], min_side: int, max_pixels: int, progress) -> None:
+    first_by_inode: dict[tuple[str, int, int], str] = {}
     for record in progress(records, desc="checking images", unit="img"):
         if not record.kept:
             continue
-        path = _source_path(record, image_root)
+        path = _source_path(record)
         if reason := _link_problem(path, path.parent):
             record.reason = reason
             continue
@@ -207,7 +226,8 @@ def _check_files(records: list[SourceRecord], image_root: Path, min_side: int, m
             info = None  # check_image says why
         if info is not None:
             # One image under two names (a link) would count twice, and could sit in train and test at once.
-            first = first_by_inode.setdefault((info.st_dev, info.st_ino), record.source_file)
+            # (Two sources sharing a file are found, with re-encoded copies, by `_merge_across_sources`.)
+            first = first_by_inode.setdefault((record.source, info.st_dev, info.st_ino), record.source_file)
             if first != record.source_file:
                 record.reason = f"duplicate: the same file as {printable(first)} (a link)"
                 continue
@@ -224,31 +244,36 @@ def _check_files(records: list[SourceRecord], image_root: Path, min_side: int, m
 
 
 def assign_validation(records: list[SourceRecord], val_fraction: float, seed: int) -> None:
-    """Move whole patient groups from train to validation, ~val_fraction of each class, deterministically.
+    """Move whole patient groups from train to validation, ~val_fraction of each class, deterministically."""
+    carve(records, "train", "validation", val_fraction, seed)
 
-    Each group counts for the class most of its images have; classes are filled one after the other by taking
-    shuffled groups while that brings the class's validation count closer to its target.
+
+def carve(records: list[SourceRecord], from_split: str, to_split: str, fraction: float, seed: int) -> None:
+    """Move whole patient groups from `from_split` to `to_split`, ~fraction of each source's class.
+
+    Each group counts for the source and class most of its images have; (source, class) pairs are filled one after
+    the other by taking shuffled groups while that brings the pair's count closer to its target.
     """
     groups: dict[str, list[SourceRecord]] = defaultdict(list)
     for record in records:
-        if record.kept and record.split == "train":
+        if record.kept and record.split == from_split:
             groups[record.group].append(record)
-    by_class: dict[str, list[str]] = defaultdict(list)
+    by_class: dict[tuple[str, str], list[str]] = defaultdict(list)
     for group, members in sorted(groups.items()):
-        majority = Counter(r.label for r in members).most_common(1)[0][0]
+        majority = Counter((r.source, r.label) for r in members).most_common(1)[0][0]
         by_class[majority].append(group)
     rng = random.Random(seed)
     for label in sorted(by_class):
         candidates = by_class[label]
         rng.shuffle(candidates)
-        target = val_fraction * sum(len(groups[g]) for g in candidates)
+        target = fraction * sum(len(groups[g]) for g in candidates)
         taken = 0
         for group in candidates:
             size = len(groups[group])
             if abs(taken + size - target) < abs(taken - target):
                 taken += size
                 for record in groups[group]:
-                    record.split = "validation"
+                    record.split = to_split
 
 
 def _patients_in_train_and_test(records: list[SourceRecord]) -> list[str]:
@@ -257,6 +282,156 @@ def _patients_in_train_and_test(records: list[SourceRecord]) -> list[str]:
         if record.kept:
             splits_by_group[record.group].add("test" if record.split == "test" else "train")
     return sorted(g for g, s in splits_by_group.items() if len(s) > 1)
+
+
+class _Union:
+    """Union-find over hashable items (patient groups, records)."""
+
+    def __init__(self) -> None:
+        self.parent: dict = {}
+
+    def find(self, item):
+        self.parent.setdefault(item, item)
+        while self.parent[item] != item:
+            self.parent[item] = self.parent[self.parent[item]]
+            item = self.parent[item]
+        return item
+
+    def union(self, first, second) -> None:
+        self.parent[self.find(first)] = self.find(second)
+
+    def classes(self) -> dict:
+        members: dict = defaultdict(list)
+        for item in list(self.parent):
+            members[self.find(item)].append(item)
+        return members
+
+
+def _merge_across_sources(records: list[SourceRecord], order: list[str], test_source: str | None,
+                          max_pixels: int, progress) -> tuple[int, int]:
+    """Keep once each picture that two sources hold: identical bytes, or perceptual hashes at most
+    `PHASH_THRESHOLD` bits apart. The copy kept is the held-out test source's (`test_source`), else the first
+    source's in `order`; the others are skipped as duplicates, and their patient groups join the kept one's, so
+    that the picture and its patients never sit in two splits. Images excluded by their class are compared too,
+    so that the manifest lists every shared image; a picture kept by one source and excluded (or labelled
+    otherwise) by another is a conflict and skipped in both. Returns (kept copies dropped, copies found)."""
+    from .duplicates import PHASH_THRESHOLD, distance_matrix, fingerprint
+
+    kept = [r for r in records if r.kept or (r.reason.startswith(("excluded class", "excluded finding"))
+                                             and r.source_dir is not None)]
+    digests: list[str] = []
+    hashes: list[int] = []
+    for record in progress(kept, desc="hashing images", unit="img"):
+        path = _source_path(record)
+        try:
+            if problem := _link_problem(path, path.parent):  # excluded files were not checked by _check_files
+                raise ImageProblem(problem)
+            print_ = fingerprint(path, max_pixels)
+        except (ImageProblem, OSError) as problem:
+            if record.kept:
+                record.reason = f"unreadable while hashing: {problem}"
+            print_ = None
+        digests.append(print_.sha256 if print_ else "")
+        hashes.append(print_.phash if print_ else 0)
+        record.phash = f"{print_.phash:016x}" if print_ else ""
+    union = _Union()
+    evidence: dict[tuple[int, int], str] = {}
+    by_source: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(kept):
+        if record.phash:
+            by_source[record.source].append(index)
+    sources = [name for name in order if name in by_source]
+    for a_position, first in enumerate(sources):
+        for second in sources[a_position + 1:]:
+            left, right = by_source[first], by_source[second]
+            distances = distance_matrix([hashes[i] for i in left], [hashes[j] for j in right])
+            for i, j in zip(*(distances <= PHASH_THRESHOLD).nonzero()):
+                a, b = left[int(i)], right[int(j)]
+                same_bytes = digests[a] == digests[b]
+                evidence[(a, b)] = evidence[(b, a)] = ("identical bytes" if same_bytes else
+                                                       f"perceptual hash {int(distances[i, j])} bits apart")
+                union.union(a, b)
+            digest_index = {digests[i]: i for i in left}
+            for j in right:  # identical bytes always match, whatever their hashes
+                if (a := digest_index.get(digests[j])) is not None and (a, j) not in evidence:
+                    evidence[(a, j)] = evidence[(j, a)] = "identical bytes"
+                    union.union(a, j)
+    dropped = 0
+    rank = {name: position for position, name in enumerate(order)}
+    for members in union.classes().values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda i: (kept[i].source != test_source, rank[kept[i].source], i))
+        keeper = kept[members[0]]
+        if len({kept[i].label for i in members}) > 1:
+            shown = ", ".join(f"{printable(kept[i].source)}/{printable(kept[i].source_file)}" for i in members)
+            for i in members:
+                if kept[i].kept:
+                    kept[i].reason = f"duplicate with conflicting labels across sources ({shown})"
+            continue
+        for i in members[1:]:
+            record = kept[i]
+            how = evidence.get((members[0], i)) or next(evidence[(i, j)] for j in members if (i, j) in evidence)
+            record.duplicate_of = f"{keeper.source}/{keeper.source_file}"
+            keeper.merged_with.append(f"{record.source}/{record.source_file}")
+            keeper.also_groups.append(record.group)
+            if record.kept:
+                record.reason = (f"duplicate: the same image as {printable(keeper.source)}/"
+                                 f"{printable(keeper.source_file)} ({how})")
+                dropped += 1
+    return dropped, sum(1 for record in kept if record.duplicate_of)
+
+
+def _join_groups(records: list[SourceRecord]) -> None:
+    """Patient groups that share an image become one group, named by its members joined with "+"."""
+    union = _Union()
+    for record in records:
+        union.find(record.group)
+        for other in record.also_groups:
+            union.union(record.group, other)
+    names = {root: "+".join(sorted(members)) for root, members in union.classes().items()}
+    for record in records:
+        record.group = names[union.find(record.group)]
+
+
+def assign_splits(records: list[SourceRecord], val_fraction: float, test_fraction: float, seed: int,
+                  test_source: str | None = None) -> None:
+    """train / validation / test for every kept record, by patient group.
+
+    With `test_source`, that source is the whole test split and the others are train (their own test splits
+    folded in); images of the other sources whose patient group reaches into the test source are skipped.
+    Otherwise each source keeps its own test split; a source without one (Cohen) has ~test_fraction of each class's
+    patients carved into test. A group that spans sources follows its test member, else its train member.
+    Validation is then carved out of train by patient.
+    """
+    kept = [r for r in records if r.kept]
+    by_group: dict[str, list[SourceRecord]] = defaultdict(list)
+    for record in kept:
+        by_group[record.group].append(record)
+    if test_source is not None:
+        for members in by_group.values():
+            held_out = any(r.source == test_source for r in members)
+            for record in members:
+                if record.source == test_source:
+                    record.split = "test"
+                elif held_out:
+                    record.reason = (f"same patient group as a test image of the held-out source "
+                                     f"{printable(test_source)} (--test-source)")
+                else:
+                    record.split = "train"
+    else:
+        for members in by_group.values():
+            splits = {r.split for r in members}
+            spans_sources = len({r.source for r in members}) > 1  # within one source, its own split stands
+            fixed = "test" if "test" in splits else "train" if "train" in splits else "pending"
+            for record in members:
+                if spans_sources or not record.split:
+                    record.split = fixed
+        carve(records, "pending", "test", test_fraction, seed)
+        for record in kept:
+            if record.split == "pending":
+                record.split = "train"
+    assign_validation(records, val_fraction, seed)
 
 
 def _name_key(name: str) -> str:
@@ -296,13 +471,13 @@ def _copy_new(source: Path, target: Path) -> None:
         shutil.copyfileobj(reader, writer)
 
 
-def _materialise(record: SourceRecord, image_root: Path, out_dir: Path, max_pixels: int) -> tuple[str, str]:
+def _materialise(record: SourceRecord, out_dir: Path, max_pixels: int) -> tuple[str, str]:
     """Place one kept image in the ImageFolder: hard link, copy, or convert. Returns (relative path, action).
 
     Every output file is created new (O_EXCL): never written through an existing name, so never into a source
     image that an earlier hard link shares.
     """
-    source = _source_path(record, image_root)
+    source = _source_path(record)
     target_dir = out_dir / record.split / record.label
     target = target_dir / record.output_name
     if target.parent != target_dir or record.output_name in ("", ".", ".."):
@@ -328,14 +503,24 @@ def _materialise(record: SourceRecord, image_root: Path, out_dir: Path, max_pixe
 
 def _skip_kind(reason: str) -> str:
     """Short bucket for the summary ("excluded class: bacteria", "corrupt or truncated image", ...)."""
-    return reason.split(" (")[0].split(":")[0] if not reason.startswith("excluded class") else reason
+    if reason.startswith("excluded "):
+        return reason
+    return reason.split(" (")[0] if reason.startswith("unknown finding") else reason.split(" (")[0].split(":")[0]
 
 
 def _print_tables(summary: PrepareSummary, echo) -> None:
-    echo("Class hierarchy of the source CSV (as the study's Table 1):")
-    echo(f"  {'Label':<10} {'Label_1_Virus_category':<24} {'Label_2_Virus_category':<24} {'count':>6}")
-    for (label, label_1, label_2), count in sorted(summary.hierarchy.items()):
-        echo(f"  {label or '-':<10} {label_1 or '-':<24} {label_2 or '-':<24} {count:>6}")
+    if summary.hierarchy:
+        echo("Class hierarchy of the source CSV (as the study's Table 1):")
+        echo(f"  {'Label':<10} {'Label_1_Virus_category':<24} {'Label_2_Virus_category':<24} {'count':>6}")
+        for (label, label_1, label_2), count in sorted(summary.hierarchy.items()):
+            echo(f"  {label or '-':<10} {label_1 or '-':<24} {label_2 or '-':<24} {count:>6}")
+    if len(summary.by_source) > 1:
+        echo("Kept images per source (split: normal/virus):")
+        for name, row in summary.by_source.items():
+            cells = "  ".join(f"{split} {row[(split, 'normal')]}/{row[(split, 'virus')]}" for split in SPLITS)
+            echo(f"  {printable(name):<16} {cells}  skipped {sum(summary.skipped_by_source[name].values())}")
+        echo(f"Images found in two sources: {summary.shared} (manifest: duplicate_of, merged_with); "
+             f"{summary.merged} of them usable and kept once, the others excluded by their class in both")
     echo("Binary classes per split (kept images):")
     echo(f"  {'split':<11} " + " ".join(f"{c:>7}" for c in CLASS_NAMES) + f" {'total':>7}")
     for split in SPLITS:
@@ -355,6 +540,8 @@ def _prepare_records(rows: list[dict[str, str]], csv_path: Path, image_root: Pat
         name = row["X_ray_image_name"]
         record = SourceRecord(source_file=name, csv_fields={k: row.get(k, "") for k in REQUIRED_COLUMNS},
                               csv_row=line_number - 1)
+        if row["Dataset_type"].upper() in SOURCE_FOLDERS:
+            record.source_dir = image_root / SOURCE_FOLDERS[row["Dataset_type"].upper()]
         records.append(record)
         record.group = patient_group(name)
         dataset_type = row["Dataset_type"].upper()
@@ -390,7 +577,7 @@ def _prepare_records(rows: list[dict[str, str]], csv_path: Path, image_root: Pat
             else:  # files, and links (broken ones too): nothing on disk disappears without a line in the manifest
                 reason = "not listed in the CSV"
             records.append(SourceRecord(source_file=path.name, csv_fields={"Dataset_type": folder.upper()},
-                                        group=patient_group(path.name), reason=reason))
+                                        group=patient_group(path.name), reason=reason, source_dir=directory))
     return records
 
 
@@ -529,22 +716,24 @@ def _locked(folder: Path):
         os.close(descriptor)
 
 
-def _check_paths(source: Path, out: Path) -> None:
+def _check_paths(sources: list[Path], out: Path) -> None:
     """Refuse an OUT whose replacement could delete or alter what hfxray did not write (before anything is read)."""
-    for flag, path in (("--source", source), ("--out", out)):
+    for flag, path in [*(("--source", source) for source in sources), ("--out", out)]:
         if "\0" in str(path):
             raise DataError(f"{flag} {printable(str(path))}: NUL byte in the path. To fix: pass a real folder path.")
     shown = printable(str(out))
-    if not source.is_dir():
-        raise DataError(f"{printable(str(source))}: source folder not found. To fix: pass the unzipped Kaggle "
-                        "CoronaHack folder.")
+    for source in sources:
+        if not source.is_dir():
+            raise DataError(f"{printable(str(source))}: source folder not found. To fix: pass the unzipped folder "
+                            "of a CoronaHack, Cohen or Kermany download.")
     if out.is_symlink():
         raise DataError(f"--out {shown} is a symbolic link; replacing it would delete the link. To fix: pass a new "
                         "folder, or the real path of an earlier output.")
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {shown} is an existing file, not a folder. To fix: pass a new folder path.")
     real_out = out.resolve()
-    protected = [source.resolve()] + [(source / IMAGE_ROOT / f).resolve() for f in SOURCE_FOLDERS.values()]
+    protected = [path.resolve() for source in sources
+                 for path in [source, *(source / f for folder in _read_folders(source) for f in [folder])]]
     for real in protected:
         if real_out == real or real_out in real.parents or real in real_out.parents:
             relation = ("is" if real_out == real else "contains" if real_out in real.parents else "lies inside")
@@ -559,6 +748,14 @@ def _check_paths(source: Path, out: Path) -> None:
                         "pass a new sub-folder, e.g. --out prepared.")
 
 
+def _read_folders(source: Path) -> list[Path]:
+    """Every folder a layout could read images from, whatever the format (relative to `source`)."""
+    from .sources import COHEN_IMAGES, KERMANY_SPLITS
+
+    folders = [IMAGE_ROOT / f for f in SOURCE_FOLDERS.values()] + [Path(COHEN_IMAGES)]
+    return folders + [Path(prefix) / split for prefix in ("", "chest_xray") for split in KERMANY_SPLITS]
+
+
 def _check_replaceable(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and _read_marker(out) is None:
         raise DataError(f"--out {printable(str(out))} holds files and no {MARKER_NAME} marker, so it was not "
@@ -567,7 +764,7 @@ def _check_replaceable(out: Path) -> None:
 
 
 def prepare(
-    source: str | os.PathLike,
+    source: str | os.PathLike | list[str | os.PathLike],
     out: str | os.PathLike,
     val_fraction: float = 0.15,
     seed: int = 42,
@@ -575,26 +772,47 @@ def prepare(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     echo=print,
     progress=None,
+    formats: list[str] | None = None,
+    test_source: str | None = None,
+    test_fraction: float = 0.15,
 ) -> PrepareSummary:
-    """Build OUT/{train,validation,test}/{normal,virus}/ and OUT/manifest.csv from a Kaggle CoronaHack folder.
+    """Build OUT/{train,validation,test}/{normal,virus}/ and OUT/manifest.csv from one or more source folders.
 
-    Nothing under `source` is opened for writing, and nothing outside `out` is changed: the output is written to
+    `source` is a folder or a list of folders; `formats` names each one's layout (`hfxray.sources.FORMATS`,
+    default: detected). `test_source` (a source's name) makes that source the whole test split. A source without
+    its own test split has ~`test_fraction` of its patients carved into test.
+
+    Nothing under a source is opened for writing, and nothing outside `out` is changed: the output is written to
     a sibling staging folder and swapped in at the end, so an interrupted run leaves the previous output whole.
     An existing OUT is replaced only when it carries hfxray's marker (or is empty).
     """
+    from .sources import resolve_sources
+
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"--val-fraction {val_fraction} is outside [0, 1). To fix: pass e.g. --val-fraction 0.15")
+    if not 0.0 <= test_fraction < 1.0:
+        raise DataError(f"--test-fraction {test_fraction} is outside [0, 1). To fix: pass e.g. --test-fraction 0.15")
     if progress is None:
         from tqdm.auto import tqdm as progress
-    source, out = Path(source), Path(out)
-    _check_paths(source, out)
+    paths = [Path(p) for p in (source if isinstance(source, (list, tuple)) else [source])]
+    if not paths:
+        raise DataError("no --source given. To fix: pass --source FOLDER (repeat it to merge several sources).")
+    out = Path(out)
+    _check_paths(paths, out)
+    specs = resolve_sources(paths, formats)
+    names = [spec.name for spec in specs]
+    if test_source is not None and (test_source not in names or len(specs) < 2):
+        raise DataError(f"--test-source {printable(test_source)!r} is not one of several sources (sources: "
+                        f"{printable(', '.join(names))}). To fix: pass two or more --source folders and name one "
+                        "of them, as the manifest's `source` column does.")
     out = out.resolve()  # `--out x/..` or a trailing `.`: work on the real name, whose siblings hold the staging
     out.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out.parent):
         _recover(out, echo)
         _clean_leftovers(out, echo)
         _check_replaceable(out)
-        summary = _prepare_locked(source, out, val_fraction, seed, min_side, max_pixels, echo, progress)
+        summary = _prepare_locked(specs, out, val_fraction, test_fraction, seed, min_side, max_pixels, test_source,
+                                  echo, progress)
     _print_tables(summary, echo)
     for message in summary.warnings:
         echo(f"warning: {message}")
@@ -611,27 +829,40 @@ def _manifest_row(record: SourceRecord, relative: str, action: str) -> dict[str,
         **{k: fields.get(k, "") for k in REQUIRED_COLUMNS if k != "X_ray_image_name"},
         "width": record.width or "", "height": record.height or "", "mode": record.mode,
         "csv_row": record.csv_row or "", "window": record.window,
+        "source": record.source, "format": record.source_format, "finding": record.finding, "view": record.view,
+        "phash": record.phash, "duplicate_of": record.duplicate_of, "merged_with": " ".join(record.merged_with),
     }
     return {k: printable(v) if isinstance(v, str) else v for k, v in row.items()}
 
 
-def _prepare_locked(source: Path, out: Path, val_fraction: float, seed: int, min_side: int, max_pixels: int,
-                    echo, progress) -> PrepareSummary:
-    csv_path = source / CSV_NAME
-    image_root = source / IMAGE_ROOT
-    records = _prepare_records(read_metadata(csv_path), csv_path, image_root, echo)
-    _check_files(records, image_root, min_side, max_pixels, progress)
+def _prepare_locked(specs, out: Path, val_fraction: float, test_fraction: float, seed: int, min_side: int,
+                    max_pixels: int, test_source: str | None, echo, progress) -> PrepareSummary:
+    from .sources import read_source
+
+    records: list[SourceRecord] = []
+    for spec in specs:
+        found = read_source(spec, echo)
+        if len(specs) > 1:  # patient ids of two sources are unrelated: keep them apart
+            for record in found:
+                record.group = f"{spec.name}:{record.group}"
+                record.also_groups = [f"{spec.name}:{g}" for g in record.also_groups]
+        records += found
+    _check_files(records, min_side, max_pixels, progress)
 
     warnings_list: list[str] = []
     shared = _patients_in_train_and_test(records)
     if shared:
         warnings_list.append(f"{len(shared)} patient group(s) appear in both TRAIN and TEST of the source "
                              f"(e.g. {printable(', '.join(shared[:5]))}); the source split leaks these patients")
+    merged = shared_images = 0
+    if len(specs) > 1:
+        merged, shared_images = _merge_across_sources(records, [spec.name for spec in specs], test_source, max_pixels, progress)
+    _join_groups(records)
     small = sum(1 for r in records if r.kept and min(r.width, r.height) < TYPICAL_CROP)
     if small:
         warnings_list.append(f"{small} kept image(s) are smaller than a {TYPICAL_CROP} px crop; the processors "
                              "upscale them (see `width`/`height` in the manifest)")
-    assign_validation(records, val_fraction, seed)
+    assign_splits(records, val_fraction, test_fraction, seed, test_source)
     assign_output_names(records)
 
     staging = _new_sibling(out, "partial")
@@ -643,6 +874,8 @@ def _prepare_locked(source: Path, out: Path, val_fraction: float, seed: int, min
         counts: dict[str, Counter] = {split: Counter() for split in SPLITS}
         skipped: Counter = Counter()
         hierarchy: Counter = Counter()
+        by_source: dict[str, Counter] = {spec.name: Counter() for spec in specs}
+        skipped_by_source: dict[str, Counter] = {spec.name: Counter() for spec in specs}
         with (staging / MANIFEST_NAME).open("x", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS)
             writer.writeheader()
@@ -654,19 +887,24 @@ def _prepare_locked(source: Path, out: Path, val_fraction: float, seed: int, min
                 relative, action = "", ""
                 if record.kept:
                     try:
-                        relative, action = _materialise(record, image_root, staging, max_pixels)
+                        relative, action = _materialise(record, staging, max_pixels)
                     except ImageProblem as problem:
                         record.reason = str(problem)
                 if record.kept:
                     counts[record.split][record.label] += 1
+                    by_source[record.source][(record.split, record.label)] += 1
                 else:
                     skipped[printable(_skip_kind(record.reason))] += 1
+                    skipped_by_source[record.source][printable(_skip_kind(record.reason))] += 1
                 writer.writerow(_manifest_row(record, relative, action))
-        summary = PrepareSummary(out, counts, skipped, hierarchy, warnings_list)
+        summary = PrepareSummary(out, counts, skipped, hierarchy, warnings_list, by_source, skipped_by_source,
+                                 merged, shared_images)
         if summary.kept_total == 0:
-            raise DataError(f"{printable(str(csv_path))}: no usable normal or virus image remains (skipped: "
-                            f"{dict(skipped.most_common(3))}). To fix: check that images sit in "
-                            f"{printable(str(image_root))}/{{train,test}}/")
+            where = ", ".join(printable(str(spec.path)) for spec in specs)
+            raise DataError(f"{where}: no usable normal or virus image remains (skipped: "
+                            f"{dict(skipped.most_common(3))}). To fix: check that the images sit where the layout "
+                            "puts them (CoronaHack: the image folders' train/ and test/; Cohen: images/; Kermany: "
+                            "train|test|val/NORMAL|PNEUMONIA/)")
         _write_marker(staging, complete=True)
         retired = _swap_into_place(staging, out)
         if retired is not None and not _delete_own(retired):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 SAMPLE_ENV = "HFXRAY_SAMPLE_DIR"
 SAMPLE_CSV = "Chest_xray_Corona_Metadata.csv"
+COHEN_ENV = "HFXRAY_COHEN_DIR"
+COHEN_NAME = "cohen-mini"  # the Cohen sample lies beside the CoronaHack sample
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,3 +52,20 @@ def expected_sample_dir() -> Path:
     """Where `sample_dir` looks first (for messages when the sample is missing)."""
     configured = os.environ.get(SAMPLE_ENV)
     return Path(configured) if configured else REPO_ROOT.parent / "shared" / "data" / "coronahack-mini"
+
+
+def cohen_dir() -> Path | None:
+    """The real Cohen sample: $HFXRAY_COHEN_DIR, else `cohen-mini` beside the CoronaHack sample."""
+    configured = os.environ.get(COHEN_ENV)
+    if configured:
+        candidates = [Path(configured)]
+    else:
+        beside = sample_dir()
+        candidates = ([beside.parent / COHEN_NAME] if beside else []) + [expected_sample_dir().parent / COHEN_NAME]
+    return next((path for path in candidates if (path / "metadata.csv").is_file()), None)
+
+
+def expected_cohen_dir() -> Path:
+    """Where `cohen_dir` looks first (for messages when the sample is missing)."""
+    configured = os.environ.get(COHEN_ENV)
+    return Path(configured) if configured else (sample_dir() or expected_sample_dir()).parent / COHEN_NAME

@@ -4,16 +4,29 @@ The report describes the model as it ships: metrics with patient-level bootstrap
 model's own probabilities. When a temperature was folded into the head (`hfxray.calibration`), the logits
 before folding are the shipped logits times T, so the ECE before folding is reported beside it, with its CI,
 from the same forward pass.
+
+When the prepared set merges several sources (`hfxray data prepare --source A --source B`), the report adds the
+metrics of each source (`by_source`, with patient bootstrap CIs), the sources each split was drawn from
+(`sources`: "trained on X, tested on Y"), and the *source shortcut check* (`source_shortcut`): among held-out
+images of one class, how well the model's p(virus) tells two sources apart (AUROC, read both ways). A model that
+learnt the source rather than the disease separates them; `SHORTCUT_WARNING` or more is flagged.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, read_manifest
+from .data import CLASS_NAMES, SPLITS, DataError, read_manifest
+from .logs import get_logger
+
+SHORTCUT_WARNING = 0.8  # separation (AUROC read both ways) from which the source shortcut check warns
+SHORTCUT_MIN_IMAGES = 5  # images a source needs in a class to enter the check
+logger = get_logger(__name__)
 
 
 def split_paths(split) -> list[str]:
@@ -25,13 +38,68 @@ def split_paths(split) -> list[str]:
 
 def patient_groups(data_dir: str | Path, paths: list[str]) -> list[str]:
     """Patient group of each image path, from the prepared folder's manifest."""
+    return manifest_values(data_dir, paths, "patient_group", default="file:")
+
+
+def manifest_values(data_dir: str | Path, paths: list[str], column: str, default: str = "") -> list[str]:
+    """One manifest column for each image path (`default` + the path where the manifest lacks it)."""
     data_dir = Path(data_dir).resolve()
-    by_file = {row["file"]: row["patient_group"] for row in read_manifest(data_dir) if row["status"] == "kept"}
-    groups = []
+    by_file = {row["file"]: row.get(column, "") for row in read_manifest(data_dir) if row["status"] == "kept"}
+    values = []
     for path in paths:
         relative = str(Path(path).resolve().relative_to(data_dir)) if Path(path).is_absolute() else path
-        groups.append(by_file.get(relative, f"file:{relative}"))
-    return groups
+        values.append(by_file.get(relative) or (f"{default}{relative}" if default else ""))
+    return values
+
+
+def split_sources(data_dir: str | Path) -> dict[str, dict[str, int]]:
+    """split -> source -> kept images, from the manifest (empty sources when it names none)."""
+    counts: dict[str, Counter] = {split: Counter() for split in SPLITS}
+    for row in read_manifest(data_dir):
+        if row["status"] == "kept" and row.get("source"):
+            counts[row["split"]][row["source"]] += 1
+    return {split: dict(sorted(c.items())) for split, c in counts.items()}
+
+
+def source_shortcut(probs_virus, labels, sources, images: str) -> dict:
+    """How well p(virus) separates two sources among images of one class (AUROC, and max(AUROC, 1 - AUROC)).
+
+    Images of one class should look alike to the classifier whatever their source; a separation near 1 means the
+    model's output carries the source (hospital, age group, scanner, burnt-in marks), i.e. a shortcut.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    probs, labels, sources = np.asarray(probs_virus), np.asarray(labels), np.asarray(sources)
+    rows = []
+    for index, name in enumerate(CLASS_NAMES):
+        in_class = labels == index
+        counts = Counter(sources[in_class].tolist())
+        present = sorted(s for s, n in counts.items() if n >= SHORTCUT_MIN_IMAGES)
+        for first, second in combinations(present, 2):
+            chosen = in_class & np.isin(sources, [first, second])
+            auroc = float(roc_auc_score(sources[chosen] == second, probs[chosen]))
+            rows.append({"class": name, "sources": [first, second], "n": [counts[first], counts[second]],
+                         "auroc": auroc, "separation": max(auroc, 1.0 - auroc)})
+    worst = max((row["separation"] for row in rows), default=None)
+    return {"measure": "AUROC of p(virus) at telling two sources apart among images of one class "
+                       "(separation = max(AUROC, 1 - AUROC); 0.5 = indistinguishable)",
+            "images": images, "by_class": rows, "max_separation": worst, "warning_threshold": SHORTCUT_WARNING,
+            "warning": worst is not None and worst >= SHORTCUT_WARNING}
+
+
+def shortcut_message(check: dict) -> str:
+    """One sentence on the source shortcut check, for the console and the model card."""
+    if check.get("max_separation") is None:
+        return ("source shortcut check: no class has images of two sources (at least "
+                f"{SHORTCUT_MIN_IMAGES} each) among the {check.get('images')}; not measured")
+    worst = max(check["by_class"], key=lambda row: row["separation"])
+    text = (f"source shortcut check: among {worst['class']} images ({check['images']}), the model's p(virus) tells "
+            f"{worst['sources'][0]} from {worst['sources'][1]} with separation {worst['separation']:.2f} "
+            f"(0.5 = cannot tell)")
+    if check["warning"]:
+        text = ("WARNING: " + text + f", at or above {SHORTCUT_WARNING}: the model's output carries the source; "
+                "its accuracy may come from where an image was taken rather than from the disease")
+    return text
 
 
 def predict_logits(model, dataset, batch_size: int = 64, desc: str = "predicting") -> np.ndarray:
@@ -74,8 +142,15 @@ def report_split(model, processor, data_dir, split: str = "test", out: str | Pat
     from .calibration import folded_temperature, unfolded_logits
     from .metrics import apply_temperature, evaluation_report, plot_reliability_diagram
 
-    logits, labels, groups = split_logits(model, processor, data_dir, split)
+    from .data import load_imagefolder
+
+    dataset = load_imagefolder(data_dir)
+    logits, labels, groups = split_logits(model, processor, data_dir, split, dataset=dataset)
     report = evaluation_report(labels, logits, groups=groups, n_resamples=n_resamples, seed=seed)
+    sources_by_split = split_sources(data_dir)
+    if len({s for counts in sources_by_split.values() for s in counts}) > 1:
+        report.update(_per_source(model, processor, data_dir, dataset, split, logits, labels, groups,
+                                  sources_by_split, n_resamples, seed))
     temperature = folded_temperature(model)
     report.update(split=split, folded_temperature=temperature)
     before = None
@@ -99,6 +174,35 @@ def report_split(model, processor, data_dir, split: str = "test", out: str | Pat
         report["reliability_diagram"] = diagram.name
         out.write_text(json.dumps(prefixed(report, prefix) if prefix else report, indent=2))
     return report
+
+
+def _per_source(model, processor, data_dir, dataset, split, logits, labels, groups, sources_by_split,
+                n_resamples, seed) -> dict:
+    """by_source metrics, the split's sources, and the source shortcut check on held-out images."""
+    from .metrics import apply_temperature, evaluation_report
+
+    sources = np.asarray(manifest_values(data_dir, split_paths(dataset[split]), "source"))
+    groups = np.asarray(groups)
+    by_source = {}
+    for name in sorted(set(sources.tolist())):
+        chosen = sources == name
+        by_source[name] = evaluation_report(labels[chosen], logits[chosen], groups=groups[chosen],
+                                            n_resamples=n_resamples, seed=seed)
+    probs, check_labels, check_sources, images = apply_temperature(logits, 1.0), labels, sources, f"{split} split"
+    others = [s for s in ("validation", "test") if s != split and s in dataset and len(dataset[s])]
+    if split in ("validation", "test") and others and len(set(sources.tolist())) < len(
+            {s for counts in sources_by_split.values() for s in counts}):
+        # one source per split (--test-source): compare the held-out splits together, never the training images
+        other = others[0]
+        more_logits, more_labels, _ = split_logits(model, processor, data_dir, other, dataset=dataset)
+        more_sources = np.asarray(manifest_values(data_dir, split_paths(dataset[other]), "source"))
+        probs = np.concatenate([probs, apply_temperature(more_logits, 1.0)])
+        check_labels = np.concatenate([labels, more_labels])
+        check_sources = np.concatenate([sources, more_sources])
+        images = f"held-out {' and '.join(sorted([split, other], key=SPLITS.index))} splits"
+    check = source_shortcut(probs, check_labels, check_sources, images)
+    (logger.warning if check["warning"] else logger.info)(shortcut_message(check))
+    return {"by_source": by_source, "sources": sources_by_split, "source_shortcut": check}
 
 
 def prefixed(report: dict, prefix: str) -> dict:

@@ -135,6 +135,31 @@ def _recipe_rows(args: dict, run_dir: Path) -> list[tuple[str, object]]:
     ]
 
 
+def _per_source_card(results: dict) -> list[str]:
+    """Per-source metrics, "trained on X, tested on Y" and the source shortcut check, when the data had sources."""
+    from .evaluation import shortcut_message
+
+    by_source = results.get("test_by_source")
+    if not by_source:
+        return []
+    sources = results.get("test_sources") or {}
+    trained = ", ".join(f"{name} ({n})" for name, n in (sources.get("train") or {}).items()) or "-"
+    lines = [f"\n### Per source (external validation)\n\nTrained on {trained}; tested on "
+             + (", ".join(f"{name} ({n})" for name, n in (sources.get("test") or {}).items()) or "-") + ".\n",
+             "| test source | n (virus) | accuracy (95% CI) | AUROC (95% CI) |", "|---|---:|---|---|"]
+    for name, report in by_source.items():
+        cells = []
+        for metric in ("accuracy", "auroc"):
+            value, (low, high) = report.get(metric), (report.get("ci95") or {}).get(metric) or (None, None)
+            cells.append("-" if value is None else f"{value:.3f}" + (f" ({low:.3f}-{high:.3f})"
+                                                                     if low is not None and high is not None else ""))
+        lines.append(f"| {name} | {report.get('n')} ({report.get('n_positive')}) | {cells[0]} | {cells[1]} |")
+    check = results.get("test_source_shortcut")
+    if check:
+        lines.append("\n" + shortcut_message(check) + ".")
+    return lines
+
+
 def _data_section(args: dict, run_dir: Path) -> str:
     lines = [
         f"Binary `normal` (0) vs `virus` (1) labels derived from the [Kaggle CoronaHack Chest X-Ray dataset]"
@@ -210,6 +235,7 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
         if n:
             evaluation.append(f"\nn = {n} test images" + (f" ({n_positive} virus)." if n_positive is not None
                                                            else "."))
+        evaluation += _per_source_card(results)
     else:
         evaluation = ["No test_results.json in the run folder: this model was not evaluated."]
     small = f"n = {n} test images" if n else "A few hundred test images at most"

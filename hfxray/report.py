@@ -96,7 +96,16 @@ def table1(data_dir: Path) -> str:
                     [[s, *(split_counts[s][c] for c in CLASS_NAMES), sum(split_counts[s].values())] for s in SPLITS])
     skipped = Counter(r["reason"] for r in rows if r["status"] == "skipped")
     skipped_text = "; ".join(f"{n} × {reason}" for reason, n in skipped.most_common()) or "none"
-    return f"{first}\n\nBinary classes per split (patient-level validation split):\n\n{second}\n\nSkipped: {skipped_text}."
+    text = f"{first}\n\nBinary classes per split (patient-level validation split):\n\n{second}\n\nSkipped: {skipped_text}."
+    names = sorted({r.get("source", "") for r in rows} - {""})
+    if len(names) > 1:
+        per_source = Counter((r["source"], r["split"], r["label"]) for r in rows if r["status"] == "kept")
+        shared = sum(1 for r in rows if r.get("duplicate_of"))
+        table = _table(["source", *(f"{s} normal/virus" for s in SPLITS)],
+                       [[name, *(f"{per_source[(name, s, 'normal')]}/{per_source[(name, s, 'virus')]}" for s in SPLITS)]
+                        for name in names])
+        text += f"\n\nKept images per source:\n\n{table}\n\nImages found in two sources (kept once): {shared}."
+    return text
 
 
 def _metric_with_ci(run: Run, metric: str) -> tuple[float | None, list | None]:
@@ -182,6 +191,47 @@ def comparison_paragraph(runs: list[Run]) -> str:
     return " ".join(text)
 
 
+def external_validation_section(runs: list[Run]) -> str:
+    """"Trained on X, tested on Y", the metrics per test source (patient bootstrap CIs) and the source shortcut
+    check, for runs whose data merged several sources; "" when none did."""
+    from .evaluation import shortcut_message
+
+    with_sources = [run for run in runs if run.test.get("test_by_source")]
+    if not with_sources:
+        return ""
+
+    def listed(counts: dict | None) -> str:
+        return ", ".join(f"{name} ({n})" for name, n in (counts or {}).items()) or "—"
+
+    protocol = _table(["run", "trained on (images)", "validated on", "tested on"],
+                      [[run.name, listed((run.test.get("test_sources") or {}).get("train")),
+                        listed((run.test.get("test_sources") or {}).get("validation")),
+                        listed((run.test.get("test_sources") or {}).get("test"))] for run in with_sources])
+    rows = []
+    for run in with_sources:
+        for source, report in run.test["test_by_source"].items():
+            ci = report.get("ci95") or {}
+            rows.append([run.name, source, f"{report.get('n')} ({report.get('n_positive')})",
+                         *(f"{_fmt(report.get(m))} ({_fmt((ci.get(m) or [None])[0])}–{_fmt((ci.get(m) or [None, None])[1])})"
+                           for m in ("accuracy", "auroc")),
+                         _fmt(report.get("sensitivity")), _fmt(report.get("specificity"))])
+    metrics = _table(["run", "test source", "n (virus)", "accuracy (95% CI)", "AUROC (95% CI)", "sensitivity",
+                      "specificity"], rows)
+    checks = "\n".join(f"- {run.name}: {shortcut_message(run.test['test_source_shortcut'])}." for run in with_sources
+                       if run.test.get("test_source_shortcut"))
+    return f"""## External validation — per source
+
+{protocol}
+
+{metrics}
+
+Source shortcut check (AUROC of the model's p(virus) at telling two sources apart among images of one class; 0.5
+means the sources look alike to the model, a value near 1 means its output carries the source):
+
+{checks}
+"""
+
+
 def calibration_section(runs: list[Run], out_dir: Path) -> str:
     import shutil
 
@@ -243,6 +293,7 @@ Runs: {", ".join(f"`{r.path}`" for r in runs)}. Everything below is read from th
 
 ![Figure 4](figure4_training_curves.png)
 
+{external_validation_section(runs)}
 ## Calibration
 
 {calibration_section(runs, out_dir)}

@@ -26,6 +26,17 @@ def sample_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cohen_dir() -> Path:
+    """The read-only real Cohen sample (124 rows, `metadata.csv` + `images/`)."""
+    from hfxray.env import cohen_dir as find_cohen, expected_cohen_dir
+
+    found = find_cohen()
+    if found is None:
+        pytest.skip(f"real Cohen sample not found at {expected_cohen_dir()} (set HFXRAY_COHEN_DIR)")
+    return found
+
+
+@pytest.fixture(scope="session")
 def prepared_dir(sample_dir, tmp_path_factory) -> Path:
     """The sample prepared once per session as a binary ImageFolder (hard links into a temp dir)."""
     from hfxray.data import prepare

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -18,7 +19,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..data import check_prepared
-    from ..evaluation import report_split
+    from ..evaluation import report_split, shortcut_message
     from ..models import load_trained
 
     check_prepared(args.data_dir)
@@ -33,7 +34,14 @@ def run(args) -> int:
     else:
         summary["calibration"] = (f"T = {report['folded_temperature']:.4g} was folded into this model at training: "
                                   "ECE is the shipped model's; ece_before_folding is the same model with T = 1")
-    print(json.dumps({"split": args.split, **summary,
-                      "ci95": {k: report["ci95"][k] for k in ("accuracy", "auroc", "ece")}, "out": str(out)},
-                     indent=1))
+    result = {"split": args.split, **summary, "ci95": {k: report["ci95"][k] for k in ("accuracy", "auroc", "ece")}}
+    if "by_source" in report:
+        result["trained_on"] = report["sources"]["train"]
+        result["by_source"] = {name: {"n": r["n"], "accuracy": r["accuracy"], "auroc": r["auroc"],
+                                      "ci95": {k: r["ci95"][k] for k in ("accuracy", "auroc")}}
+                               for name, r in report["by_source"].items()}
+        result["source_shortcut"] = shortcut_message(report["source_shortcut"])
+    print(json.dumps({**result, "out": str(out)}, indent=1))
+    if "source_shortcut" in report and report["source_shortcut"]["warning"]:
+        print(shortcut_message(report["source_shortcut"]), file=sys.stderr)
     return 0
