@@ -56,14 +56,15 @@ def main() -> None:
     from hfxray.data import load_imagefolder
     from hfxray.losses import LabelSmoothingCrossEntropy
     from hfxray.models import create_model
-    from hfxray.recipes import build_optimizer, build_scheduler
-    from hfxray.training import RecipeArguments, _recipe_trainer_class
+    from hfxray.arguments import RecipeArguments
+    from hfxray.recipes import build_scheduler, decay_parameter_names
+    from hfxray.training import _recipe_trainer_class
     from hfxray.transforms import Geometry, XrayTensorDataset, decode_split
 
     StepClock = step_clock_class()
     prepared = prepared_sample()
     dataset = load_imagefolder(prepared)
-    recipe = RecipeArguments(optimizer="adamw", schedule="onecycle", label_smoothing=0.1)
+    recipe = RecipeArguments(schedule="onecycle")
     for kind, preset in (("bit", "tiny"), ("vit", "tiny"), ("bit", "small"), ("vit", "small")):
         model, processor, _ = create_model(kind, preset)
         geometry = Geometry.from_processor(processor)
@@ -74,7 +75,8 @@ def main() -> None:
         def trainer_path():
             training_args = TrainingArguments(
                 output_dir=tempfile.mkdtemp(), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                learning_rate=1e-3, weight_decay=0.05, report_to="none", save_strategy="no", eval_strategy="no",
+                learning_rate=1e-3, weight_decay=0.05, optim="adamw_torch", label_smoothing_factor=0.1,
+                report_to="none", save_strategy="no", eval_strategy="no",
                 logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, use_cpu=True,
                 dataloader_pin_memory=False)
             trainer = _recipe_trainer_class()(model=copy.deepcopy(model), args=training_args, train_dataset=train,
@@ -86,7 +88,10 @@ def main() -> None:
 
         def bare_loop():
             net = copy.deepcopy(model).train()
-            optimizer = build_optimizer(net, "adamw", 1e-3, weight_decay=0.05)
+            decay = set(decay_parameter_names(net))
+            groups = [{"params": [p for n, p in net.named_parameters() if n in decay], "weight_decay": 0.05},
+                      {"params": [p for n, p in net.named_parameters() if n not in decay], "weight_decay": 0.0}]
+            optimizer = torch.optim.AdamW(groups, lr=1e-3)
             scheduler = build_scheduler(optimizer, "onecycle", args.steps, args.steps)
             loss_fn = LabelSmoothingCrossEntropy(0.1)
             loader = torch.utils.data.DataLoader(train, batch_size=args.batch_size, shuffle=True, collate_fn=train.collate)
