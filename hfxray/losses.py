@@ -2,7 +2,7 @@
 
 Smoothed targets t_ls = (1 - alpha) * onehot(y) + alpha / K. The loss is returned as sum / num_items_in_batch
 when the Trainer passes that count: under DDP the Trainer counts items across all processes and multiplies each
-process's loss by the world size, so a per-process mean would be scaled wrongly (see STACK-NOTES).
+process's loss by the world size, so a per-process mean would be scaled wrongly.
 """
 
 from __future__ import annotations

@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None, prog: str = "scripts/train.py") -> int:
     try:
         check_versions()
         model_args, data_args, recipe_args, run_args, training_args = parse_args(argv, prog=prog)
-        level = training_args.get_process_log_level()
-        configure(level if level >= 0 else "INFO")  # "passive" (-1): hfxray's default, INFO
+        # hfxray's own messages at INFO on the main process unless --log_level says otherwise; replicas warn only.
+        passive = training_args.log_level == "passive" and training_args.should_log
+        configure("INFO" if passive else training_args.get_process_log_level())
         if training_args.output_dir in (None, "trainer_output"):
             raise ConfigError("--output_dir is required. To fix: pass --output_dir OUT")
         # Hub access is checked before any model or data work. The upload itself is hfxray's curated one (model

@@ -74,7 +74,8 @@ def test_report_tables_figures_and_curves_from_real_event_files(tiny_runs, prepa
     markdown = (out / "report.md").read_text()
     assert "| Pnemonia | bacteria | — | 105 |" in markdown or "| Pnemonia | bacteria | — | 100 |" in markdown
     assert "| test | 45 | 47 | 92 |" in markdown
-    assert "| vit.tiny / scratch | scratch | random init | adamw | 0.001 | onecycle | 2 |" in markdown
+    assert "| vit.tiny / scratch | scratch | random init | adamw_torch | 0.001 | onecycle (hfxray/recipes.py) | 2 |" \
+        in markdown
     for png in ("figure1_test_metrics.png", "figure4_training_curves.png"):
         pixels = np.asarray(Image.open(out / png).convert("L"))
         assert pixels.std() > 10, f"{png} looks blank"

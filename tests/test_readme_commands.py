@@ -1,0 +1,59 @@
+"""The README's training commands, run as a user without a GPU would: verbatim, with `--preset tiny` and the CPU
+accelerate config, on the real sample. Each finishes within 3 minutes and leaves a model card with real metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+LIMIT_SECONDS = 180
+
+
+def readme_training_commands() -> list[list[str]]:
+    """The `accelerate launch ... scripts/train.py ...` lines of the README's "Main job" block."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Main job", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [shlex.split(line) for line in block.splitlines() if line.startswith("accelerate launch")]
+
+
+def test_the_readme_shows_every_kind_and_recipe():
+    commands = readme_training_commands()
+    assert len(commands) == 4
+    kinds = {command[command.index("--model") + 1] for command in commands}
+    assert kinds == {"vit", "bit", "hybrid"}
+    assert all("--config_file" in command for command in commands)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(4))
+def test_readme_training_command_with_tiny_preset_on_cpu(index, prepared_dir, tmp_path):
+    command = readme_training_commands()[index]
+    command[command.index("--config_file") + 1] = str(REPO / "configs" / "accelerate" / "cpu.yaml")
+    command[command.index("--data-dir") + 1] = str(prepared_dir)
+    out = tmp_path / Path(command[command.index("--output-dir") + 1]).name
+    command[command.index("--output-dir") + 1] = str(out)
+    command = [sys.executable, "-m", "accelerate.commands.launch", *command[2:], "--preset", "tiny",
+               "--disable_tqdm", "true"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    print(f"{' '.join(command[3:9])}: {elapsed:.0f} s")
+    assert elapsed < LIMIT_SECONDS
+    assert "were not passed to `accelerate launch`" not in result.stderr  # the shipped config answers them all
+    assert "Run finished" in result.stdout and "next:" in result.stdout
+    card = (out / "README.md").read_text()
+    results = json.loads((out / "test_results.json").read_text())
+    assert f"{results['test_accuracy']:.4f}" in card and f"{results['test_ece']:.4f}" in card
+    assert not (out / "training_args.bin").exists()
+    assert re.search(r"plan: \w+\.tiny", result.stderr)
