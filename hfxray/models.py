@@ -128,6 +128,13 @@ def check_model_folder(checkpoint: str | os.PathLike, *, weights: bool = True) -
     return folder
 
 
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What `from_pretrained` raises for a missing, damaged or unreachable checkpoint (not for a bug)."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, RuntimeError, SafetensorError
+
+
 def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs):
     """Call a `from_pretrained` safely (never remote code; weights from safetensors only) with one clear message.
 
@@ -139,7 +146,7 @@ def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs)
         kwargs["use_safetensors"] = True
     try:
         return loader(str(folder) if folder else checkpoint, **kwargs)
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as err:
+    except load_errors() as err:
         if folder is not None:
             raise ModelLoadError(f"cannot load {checkpoint} ({type(err).__name__}: {one_line(err)[:200]}). To fix: "
                                  "the folder's files are damaged or incomplete; copy the run folder again or "

@@ -42,7 +42,7 @@ def load_classifier(model: str, device: str | None = None):
     """`pipeline("image-classification")` for a run folder or Hub id; raises PredictError with what to change."""
     from transformers import pipeline
 
-    from .models import ModelLoadError, check_model_folder
+    from .models import ModelLoadError, check_model_folder, load_errors
 
     try:
         folder = check_model_folder(model)
@@ -52,7 +52,7 @@ def load_classifier(model: str, device: str | None = None):
         # Never the folder's own code, never pickled weights: a model folder is data, not a program.
         classifier = pipeline("image-classification", model=str(folder) if folder else model, device=device,
                               trust_remote_code=False, model_kwargs={"use_safetensors": True})
-    except (OSError, ValueError, RuntimeError) as err:
+    except load_errors() as err:
         hint = "; HF_HUB_OFFLINE is set, so a Hub id works only if already cached" if hub_offline() else ""
         raise PredictError(f"cannot load {model!r} ({type(err).__name__}: {one_line(err)[:200]}). To fix: check "
                            f"the folder or Hub id{hint}.") from None

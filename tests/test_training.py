@@ -31,19 +31,20 @@ def test_each_kind_trains_saves_and_reloads(kind, prepared_dir, tmp_path):
 
     out = tmp_path / kind
     assert main(_run_args(prepared_dir, out, kind, ["--recipe", "scratch", *FAST])) == 0
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "args.yaml",
-                 "train_results.json", "test_results.json"):
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "args.yaml", "README.md",
+                 "calibration.json", "train_results.json", "test_results.json", "test_reliability.png"):
         assert (out / name).is_file(), name
+    assert not (out / "training_args.bin").exists()  # a pickle; args.yaml is the record
     assert list(out.glob("checkpoint-*")), "no checkpoint written"
     assert list((out / "runs").rglob("events.out.tfevents.*")), "no TensorBoard events"
     resolved = yaml.safe_load((out / "args.yaml").read_text())
-    assert resolved["model"] == kind and resolved["recipe"] == "scratch" and resolved["optimizer"] == "adamw"
+    assert resolved["model"] == kind and resolved["recipe"] == "scratch" and resolved["optim"] == "adamw_torch"
     test_results = json.loads((out / "test_results.json").read_text())
     assert 0.0 <= test_results["test_accuracy"] <= 1.0 and test_results["test_n"] == 92
     model = AutoModelForImageClassification.from_pretrained(out)
     processor = AutoImageProcessor.from_pretrained(out)
     assert model.config.id2label == {0: "normal", 1: "virus"}
-    assert processor.crop_size == {"height": 128, "width": 128}  # the scratch recipe's crop
+    assert processor.crop_size == {"height": 64, "width": 64}  # the recipe's 128 px fitted to the tiny preset
 
 
 def test_yaml_config_stands_in_for_flags_and_flags_win(prepared_dir, tmp_path):
@@ -52,7 +53,8 @@ def test_yaml_config_stands_in_for_flags_and_flags_win(prepared_dir, tmp_path):
                                       "data_dir": str(prepared_dir), "output_dir": str(tmp_path / "o")}))
     model_args, data_args, recipe_args, _, training_args = parse_args(["--config", str(config),
                                                                        "--learning-rate", "0.25"])
-    assert model_args.model == "bit" and recipe_args.optimizer == "adam"  # bit's seed recipe
+    assert model_args.model == "bit" and recipe_args.schedule == "exponential_epoch"  # bit's seed recipe
+    assert training_args.optim == "adamw_torch"
     assert training_args.learning_rate == 0.25 and data_args.data_dir == str(prepared_dir)
     config.write_text("lr: 0.1\n")
     with pytest.raises(ConfigError, match="unknown key.*lr"):
@@ -64,12 +66,17 @@ def test_unprepared_data_dir_says_which_command_makes_one(tmp_path, capsys):
     assert "hfxray data prepare" in capsys.readouterr().err
 
 
-def test_pretrained_checkpoint_offline_fails_clearly_before_data_work(prepared_dir, tmp_path, capsys):
+@pytest.mark.parametrize("kind, checkpoint", [("vit", "google/vit-base-patch16-224-in21k"),
+                                              ("bit", "timm/resnetv2_50x1_bit.goog_in21k"),
+                                              ("bit_in1k", "google/bit-50"),
+                                              ("hybrid", "timm/vit_base_r50_s16_224.orig_in21k")])
+def test_every_pretrained_preset_offline_ends_in_one_error_line(kind, checkpoint, prepared_dir, tmp_path, capsys):
     out = tmp_path / "full"
-    assert main(["--model", "vit", "--preset", "full", "--data-dir", str(prepared_dir), "--output-dir", str(out)]) == 2
-    captured = capsys.readouterr()
-    assert "google/vit-base-patch16-224-in21k" in captured.err and "To fix" in captured.err
-    assert "decoding" not in captured.err and not (out / "args.yaml").exists()
+    assert main(["--model", kind, "--preset", "full", "--data-dir", str(prepared_dir), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and checkpoint in lines[0] and "To fix" in lines[0], err[-2000:]
+    assert "Traceback" not in err and "decoding" not in err and not (out / "args.yaml").exists()
 
 
 def _env():
@@ -206,3 +213,26 @@ def test_flop_estimate_counts_parameters_once_and_agrees_with_the_trainer(kind, 
     assert trainer.floating_point_ops(inputs) == expected
     model.num_parameters = lambda **_: 0  # counted once: a second call must not count again
     assert trainer.floating_point_ops(inputs) == expected
+
+
+def test_the_hub_token_is_never_stored_in_the_run_folder(prepared_dir, tmp_path):
+    token = "hf_SECRETtokenNEVERstored0123456789"
+    out = tmp_path / "token"
+    assert main(_run_args(prepared_dir, out, "bit", [*FAST, "--hub_token", token, "--save_strategy", "epoch"])) == 0
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert any(path.name == "training_args.bin" for path in files)  # in the checkpoints: without the token
+    leaks = [path for path in files if token.encode() in path.read_bytes()]
+    assert not leaks, leaks
+
+
+def test_overwrite_output_dir_never_reuses_an_earlier_runs_checkpoints(prepared_dir, tmp_path):
+    out = tmp_path / "again"
+    longer = ["--recipe", "scratch", "--num_train_epochs", "4", "--max_train_samples", "32", "--report_to", "none",
+              "--save_total_limit", "10"]
+    assert main(_run_args(prepared_dir, out, "bit", longer)) == 0
+    earlier = sorted(int(p.name.split("-")[-1]) for p in out.glob("checkpoint-*"))
+    shorter = [*longer[:2], "--num_train_epochs", "3", *longer[4:], "--overwrite_output_dir"]
+    assert main(_run_args(prepared_dir, out, "bit", shorter)) == 0
+    steps = json.loads((out / "train_results.json").read_text())["global_step"]
+    remaining = sorted(int(p.name.split("-")[-1]) for p in out.glob("checkpoint-*"))
+    assert max(earlier) > steps and max(remaining) == steps  # the longer run's last checkpoints are gone

@@ -1,0 +1,112 @@
+"""hfxray.models: a model folder is data, never a program; damaged or unsafe folders end in one clear line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+
+from hfxray.cli import main as cli_main
+from hfxray.families import ADAPTERS, adapter_for, model_family
+from hfxray.models import ModelLoadError, check_model_folder, create_model, load_trained
+
+
+@pytest.fixture(scope="module")
+def saved_vit(tmp_path_factory):
+    model, processor, _ = create_model("vit", "tiny")
+    folder = tmp_path_factory.mktemp("vit")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def copy_of(folder, tmp_path):
+    target = tmp_path / "model"
+    shutil.copytree(folder, target)
+    return target
+
+
+def test_a_saved_model_loads(saved_vit):
+    model, processor = load_trained(str(saved_vit))
+    assert model_family(model) == "vit" and processor.crop_size["height"] == 64
+
+
+def test_a_folder_asking_for_its_own_code_is_refused_and_the_code_never_runs(saved_vit, tmp_path):
+    folder = copy_of(saved_vit, tmp_path)
+    marker = tmp_path / "code_ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nfrom transformers import ViTConfig\n"
+                                    "class EvilConfig(ViTConfig):\n    pass\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForImageClassification": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="auto_map.*never does"):
+        load_trained(str(folder))
+    from PIL import Image
+
+    Image.new("L", (80, 80), 128).save(tmp_path / "x.png")
+    assert cli_main(["predict", "--model", str(folder), str(tmp_path / "x.png")]) == 2
+    assert not marker.exists()
+
+
+def test_pickle_only_weights_are_refused_with_how_to_convert(saved_vit, tmp_path):
+    folder = copy_of(saved_vit, tmp_path)
+    model, _ = load_trained(str(saved_vit))
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="pickle.*safe_serialization=True"):
+        load_trained(str(folder))
+
+
+def test_a_truncated_safetensors_file_is_one_line(saved_vit, tmp_path, capsys):
+    folder = copy_of(saved_vit, tmp_path)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    from PIL import Image
+
+    Image.new("L", (80, 80), 128).save(tmp_path / "x.png")
+    assert cli_main(["predict", "--model", str(folder), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "To fix" in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("problem", ["missing", "file", "no config", "bad json"])
+def test_path_like_names_that_are_not_models_say_what_is_wrong(problem, saved_vit, tmp_path):
+    target = tmp_path / "runs" / "nope"
+    if problem == "file":
+        target.parent.mkdir(parents=True)
+        target.write_text("x")
+    elif problem == "no config":
+        target.mkdir(parents=True)
+    elif problem == "bad json":
+        shutil.copytree(saved_vit, target)
+        (target / "config.json").write_text("{not json")
+    expected = {"missing": "no such folder", "file": "not a folder", "no config": "no config.json",
+                "bad json": "not valid JSON"}[problem]
+    with pytest.raises(ModelLoadError, match=expected):
+        check_model_folder(str(target))
+    assert check_model_folder("owner/name") is None  # a Hub id is not checked on disk
+
+
+@pytest.mark.parametrize("kind", ["vit", "bit", "hybrid"])
+def test_each_family_has_one_adapter_that_finds_its_parts(kind):
+    model, _, _ = create_model(kind, "tiny")
+    adapter = adapter_for(model)
+    assert adapter is ADAPTERS[kind]
+    head = adapter.checked_head(model)
+    with torch.no_grad():
+        logits = model(pixel_values=torch.zeros(1, 3, 64, 64)).logits
+    assert head.out_features == logits.shape[-1] == 2
+    assert isinstance(adapter.gradcam_layer(model), torch.nn.Module)
+    assert (adapter.attention_blocks is None) == (kind == "bit")
+
+
+def test_cli_modules_do_not_import_torch_for_help():
+    import subprocess
+
+    code = "import sys, hfxray.cli as c; c.main(['--help']) if False else None; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False"
