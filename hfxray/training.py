@@ -196,8 +196,9 @@ def _last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
-def _start_over(output_dir: str, resume: bool, overwrite: bool) -> str | None:
+def _start_over(training_args, resume: bool, overwrite: bool) -> str | None:
     """The checkpoint to resume from, after refusing or clearing an earlier run's checkpoints."""
+    output_dir = training_args.output_dir
     if resume:
         resume_from = _last_checkpoint(output_dir)
         if resume_from is None:
@@ -208,9 +209,12 @@ def _start_over(output_dir: str, resume: bool, overwrite: bool) -> str | None:
     if earlier and not overwrite:
         raise ConfigError(f"{output_dir} already holds checkpoints. To fix: pass --resume to continue, or "
                           "--overwrite_output_dir to start over.")
-    # Starting over: an earlier run's checkpoints would otherwise be averaged or resumed into this one.
-    for folder in earlier:
-        shutil.rmtree(folder)
+    # Starting over: an earlier run's checkpoints would otherwise be averaged or resumed into this one. Every
+    # process has checked them above; one deletes them while the others wait.
+    with training_args.main_process_first(desc="clearing the earlier run's checkpoints"):
+        if training_args.process_index == 0:
+            for folder in earlier:
+                shutil.rmtree(folder)
     return None
 
 
@@ -231,7 +235,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
 
     check_processes_connected(training_args)
     output_dir = training_args.output_dir
-    resume_from = _start_over(output_dir, run_args.resume, run_args.overwrite_output_dir)
+    resume_from = _start_over(training_args, run_args.resume, run_args.overwrite_output_dir)
     set_seed(training_args.seed)
     if training_args.use_cpu or not torch.cuda.is_available():
         from .cpu_memory import keep_freed_memory

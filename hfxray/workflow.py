@@ -117,6 +117,21 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
     return "\n".join(lines)
 
 
+def connect_cpu_processes() -> None:
+    """Several processes on a machine without a GPU train as one gloo job on the CPU.
+
+    accelerate's multi-process launcher exports ACCELERATE_USE_CPU only for its single-process path; without it,
+    processes launched on a CPU-only machine would each train alone on all the data.
+    """
+    import os
+
+    import torch
+
+    processes = max(int(os.environ.get(name, "1") or 1) for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+    if processes > 1 and not torch.cuda.is_available() and "ACCELERATE_USE_CPU" not in os.environ:
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
 def main(argv: list[str] | None = None, prog: str = "scripts/train.py") -> int:
     """Entry point of scripts/train.py and `hfxray train`: one `error:` line and exit 2 for any HfxrayError."""
     import warnings
@@ -128,6 +143,7 @@ def main(argv: list[str] | None = None, prog: str = "scripts/train.py") -> int:
     configure()
     # The Trainer asks for pinned memory by default; on a CPU-only machine torch warns once per DataLoader.
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
+    connect_cpu_processes()
     try:
         check_versions()
         model_args, data_args, recipe_args, run_args, training_args = parse_args(argv, prog=prog)

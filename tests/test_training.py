@@ -85,12 +85,18 @@ def _env():
 
 @pytest.mark.slow
 def test_two_process_ddp_with_accelerate_launch(prepared_dir, tmp_path):
-    """`--multi_gpu --num_processes 2` with ACCELERATE_USE_CPU starts two gloo ranks (`--cpu` would start one)."""
+    """configs/accelerate/cpu-2proc.yaml starts two connected gloo ranks on a CPU-only machine."""
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    import socket
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"), "--main_process_port", str(port),
                str(REPO / "scripts" / "train.py"), *_run_args(prepared_dir, out, "bit", FAST)]
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    env = {k: v for k, v in _env().items() if k != "ACCELERATE_USE_CPU"}  # the config alone must suffice
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     train_results = json.loads((out / "train_results.json").read_text())
     assert train_results["world_size"] == 2
@@ -236,3 +242,14 @@ def test_overwrite_output_dir_never_reuses_an_earlier_runs_checkpoints(prepared_
     steps = json.loads((out / "train_results.json").read_text())["global_step"]
     remaining = sorted(int(p.name.split("-")[-1]) for p in out.glob("checkpoint-*"))
     assert max(earlier) > steps and max(remaining) == steps  # the longer run's last checkpoints are gone
+
+
+def test_processes_that_are_not_connected_are_refused(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from hfxray.training import check_processes_connected
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="not connected.*To fix: .*configs/accelerate/"):
+        check_processes_connected(SimpleNamespace(world_size=1))
+    check_processes_connected(SimpleNamespace(world_size=2))
