@@ -191,13 +191,13 @@ def test_cli_explains_good_images_and_reports_the_bad_one(model_dirs, tmp_path, 
                  str(images)])
     captured = capsys.readouterr()
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["color.gradcam.png", "gray.gradcam.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["color.vit.gradcam.png", "gray.vit.gradcam.png"]
     assert "broken.png: not an image" in captured.err
     assert "explained 2 of 3 images" in captured.out and "skipped 1 unreadable" in captured.out
 
     code = main(["explain", "--model", str(model_dirs / "vit"), "--method", "rollout", "--out", str(out),
                  str(images / "gray.png")])
-    assert code == 0 and (out / "gray.rollout.png").is_file()
+    assert code == 0 and (out / "gray.vit.rollout.png").is_file()
 
 
 def test_cli_errors_are_one_line_and_nonzero(model_dirs, tmp_path, capsys):
@@ -222,5 +222,5 @@ def test_cli_actmax_grid_has_a_row_per_model(model_dirs, tmp_path):
     out = tmp_path / "out"
     assert main(["explain", "--model", str(model_dirs / "vit"), "--model", str(model_dirs / "bit"),
                  "--method", "actmax", "--steps", "3", "--out", str(out)]) == 0
-    with Image.open(out / "actmax.png") as grid:
+    with Image.open(out / "vit+bit.actmax.png") as grid:
         assert grid.height > grid.width  # two rows of two classes, each about square

@@ -1,15 +1,23 @@
-"""Grad-CAM for the three model kinds through pytorch-grad-cam.
+"""Grad-CAM for the three model kinds through pytorch-grad-cam, explaining the decision rather than one logit.
 
-The target layer is chosen per family (`hfxray.models.model_family`) because the last spatial feature map sits in
-a different place in each: BiT's last stage, the hybrid's ResNet backbone (the feature map its ViT tokenises), and
-for ViT the token sequence entering the last block, reshaped to the patch grid. pytorch-grad-cam computes the map
-at that layer's resolution; hfxray upsamples it itself so that BiT's cells land where they are (`upsample.py`).
+What is explained: the predicted (or requested) class's **logit margin**, its logit minus the log-sum-exp of the
+other logits, i.e. the log-odds softmax gives it (for the binary head: logit(class) - logit(other)). The plain
+class logit is the wrong quantity for a two-class softmax: behind a linear head over pooled non-negative features
+the Grad-CAM map sums to that logit minus its bias, so a predicted class whose own logit is negative (and only less
+negative than the other) got a map with no positive part, which the ReLU turned into a silent blank. The margin
+is positive whenever the class is predicted, and its map shows what separates the two classes.
+
+Where (per family, `hfxray.models.model_family`): BiT's final GroupNorm+ReLU after the last stage (the map the
+pooled head reads, so Grad-CAM there is exactly CAM); the hybrid's ResNet backbone (the feature map its ViT
+tokenises); ViT's token sequence entering the last block, reshaped to the patch grid. pytorch-grad-cam computes
+the map at that layer's resolution; hfxray keeps its signed sum, judges it (`status`) and upsamples it itself so
+that BiT's cells land where they are (`upsample.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +25,16 @@ from torch import nn
 
 from ..models import model_family
 from .upsample import upsample_to_input
+
+QUANTITY = "logit margin"  # what every Grad-CAM map here explains; figures and summaries name it
+# A map is degenerate when its positive part is below this share of its largest magnitude (nothing to show once
+# negatives are clipped) or when all its cells are equal to this precision (min-max would blow up rounding noise).
+DEGENERATE_TOLERANCE = 1e-4
+STATUS_TEXT = {
+    "ok": "",
+    "empty": "no positive evidence at this layer: the map is all zero",
+    "constant": "every cell is equal: the map locates nothing",
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +50,29 @@ class GradCamTarget:
     # 3 px past their top-left pixel along the residual shortcut but 15 px along the 3x3 path; the middle (7.5)
     # lies between, so the hybrid keeps the plain placement.
     top_left_anchored: bool = False
+    # Module path of `layer` inside the model, for figures, summaries and the README.
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class GradCamResult:
+    """Maps in [0, 1] at input resolution (B, H, W), the class each explains, and whether each shows anything.
+
+    `status[i]` is "ok", "empty" (no positive cell: the map is all zero) or "constant" (all cells equal).
+    `positive_share[i]` is the positive part's share of the signed map's total magnitude (1 = no negative cell):
+    a small value flags a map carried by a few cells.
+    """
+
+    maps: np.ndarray
+    classes: list[int]
+    status: list[str]
+    positive_share: list[float]
+    layer: str
+    quantity: str = QUANTITY
+
+    @property
+    def degenerate(self) -> list[bool]:
+        return [status != "ok" for status in self.status]
 
 
 class LogitsOnly(nn.Module):
@@ -45,62 +86,122 @@ class LogitsOnly(nn.Module):
         return self.model(pixel_values=x).logits
 
 
+class LogitMargin:
+    """pytorch-grad-cam target: a class's logit minus the log-sum-exp of the others (its softmax log-odds).
+
+    `category=None` takes the image's predicted class, so one forward pass serves prediction and explanation.
+    """
+
+    def __init__(self, category: int | None = None) -> None:
+        self.category = category
+        self.chosen: int | None = category
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        logits = model_output if model_output.ndim == 1 else model_output[0]
+        category = int(logits.argmax()) if self.category is None else self.category
+        self.chosen = category
+        others = torch.cat([logits[:category], logits[category + 1:]])
+        return logits[category] - torch.logsumexp(others, dim=0)
+
+
 def gradcam_target(model: nn.Module) -> GradCamTarget:
     """The layer Grad-CAM explains in `model`, per family."""
     family = model_family(model)
     if family == "bit":
-        # Pre-activation BiT ends with GroupNorm+ReLU after the last stage: explain that rectified map. The raw
-        # stage output is a signed residual sum whose GroupNorm couples all positions, which inverts the map.
+        # Pre-activation BiT ends with GroupNorm+ReLU after the last stage, then average pooling and the linear
+        # head: explaining that rectified map is exactly CAM. The raw stage output is a signed residual sum whose
+        # GroupNorm couples all positions, which inverts the map.
         norm = model.bit.norm
-        return GradCamTarget(norm if not isinstance(norm, nn.Identity) else model.bit.encoder.stages[-1],
-                             top_left_anchored=True)
+        if isinstance(norm, nn.Identity):
+            return GradCamTarget(model.bit.encoder.stages[-1], top_left_anchored=True, name="bit.encoder.stages[-1]")
+        return GradCamTarget(norm, top_left_anchored=True, name="bit.norm")
     if family == "hybrid":
         backbone = model.timm_model.patch_embed.backbone
         # R50 backbones (full preset) have stages; the R-Ti stem of the tiny/small presets is conv-norm-pool only.
-        return GradCamTarget(backbone.stages[-1] if hasattr(backbone, "stages") else backbone)
+        if hasattr(backbone, "stages"):
+            return GradCamTarget(backbone.stages[-1], name="timm_model.patch_embed.backbone.stages[-1]")
+        return GradCamTarget(backbone, name="timm_model.patch_embed.backbone")
     patch = model.config.patch_size
 
     def drop_cls(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         grid = tokens[:, 1:, :]
         return grid.reshape(tokens.shape[0], height // patch, width // patch, -1).permute(0, 3, 1, 2)
 
-    return GradCamTarget(model.vit.layers[-1].layernorm_before, drop_cls)
+    return GradCamTarget(model.vit.layers[-1].layernorm_before, drop_cls, name="vit.layers[-1].layernorm_before")
 
 
-def _feature_resolution_gradcam():
-    """pytorch-grad-cam's GradCAM, returning maps at the target layer's resolution (we upsample them ourselves)."""
+def _signed_gradcam():
+    """pytorch-grad-cam's GradCAM, keeping each map's signed sum at the target layer's resolution.
+
+    pytorch-grad-cam clips at zero and min-max normalises, after which an all-zero map and an all-equal one look
+    alike and both draw as a blank; hfxray judges and upsamples the signed map itself.
+    """
     from pytorch_grad_cam import GradCAM
 
-    class FeatureResolutionGradCAM(GradCAM):
+    class SignedGradCAM(GradCAM):
+        signed: np.ndarray | None = None
+
+        def get_cam_image(self, *args, **kwargs) -> np.ndarray:
+            cam = super().get_cam_image(*args, **kwargs)
+            self.signed = np.asarray(cam, dtype=np.float64)
+            return cam
+
         def get_target_width_height(self, input_tensor: torch.Tensor) -> None:
-            return None  # scale_cam_image then only min-max normalises
+            return None  # scale_cam_image then only min-max normalises; nothing is resized twice
 
-    return FeatureResolutionGradCAM
+    return SignedGradCAM
 
 
-def gradcam_map(model: nn.Module, pixel_values: torch.Tensor, target_class: int | list[int] | None = None
-                ) -> np.ndarray:
-    """Grad-CAM heatmaps in [0, 1] at input resolution, shape (B, H, W).
+def judge(signed: np.ndarray) -> tuple[str, float]:
+    """("ok" | "empty" | "constant", positive share) of one signed cell map."""
+    signed = np.asarray(signed, dtype=np.float64)
+    if not np.isfinite(signed).all():
+        return "empty", 0.0
+    magnitude = float(np.abs(signed).max())
+    positive = np.maximum(signed, 0)
+    if magnitude == 0 or positive.max() <= DEGENERATE_TOLERANCE * magnitude:
+        return "empty", 0.0
+    share = float(positive.sum() / np.abs(signed).sum())
+    if np.ptp(positive) <= DEGENERATE_TOLERANCE * positive.max():
+        return "constant", share
+    return "ok", share
 
-    `target_class` is the class whose logit is explained (one per image or one for all); None explains each
-    image's predicted class.
+
+def gradcam(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Sequence[int] | None = None
+            ) -> GradCamResult:
+    """Grad-CAM of each image's predicted class (or `target_class`: one index for all, or one per image).
+
+    Explains the class's logit margin (`QUANTITY`) at `gradcam_target(model)`; degenerate maps are returned as
+    zeros with their status, never silently stretched.
     """
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     target = gradcam_target(model)
     height, width = pixel_values.shape[-2:]
     transform = (lambda tokens: target.reshape(tokens, height, width)) if target.reshape else None
+    if target_class is None:
+        targets = [LogitMargin() for _ in range(len(pixel_values))]
+    else:
+        classes = [target_class] * len(pixel_values) if isinstance(target_class, int) else list(target_class)
+        targets = [LogitMargin(int(c)) for c in classes]
     was_training = model.training
     model.eval()
-    targets = None
-    if target_class is not None:
-        classes = [target_class] * len(pixel_values) if isinstance(target_class, int) else list(target_class)
-        targets = [ClassifierOutputTarget(int(c)) for c in classes]
     try:
-        with _feature_resolution_gradcam()(model=LogitsOnly(model), target_layers=[target.layer],
-                                           reshape_transform=transform) as cam:
-            cell_maps = cam(input_tensor=pixel_values, targets=targets)
+        with _signed_gradcam()(model=LogitsOnly(model), target_layers=[target.layer],
+                               reshape_transform=transform) as cam:
+            cam(input_tensor=pixel_values, targets=targets)
+            signed = cam.signed
     finally:
         model.zero_grad(set_to_none=True)  # Grad-CAM backpropagates into the weights; leave no stale gradients
         model.train(was_training)
-    return upsample_to_input(cell_maps, (height, width), target.top_left_anchored)  # already in [0, 1]
+    verdicts = [judge(cell_map) for cell_map in signed]
+    status = [verdict for verdict, _ in verdicts]
+    positive = np.maximum(signed, 0)
+    positive[[verdict != "ok" for verdict in status]] = 0.0  # a degenerate map draws as zeros, flagged by status
+    maps = upsample_to_input(positive, (height, width), target.top_left_anchored)
+    return GradCamResult(maps=maps, classes=[int(t.chosen) for t in targets], status=status,
+                         positive_share=[share for _, share in verdicts], layer=target.name)
+
+
+def gradcam_map(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Sequence[int] | None = None
+                ) -> np.ndarray:
+    """Grad-CAM heatmaps in [0, 1] at input resolution, shape (B, H, W) (see `gradcam` for status and classes)."""
+    return gradcam(model, pixel_values, target_class).maps
