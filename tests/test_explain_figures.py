@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from hfxray.cli import main
-from hfxray.explain import explain_images, gradcam
+from hfxray.explain import explain_images, gradcam_with_status
 from hfxray.explain.gradcam import LogitMargin, judge
 from hfxray.metrics import RELIABILITY_COLORS, apply_temperature, reliability_figure
 from hfxray.models import create_model
@@ -60,10 +60,10 @@ def test_a_predicted_class_with_a_negative_logit_still_gets_a_map():
     with torch.no_grad():
         logits = model(pixel_values=images).logits
     assert (logits.argmax(-1) == 1).all() and (logits < 0).all()
-    result = gradcam(model, images)
+    result = gradcam_with_status(model, images)
     assert result.classes == [1, 1, 1, 1] and result.status == ["ok"] * 4
     assert all(heatmap.max() == pytest.approx(1.0) for heatmap in result.maps)
-    assert result.layer == "bit.norm" and result.quantity == "logit margin"
+    assert result.layer == "bit.encoder.stages[-1]" and result.quantity == "logit margin"
 
 
 def test_a_degenerate_map_is_flagged_on_the_figure_and_in_the_summary(tmp_path, capsys):
@@ -78,12 +78,12 @@ def test_a_degenerate_map_is_flagged_on_the_figure_and_in_the_summary(tmp_path, 
     assert main(["explain", "--model", str(tmp_path / "bias-only"), "--method", "gradcam", "--out", str(out),
                  str(images)]) == 0
     captured = capsys.readouterr()
-    assert "1 degenerate map(s)" in captured.out and "degenerate map (empty)" in captured.err
+    assert "1 degenerate map(s)" in captured.out and "degenerate map (no-gradient)" in captured.err
     rows = list(csv.DictReader(open(out / "bias-only.gradcam.csv")))
     assert [(row["figure"], row["status"], row["explained"]) for row in rows] == \
-        [("a.bias-only.gradcam.png", "empty", "virus")]
+        [("a.bias-only.gradcam.png", "no-gradient", "virus")]
     summary = json.loads((out / "bias-only.gradcam.json").read_text())
-    assert summary["degenerate"] == 1 and summary["statuses"] == {"empty": 1}
+    assert summary["degenerate"] == 1 and summary["statuses"] == {"no-gradient": 1}
     # The warning is drawn in the warning red, which a plain figure does not contain.
     with Image.open(out / "a.bias-only.gradcam.png") as figure:
         pixels = np.asarray(figure.convert("RGB")).reshape(-1, 3).astype(int)
@@ -154,7 +154,7 @@ def test_the_api_takes_the_same_care(model_dirs, images, tmp_path):
     result = explain_images(str(model_dir), "gradcam", [images], tmp_path)
     assert [p.name for p in result.figures] == ["one.bit.gradcam.png", "two.bit.gradcam.png"]
     assert result.summary_csv.name == "bit.gradcam.csv" and len(result.rows) == 2
-    assert {row["layer"] for row in result.rows} == {"bit.norm"}
+    assert {row["layer"] for row in result.rows} == {"bit.encoder.stages[-1]"}
     again = explain_images(str(model_dir), "gradcam", [images], tmp_path)
     assert again.figures == result.figures
 

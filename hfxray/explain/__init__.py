@@ -25,7 +25,7 @@ from ..imaging import ImageProblem, expand_paths, load_rgb
 from ..models import model_family
 from .actmax import ActMaxResult, activation_maximization, input_spec
 from .figures import save_actmax_grid, save_heatmap_figure
-from .gradcam import QUANTITY, STATUS_TEXT, GradCamResult, gradcam, gradcam_map, gradcam_target
+from .gradcam import QUANTITY, STATUS_TEXT, GradCamResult, gradcam_map, gradcam_target, gradcam_with_status
 from .rollout import NotApplicable, rollout_map
 
 METHODS = ("gradcam", "rollout", "actmax")
@@ -34,7 +34,7 @@ APPLIES_TO = {"gradcam": ("vit", "bit", "hybrid"), "rollout": ("vit", "hybrid"),
 __all__ = [
     "METHODS", "QUANTITY", "ActMaxResult", "Explained", "ExplainError", "GradCamResult", "NotApplicable",
     "activation_maximization", "check_applicable", "check_overwrite", "expand_paths", "explain", "explain_actmax",
-    "explain_images", "gradcam", "gradcam_map", "gradcam_target", "load_model", "resolve_class",
+    "explain_images", "gradcam_map", "gradcam_target", "gradcam_with_status", "load_model", "resolve_class",
     "rollout_map",
 ]
 
@@ -209,7 +209,7 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
         predicted = int(probabilities.argmax())
         if method == "gradcam":
             explained = predicted if target_class is None else target_class
-            cam = gradcam(model, pixel_values, explained)
+            cam = gradcam_with_status(model, pixel_values, explained)
             heatmap, status, share = cam.maps[0], cam.status[0], cam.positive_share[0]
             layer, quantity = cam.layer, f"{cam.quantity} of '{labels[explained]}'"
             heatmap_title = f"Grad-CAM: {quantity}\nat {layer}"

@@ -1,17 +1,26 @@
 """Grad-CAM for the three model kinds through pytorch-grad-cam, explaining the decision rather than one logit.
 
 What is explained: the predicted (or requested) class's **logit margin**, its logit minus the log-sum-exp of the
-other logits, i.e. the log-odds softmax gives it (for the binary head: logit(class) - logit(other)). The plain
-class logit is the wrong quantity for a two-class softmax: behind a linear head over pooled non-negative features
-the Grad-CAM map sums to that logit minus its bias, so a predicted class whose own logit is negative (and only less
-negative than the other) got a map with no positive part, which the ReLU turned into a silent blank. The margin
-is positive whenever the class is predicted, and its map shows what separates the two classes.
+other logits, i.e. the log-odds softmax gives it (for the binary head: logit(class) - logit(other)), the quantity
+that decides the prediction and is positive whenever the class is predicted. A single class logit is not: behind
+a linear head over pooled non-negative features its map sums to that logit minus its bias, so a predicted class
+whose own logit is negative (only less negative than the other) has no positive cell. On the models trained on
+the real sample the margin and the logit gave the same empty maps, though: what emptied them was the layer.
 
-Where (per family, `hfxray.models.model_family`): BiT's final GroupNorm+ReLU after the last stage (the map the
-pooled head reads, so Grad-CAM there is exactly CAM); the hybrid's ResNet backbone (the feature map its ViT
-tokenises); ViT's token sequence entering the last block, reshaped to the patch grid. pytorch-grad-cam computes
-the map at that layer's resolution; hfxray keeps its signed sum, judges it (`status`) and upsamples it itself so
-that BiT's cells land where they are (`upsample.py`).
+Where (per family, `hfxray.models.model_family`): a layer whose activations are signed, so that evidence for a
+class can show as positive cells even when the pooled features argue against the other class only:
+- BiT: the output of the last stage (the residual stream before the final GroupNorm+ReLU). The rectified map
+  after that norm is exactly CAM, but in a model whose final channels are mostly dead (the seed recipe's Adam at
+  lr 0.1 left 3 of tiny BiT's 64 alive) the one live channel argues for "normal" and a "virus" prediction has no
+  positive cell there: 63 of 92 test maps were empty at the norm, 17 at the stage output (those 17 have no
+  gradient at all, see `judge`).
+- hybrid: the token sequence entering its last transformer block, reshaped to the patch grid, as for ViT. The
+  tiny/small hybrids' ResNet is a one-convolution stem whose rectified features gave an empty map for every
+  "virus" prediction of a trained tiny hybrid; the tokens carry the backbone's features after projection and
+  attention.
+- ViT: the token sequence entering the last block (after its LayerNorm), class token dropped.
+pytorch-grad-cam computes the map at that layer's resolution; hfxray keeps its signed sum, judges it (`judge`)
+and upsamples it itself so that BiT's cells land where they are (`upsample.py`).
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ STATUS_TEXT = {
     "ok": "",
     "empty": "no positive evidence at this layer: the map is all zero",
     "constant": "every cell is equal: the map locates nothing",
+    "no-gradient": "the prediction does not change with the image here (zero gradient: e.g. every feature "
+                   "feeding the head is zero, so the head's bias decides)",
 }
 
 
@@ -58,7 +69,8 @@ class GradCamTarget:
 class GradCamResult:
     """Maps in [0, 1] at input resolution (B, H, W), the class each explains, and whether each shows anything.
 
-    `status[i]` is "ok", "empty" (no positive cell: the map is all zero) or "constant" (all cells equal).
+    `status[i]` is "ok", "empty" (no positive cell: the map is all zero), "constant" (all cells equal) or
+    "no-gradient" (the class's margin has zero gradient at the layer: nothing in the image moves the prediction).
     `positive_share[i]` is the positive part's share of the signed map's total magnitude (1 = no negative cell):
     a small value flags a map carried by a few cells.
     """
@@ -104,30 +116,33 @@ class LogitMargin:
         return logits[category] - torch.logsumexp(others, dim=0)
 
 
+def _token_grid_reshape(num_prefix_tokens: int, patch: int | None = None):
+    """(B, tokens, C) -> (B, C, h, w): drop the prefix (class) tokens and fold the rest onto the patch grid."""
+
+    def reshape(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        grid = tokens[:, num_prefix_tokens:, :]
+        if patch is not None:
+            rows, cols = height // patch, width // patch
+        else:  # the hybrid's stride depends on its backbone: take the grid from the token count and aspect ratio
+            from .rollout import _token_grid
+
+            rows, cols = _token_grid(grid.shape[1], (height, width))
+        return grid.reshape(tokens.shape[0], rows, cols, -1).permute(0, 3, 1, 2)
+
+    return reshape
+
+
 def gradcam_target(model: nn.Module) -> GradCamTarget:
-    """The layer Grad-CAM explains in `model`, per family."""
+    """The layer Grad-CAM explains in `model`, per family (see the module docstring for why these)."""
     family = model_family(model)
     if family == "bit":
-        # Pre-activation BiT ends with GroupNorm+ReLU after the last stage, then average pooling and the linear
-        # head: explaining that rectified map is exactly CAM. The raw stage output is a signed residual sum whose
-        # GroupNorm couples all positions, which inverts the map.
-        norm = model.bit.norm
-        if isinstance(norm, nn.Identity):
-            return GradCamTarget(model.bit.encoder.stages[-1], top_left_anchored=True, name="bit.encoder.stages[-1]")
-        return GradCamTarget(norm, top_left_anchored=True, name="bit.norm")
+        return GradCamTarget(model.bit.encoder.stages[-1], top_left_anchored=True, name="bit.encoder.stages[-1]")
     if family == "hybrid":
-        backbone = model.timm_model.patch_embed.backbone
-        # R50 backbones (full preset) have stages; the R-Ti stem of the tiny/small presets is conv-norm-pool only.
-        if hasattr(backbone, "stages"):
-            return GradCamTarget(backbone.stages[-1], name="timm_model.patch_embed.backbone.stages[-1]")
-        return GradCamTarget(backbone, name="timm_model.patch_embed.backbone")
-    patch = model.config.patch_size
-
-    def drop_cls(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        grid = tokens[:, 1:, :]
-        return grid.reshape(tokens.shape[0], height // patch, width // patch, -1).permute(0, 3, 1, 2)
-
-    return GradCamTarget(model.vit.layers[-1].layernorm_before, drop_cls, name="vit.layers[-1].layernorm_before")
+        timm_model = model.timm_model
+        return GradCamTarget(timm_model.blocks[-1].norm1, _token_grid_reshape(timm_model.num_prefix_tokens),
+                             name="timm_model.blocks[-1].norm1")
+    return GradCamTarget(model.vit.layers[-1].layernorm_before, _token_grid_reshape(1, model.config.patch_size),
+                         name="vit.layers[-1].layernorm_before")
 
 
 def _signed_gradcam():
@@ -140,10 +155,12 @@ def _signed_gradcam():
 
     class SignedGradCAM(GradCAM):
         signed: np.ndarray | None = None
+        has_gradient: np.ndarray | None = None
 
-        def get_cam_image(self, *args, **kwargs) -> np.ndarray:
-            cam = super().get_cam_image(*args, **kwargs)
+        def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
+            cam = super().get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)
             self.signed = np.asarray(cam, dtype=np.float64)
+            self.has_gradient = np.abs(np.asarray(grads)).reshape(len(cam), -1).max(axis=1) > 0
             return cam
 
         def get_target_width_height(self, input_tensor: torch.Tensor) -> None:
@@ -152,9 +169,11 @@ def _signed_gradcam():
     return SignedGradCAM
 
 
-def judge(signed: np.ndarray) -> tuple[str, float]:
-    """("ok" | "empty" | "constant", positive share) of one signed cell map."""
+def judge(signed: np.ndarray, has_gradient: bool = True) -> tuple[str, float]:
+    """("ok" | "empty" | "constant" | "no-gradient", positive share) of one signed cell map."""
     signed = np.asarray(signed, dtype=np.float64)
+    if not has_gradient:
+        return "no-gradient", 0.0
     if not np.isfinite(signed).all():
         return "empty", 0.0
     magnitude = float(np.abs(signed).max())
@@ -167,7 +186,7 @@ def judge(signed: np.ndarray) -> tuple[str, float]:
     return "ok", share
 
 
-def gradcam(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Sequence[int] | None = None
+def gradcam_with_status(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Sequence[int] | None = None
             ) -> GradCamResult:
     """Grad-CAM of each image's predicted class (or `target_class`: one index for all, or one per image).
 
@@ -188,11 +207,11 @@ def gradcam(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Se
         with _signed_gradcam()(model=LogitsOnly(model), target_layers=[target.layer],
                                reshape_transform=transform) as cam:
             cam(input_tensor=pixel_values, targets=targets)
-            signed = cam.signed
+            signed, has_gradient = cam.signed, cam.has_gradient
     finally:
         model.zero_grad(set_to_none=True)  # Grad-CAM backpropagates into the weights; leave no stale gradients
         model.train(was_training)
-    verdicts = [judge(cell_map) for cell_map in signed]
+    verdicts = [judge(cell_map, bool(flowing)) for cell_map, flowing in zip(signed, has_gradient)]
     status = [verdict for verdict, _ in verdicts]
     positive = np.maximum(signed, 0)
     positive[[verdict != "ok" for verdict in status]] = 0.0  # a degenerate map draws as zeros, flagged by status
@@ -203,5 +222,5 @@ def gradcam(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Se
 
 def gradcam_map(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Sequence[int] | None = None
                 ) -> np.ndarray:
-    """Grad-CAM heatmaps in [0, 1] at input resolution, shape (B, H, W) (see `gradcam` for status and classes)."""
-    return gradcam(model, pixel_values, target_class).maps
+    """Grad-CAM heatmaps in [0, 1] at input resolution, shape (B, H, W) (see `gradcam_with_status` for status and classes)."""
+    return gradcam_with_status(model, pixel_values, target_class).maps
