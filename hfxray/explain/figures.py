@@ -92,7 +92,9 @@ def save_heatmap_figure(image: np.ndarray, heatmap: np.ndarray, path: str | Path
             axis.text(0.5, 0.5, "DEGENERATE MAP\n(shows nothing)", transform=axis.transAxes, ha="center",
                       va="center", fontsize=14, fontweight="bold", color=WARNING_COLOR,
                       bbox=dict(facecolor="white", alpha=0.85, edgecolor=WARNING_COLOR))
-        title = f"{title}\n{warning}"
+        import textwrap
+
+        title = f"{title}\n" + textwrap.fill(warning, width=120)  # the figure is ~120 characters wide
     suptitle = figure.suptitle(title, fontsize=13)
     if warning:
         suptitle.set_color(WARNING_COLOR)
