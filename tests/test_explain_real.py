@@ -42,7 +42,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Other jobs share the cores: one thread avoids oversubscription, which slowed training several-fold."""
+    """One thread: on a busy CPU, oversubscribed threads slowed training several-fold."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
