@@ -243,27 +243,33 @@ def apply_temperature(logits: Sequence[Sequence[float]] | np.ndarray, temperatur
     return expit((z[:, 1] - z[:, 0]) / temperature)
 
 
-def plot_reliability_diagram(
+RELIABILITY_COLORS = {"accuracy": "#4C72B0", "over": "#D62728", "under": "#FF9F1C"}
+
+
+def reliability_figure(
     labels: Sequence[int] | np.ndarray,
     probs: Sequence[float] | np.ndarray,
-    path: str | Path,
     title: str,
     probs_after: Sequence[float] | np.ndarray | None = None,
     panel_titles: tuple[str, str] = ("Before temperature scaling", "After temperature scaling"),
-) -> Path:
-    """PNG reliability diagram: accuracy per confidence bin against the diagonal, gap shaded, counts below.
+):
+    """The matplotlib Figure behind `plot_reliability_diagram` (for tests and notebooks).
 
-    With `probs_after` (e.g. after temperature scaling) before and after are drawn side by side, each with
-    its ECE in the legend and panel title. Uses the Agg canvas directly, so no global backend is changed.
+    Gaps are opaque so each is drawn in exactly its legend colour (a translucent gap over the accuracy bar mixed
+    into a colour no legend entry has): over-confidence (mean confidence above accuracy) stacks on the accuracy
+    bar, under-confidence (accuracy above mean confidence) is the top part of it, so a bar's top is always the
+    larger of the two. The legend sits below the panels, outside every axes, so it can never cover a bar.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     panels = [(panel_titles[0] + "\n" if probs_after is not None else "", probs)]
     if probs_after is not None:
         panels.append((panel_titles[1] + "\n", probs_after))
 
-    fig = Figure(figsize=(5.5 * len(panels), 6.5), layout="constrained")
+    fig = Figure(figsize=(5.5 * len(panels), 7.0), layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(2, len(panels), height_ratios=(3, 1))
     for col, (name, panel_probs) in enumerate(panels):
@@ -272,28 +278,58 @@ def plot_reliability_diagram(
         edges, filled = bins["edges"], bins["count"] > 0
         left, width = edges[:-1][filled], np.diff(edges)[filled]
         acc, conf = bins["accuracy"][filled], bins["confidence"][filled]
+        over, under = conf > acc, acc > conf
         # Binary top-label confidence is >= 0.5: show from the bin holding 0.5 onward.
         x_min = edges[np.digitize(0.5, edges[1:-1], right=True)]
 
         ax = fig.add_subplot(grid[0, col])
-        handles = [
-            ax.bar(left, acc, width=width, align="edge", color="#4C72B0", edgecolor="black", label="Accuracy"),
-            ax.bar(left, conf - acc, bottom=acc, width=width, align="edge", color="#DD5555", alpha=0.35,
-                   edgecolor="#AA0000", hatch="//", label="Gap to mean confidence"),
-            *ax.plot([x_min, 1], [x_min, 1], "k--", linewidth=1.2, label="Perfect calibration"),
-            *ax.plot([], [], " ", label=f"ECE = {ece:.3f} ({ECE_BINS} bins)"),
-        ]
-        ax.set(xlim=(x_min, 1), ylim=(0, 1), ylabel="Accuracy", title=f"{name}ECE = {ece:.3f}")
+        bars = {
+            "accuracy": ax.bar(left, acc, width=width, align="edge", color=RELIABILITY_COLORS["accuracy"],
+                               edgecolor="black"),
+            "gap-over": ax.bar(left[over], (conf - acc)[over], bottom=acc[over], width=width[over], align="edge",
+                               color=RELIABILITY_COLORS["over"], edgecolor="black", hatch="//"),
+            "gap-under": ax.bar(left[under], (acc - conf)[under], bottom=conf[under], width=width[under],
+                                align="edge", color=RELIABILITY_COLORS["under"], edgecolor="black", hatch="\\\\"),
+        }
+        for role, container in bars.items():
+            for patch in container:
+                patch.set_gid(role)  # tests and SVG readers find each bar's role
+        ax.plot([x_min, 1], [x_min, 1], "k--", linewidth=1.2)
+        ax.set(xlim=(x_min, 1), ylim=(0, 1), ylabel="Accuracy", title=f"{name}ECE = {ece:.3f} ({ECE_BINS} bins)")
         ax.tick_params(labelbottom=False)
-        ax.legend(handles=handles, loc="upper left", fontsize=9)
         ax.grid(alpha=0.3)
 
         hist = fig.add_subplot(grid[1, col], sharex=ax)
         hist.bar(left, bins["count"][filled], width=width, align="edge", color="#888888", edgecolor="black")
         hist.set(xlabel="Confidence", ylabel="Count")
         hist.grid(alpha=0.3)
+    handles = [
+        Patch(facecolor=RELIABILITY_COLORS["accuracy"], edgecolor="black", label="Accuracy"),
+        Patch(facecolor=RELIABILITY_COLORS["over"], edgecolor="black", hatch="//",
+              label="Over-confident: mean confidence above accuracy"),
+        Patch(facecolor=RELIABILITY_COLORS["under"], edgecolor="black", hatch="\\\\",
+              label="Under-confident: accuracy above mean confidence"),
+        Line2D([], [], color="black", linestyle="--", linewidth=1.2, label="Perfect calibration"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=9)
     fig.suptitle(title, fontsize=13)
+    return fig
 
+
+def plot_reliability_diagram(
+    labels: Sequence[int] | np.ndarray,
+    probs: Sequence[float] | np.ndarray,
+    path: str | Path,
+    title: str,
+    probs_after: Sequence[float] | np.ndarray | None = None,
+    panel_titles: tuple[str, str] = ("Before temperature scaling", "After temperature scaling"),
+) -> Path:
+    """PNG reliability diagram: accuracy per confidence bin against the diagonal, gaps coloured, counts below.
+
+    With `probs_after` (e.g. before and after folding a temperature) the two are drawn side by side, each with
+    its ECE in the panel title. Uses the Agg canvas directly, so no global backend is changed.
+    """
+    fig = reliability_figure(labels, probs, title, probs_after, panel_titles)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

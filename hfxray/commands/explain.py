@@ -13,7 +13,10 @@ def add_arguments(parser) -> None:
                         help="trained model folder; repeat to compare models (actmax: one grid row per model)")
     parser.add_argument("--method", required=True, choices=METHODS,
                         help="gradcam: all kinds; rollout: vit and hybrid; actmax: all kinds")
-    parser.add_argument("--out", required=True, help="output folder for the PNGs")
+    parser.add_argument("--out", required=True,
+                        help="output folder: <image>.<model folder name>.<method>.png per image and "
+                             "<model folder name>.<method>.csv/.json with each map's status; several models and "
+                             "methods can share it")
     parser.add_argument("--target-class", default=None,
                         help="class Grad-CAM explains, by name or index (default: each image's prediction)")
     parser.add_argument("--steps", type=int, default=200, help="activation-maximization gradient steps")
@@ -24,21 +27,23 @@ def run(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from ..explain import ExplainError, NotApplicable, check_applicable, expand_paths, explain, explain_actmax, \
-        load_model
+    from ..explain import ExplainError, NotApplicable, check_applicable, expand_paths, explain_actmax, \
+        explain_images, load_model
 
     out = Path(args.out)
     try:
-        loaded = {}
+        loaded, sources = {}, {}
         for model_dir in args.model:
             model, processor = load_model(model_dir)
             check_applicable(model, args.method)
             name = Path(model_dir).resolve().name
-            loaded[name if name not in loaded else f"{name}-{len(loaded) + 1}"] = (model, processor)
+            name = name if name not in loaded else f"{name}-{len(loaded) + 1}"
+            loaded[name], sources[name] = (model, processor), str(Path(model_dir).resolve())
         if args.method == "actmax":
             if args.images:
                 print("note: actmax starts from a gray image; the image arguments are ignored", file=sys.stderr)
-            path = explain_actmax(loaded, out / "actmax.png", steps=args.steps)
+            path = explain_actmax(loaded, out / f"{'+'.join(loaded)}.actmax.png", steps=args.steps,
+                                  sources=list(sources.values()))
             print(f"activation maximization for {len(loaded)} model(s) -> {path}")
             return 0
         if not args.images:
@@ -50,15 +55,20 @@ def run(args) -> int:
             skipped.append((path, reason))
             tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
 
-        written = 0
+        written, degenerate, summaries = 0, 0, []
         for name, (model, processor) in loaded.items():
-            target = out / name if len(loaded) > 1 else out
-            written += len(explain(model, args.method, args.images, target, processor,
-                                   target_class=args.target_class, progress=True, on_skip=report, name=name))
+            result = explain_images(model, args.method, args.images, out, processor, target_class=args.target_class,
+                                    progress=True, on_skip=report, name=name, source=sources[name])
+            written += len(result.figures)
+            degenerate += len(result.degenerate)
+            summaries.append(result.summary_csv)
+            for row in result.degenerate:
+                tqdm.write(f"degenerate map ({row['status']}) for {row['image']} [{name}]: see {row['figure']}",
+                           file=sys.stderr)
     except (ExplainError, NotApplicable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     bad = len({path for path, _ in skipped})
-    print(f"{args.method}: explained {total - bad} of {total} images ({written} figures), skipped {bad} unreadable "
-          f"-> {out}")
+    print(f"{args.method}: explained {total - bad} of {total} images ({written} figures), skipped {bad} unreadable, "
+          f"{degenerate} degenerate map(s) -> {out} (per-image status: {', '.join(p.name for p in summaries)})")
     return 0 if written else 1

@@ -1,8 +1,9 @@
 """Explainability for every model kind: Grad-CAM, attention rollout and activation maximization.
 
     from hfxray.explain import explain
-    explain("runs/vit-tiny", "gradcam", ["xrays/"], "figures/")       # one PNG per image
-    explain("runs/vit-tiny", "actmax", [], "figures/")                # one grid PNG, a row per model
+    explain("runs/vit-tiny", "gradcam", ["xrays/"], "figures/")  # <image>.vit-tiny.gradcam.png per image,
+                                                                   # vit-tiny.gradcam.csv/.json: each map's status
+    explain("runs/vit-tiny", "actmax", [], "figures/")           # vit-tiny.actmax.png, a row per model
 
 `gradcam_map`, `rollout_map` and `activation_maximization` work on a loaded model and tensors, for notebooks and
 tests. Which method applies to which kind: Grad-CAM to all three, rollout to ViT and the hybrid (BiT has no
@@ -12,6 +13,7 @@ attention), activation maximization to all three.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,15 +26,16 @@ from ..imaging import ImageProblem, expand_paths, load_rgb
 from ..models import model_family
 from .actmax import ActMaxResult, activation_maximization, input_spec
 from .figures import save_actmax_grid, save_heatmap_figure
-from .gradcam import gradcam_map, gradcam_target
+from .gradcam import QUANTITY, STATUS_TEXT, GradCamResult, gradcam_map, gradcam_target, gradcam_with_status
 from .rollout import NotApplicable, rollout_map
 
 METHODS = ("gradcam", "rollout", "actmax")
 APPLIES_TO = {"gradcam": ("vit", "bit", "hybrid"), "rollout": ("vit", "hybrid"), "actmax": ("vit", "bit", "hybrid")}
 
 __all__ = [
-    "METHODS", "ActMaxResult", "ExplainError", "NotApplicable", "activation_maximization", "check_applicable",
-    "expand_paths", "explain", "explain_actmax", "gradcam_map", "gradcam_target", "load_model", "resolve_class",
+    "METHODS", "QUANTITY", "ActMaxResult", "Explained", "ExplainError", "GradCamResult", "NotApplicable",
+    "activation_maximization", "check_applicable", "check_overwrite", "expand_paths", "explain", "explain_actmax",
+    "explain_images", "gradcam_map", "gradcam_target", "gradcam_with_status", "load_model", "resolve_class",
     "rollout_map",
 ]
 
@@ -85,6 +88,43 @@ def _unique_path(out_dir: Path, stem: str, suffix: str, used: set[Path]) -> Path
     return path
 
 
+def _origin(source: str, method: str) -> dict[str, str]:
+    return {"hfxray-model": source, "hfxray-method": method}
+
+
+def check_overwrite(paths: Sequence[Path], origin: dict[str, str]) -> None:
+    """Refuse, before anything is written, to replace a file this model and method did not write.
+
+    A figure of the same model (same folder) and method is replaced: re-running an explanation updates it. Anything
+    else at a planned path (another model of the same folder name, a user's file) stops the run.
+    """
+    from .figures import figure_origin
+
+    for path in paths:
+        if not path.exists():
+            continue
+        if path.suffix == ".png":
+            found = figure_origin(path)
+        else:
+            found = _summary_origin(path)
+        if found != origin:
+            by = f"by {found['hfxray-model']} ({found['hfxray-method']})" if found else "by something else"
+            raise ExplainError(f"{path} exists and was written {by}, not by {origin['hfxray-model']} "
+                               f"({origin['hfxray-method']}). To fix: write to another --out folder, or remove it")
+
+
+def _summary_origin(path: Path) -> dict[str, str] | None:
+    import json
+
+    if path.suffix == ".csv":
+        path = path.with_suffix(".json")  # the CSV's twin holds the origin
+    try:
+        data = json.loads(path.read_text())
+        return _origin(data["model"], data["method"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _decode(pixel_values: torch.Tensor, processor) -> np.ndarray:
     """Normalised (3, H, W) back to uint8 (H, W, 3): the exact pixels the heatmap refers to."""
     _, mean, std = input_spec(processor)
@@ -104,35 +144,60 @@ def resolve_class(model: nn.Module, target: int | str | None) -> int | None:
     raise ExplainError(f"unknown class {target!r}. To fix: use one of {', '.join(labels)} or its index")
 
 
-def explain(model_or_dir, method: str, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
-            processor=None, *, target_class: int | str | None = None, steps: int = 200, progress: bool = False,
-            on_skip: Callable[[Path, str], None] | None = None, name: str | None = None) -> list[Path]:
-    """Write explanation PNGs for one model into `out_dir` and return their paths.
+@dataclass
+class Explained:
+    """What `explain_images` wrote: figure paths, and the per-image summary (CSV and JSON) with each map's status."""
 
-    gradcam / rollout: one figure per readable image (folders are searched); unreadable files are skipped and
-    passed to `on_skip(path, reason)`. gradcam explains `target_class` (index or label), default each image's
-    predicted class;
-    rollout is class-agnostic. actmax ignores `images` and writes one grid (a row for this model). `name` labels
-    the figures (default: the folder name, or the model kind).
+    figures: list[Path] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    summary_csv: Path | None = None
+    summary_json: Path | None = None
+
+    @property
+    def degenerate(self) -> list[dict]:
+        return [row for row in self.rows if row["status"] != "ok"]
+
+
+SUMMARY_FIELDS = ("image", "figure", "predicted", "probability", "explained", "quantity", "layer", "status",
+                  "positive_share")
+
+
+def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                   processor=None, *, target_class: int | str | None = None, progress: bool = False,
+                   on_skip: Callable[[Path, str], None] | None = None, name: str | None = None,
+                   source: str | None = None) -> Explained:
+    """Grad-CAM or rollout figures for one model, `<image>.<name>.<method>.png`, plus `<name>.<method>.csv/.json`.
+
+    `name` labels the figures (default: the model folder's name, or the model kind); `source` identifies the model
+    for the overwrite check (default: the resolved model folder, else `name`). A figure this model and method wrote
+    before is replaced; any other file in the way stops the run before anything is written (`check_overwrite`).
     """
+    if isinstance(model_or_dir, (str, os.PathLike)) and source is None:
+        source = str(Path(model_or_dir).resolve())
     model, processor, default_name = _model_and_processor(model_or_dir, processor)
     name = name or default_name
+    source = source or name
     check_applicable(model, method)
+    if method not in ("gradcam", "rollout"):
+        raise ExplainError(f"{method} explains no images. To fix: call explain_actmax")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if method == "actmax":
-        return [explain_actmax({name: (model, processor)}, out / f"{name}.actmax.png", steps=steps)]
     labels = model.config.id2label
     target_class = resolve_class(model, target_class)
-    written: list[Path] = []
-    used: set[Path] = set()
     paths = expand_paths(images)
+    used: set[Path] = set()
+    planned = [_unique_path(out, Path(path).stem, f".{name}.{method}.png", used) for path in paths]
+    result = Explained(summary_csv=out / f"{name}.{method}.csv", summary_json=out / f"{name}.{method}.json")
+    origin = _origin(source, method)
+    check_overwrite([*planned, result.summary_csv, result.summary_json], origin)
+    out.mkdir(parents=True, exist_ok=True)
+    items = zip(paths, planned)
     if progress:
         from tqdm.auto import tqdm
 
-        paths = tqdm(paths, desc=f"{method} {name}", unit="image", disable=None)  # no bar in logs
+        items = tqdm(items, total=len(paths), desc=f"{method} {name}", unit="image", disable=None)  # no bar in logs
     model.eval()
-    for path in paths:
+    layer = quantity = ""
+    for path, figure_path in items:
         try:
             image = load_rgb(path)
         except ImageProblem as problem:
@@ -145,20 +210,81 @@ def explain(model_or_dir, method: str, images: Sequence[str | os.PathLike], out_
         predicted = int(probabilities.argmax())
         if method == "gradcam":
             explained = predicted if target_class is None else target_class
-            heatmap = gradcam_map(model, pixel_values, explained)[0]
-            heatmap_title = f"Grad-CAM for class '{labels[explained]}'"
+            cam = gradcam_with_status(model, pixel_values, explained)
+            heatmap, status, share = cam.maps[0], cam.status[0], cam.positive_share[0]
+            layer, quantity = cam.layer, f"{cam.quantity} of '{labels[explained]}'"
+            heatmap_title = f"Grad-CAM: {quantity}\nat {layer}"
+            explained_label = labels[explained]
         else:
             heatmap = rollout_map(model, pixel_values)[0]
-            heatmap_title = "attention rollout (class-agnostic)"
+            status, share = ("ok" if np.ptp(heatmap) > 0 else "constant"), 1.0
+            layer, quantity = "all attention blocks", "attention rollout (class-agnostic)"
+            heatmap_title = quantity
+            explained_label = ""
+        warning = "" if status == "ok" else f"degenerate map ({status}): {STATUS_TEXT[status]}"
         title = f"{Path(path).name}: predicted {labels[predicted]} (p = {probabilities[predicted]:.2f})  [{name}]"
-        figure_path = _unique_path(out, Path(path).stem, f".{method}.png", used)
-        written.append(save_heatmap_figure(_decode(pixel_values[0], processor), heatmap, figure_path, title,
-                                           heatmap_title))
-    return written
+        result.figures.append(save_heatmap_figure(_decode(pixel_values[0], processor), heatmap, figure_path, title,
+                                                  heatmap_title, warning, origin))
+        result.rows.append({"image": str(path), "figure": figure_path.name, "predicted": labels[predicted],
+                            "probability": round(float(probabilities[predicted]), 4), "explained": explained_label,
+                            "quantity": quantity, "layer": layer, "status": status,
+                            "positive_share": round(float(share), 4)})
+    _write_summary(result, origin, name)
+    return result
 
 
-def explain_actmax(models: dict, out_path: str | os.PathLike, steps: int = 200, **options) -> Path:
-    """One grid PNG, a row per model ({name: model folder or (model, processor)}) and a column per class."""
+def _write_summary(result: Explained, origin: dict[str, str], name: str) -> None:
+    import csv
+    import json
+
+    with open(result.summary_csv, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
+        writer.writeheader()
+        writer.writerows(result.rows)
+    summary = {"model": origin["hfxray-model"], "method": origin["hfxray-method"], "name": name,
+               "images": len(result.rows), "degenerate": len(result.degenerate),
+               "statuses": {status: sum(row["status"] == status for row in result.rows)
+                            for status in sorted({row["status"] for row in result.rows})},
+               "rows": result.rows}
+    result.summary_json.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def explain(model_or_dir, method: str, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+            processor=None, *, target_class: int | str | None = None, steps: int = 200, progress: bool = False,
+            on_skip: Callable[[Path, str], None] | None = None, name: str | None = None,
+            source: str | None = None) -> list[Path]:
+    """Write explanation PNGs for one model into `out_dir` and return their paths.
+
+    gradcam / rollout: one figure per readable image (folders are searched), `<image>.<name>.<method>.png`, and a
+    per-image summary `<name>.<method>.csv/.json` that flags degenerate maps (`explain_images`); unreadable files
+    are skipped and passed to `on_skip(path, reason)`. gradcam explains `target_class` (index or label), default
+    each image's predicted class; rollout is class-agnostic. actmax ignores `images` and writes one grid
+    `<name>.actmax.png` (a row for this model). `name` labels the figures (default: the folder name, or the model
+    kind).
+    """
+    if method == "actmax":
+        if isinstance(model_or_dir, (str, os.PathLike)) and source is None:
+            source = str(Path(model_or_dir).resolve())
+        model, processor, default_name = _model_and_processor(model_or_dir, processor)
+        name = name or default_name
+        return [explain_actmax({name: (model, processor)}, Path(out_dir) / f"{name}.actmax.png", steps=steps,
+                               sources=[source or name])]
+    return explain_images(model_or_dir, method, images, out_dir, processor, target_class=target_class,
+                          progress=progress, on_skip=on_skip, name=name, source=source).figures
+
+
+def explain_actmax(models: dict, out_path: str | os.PathLike, steps: int = 200, sources: Sequence[str] | None = None,
+                   **options) -> Path:
+    """One grid PNG, a row per model ({name: model folder or (model, processor)}) and a column per class.
+
+    `sources` identify the models for the overwrite check (default: their folders, or names); an existing grid of
+    the same models is replaced, anything else at `out_path` stops the run.
+    """
+    if sources is None:
+        sources = [str(Path(entry).resolve()) if isinstance(entry, (str, os.PathLike)) else name
+                   for name, entry in models.items()]
+    origin = _origin(" + ".join(sources), "actmax")
+    check_overwrite([Path(out_path)], origin)
     results: dict[str, list[ActMaxResult]] = {}
     class_names: list[str] = []
     for name, entry in models.items():
@@ -170,4 +296,4 @@ def explain_actmax(models: dict, out_path: str | os.PathLike, steps: int = 200, 
         results[name] = [activation_maximization(model, processor, index, steps=steps, **options)
                          for index in range(len(labels))]
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    return save_actmax_grid(results, class_names, out_path)
+    return save_actmax_grid(results, class_names, out_path, origin)

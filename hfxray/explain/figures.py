@@ -1,7 +1,8 @@
 """PNG figures: image | heatmap | overlay per input, and the activation-maximization grid (models x classes).
 
 Drawn with matplotlib's Agg backend through the object API (no pyplot state), so figures can be made from
-worker threads and headless machines alike.
+worker threads and headless machines alike. Every PNG carries text chunks naming the model and method that wrote
+it (`figure_origin`), so a later run can tell its own earlier figure from another model's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,27 @@ from .actmax import ActMaxResult
 
 HEATMAP_CMAP = "jet"  # the Grad-CAM convention readers expect: blue = low, red = high
 OVERLAY_ALPHA = 0.45
+ORIGIN_KEYS = ("hfxray-model", "hfxray-method")  # PNG text chunks: who wrote the figure
+WARNING_COLOR = "#B00020"
+
+
+def figure_origin(path: str | Path) -> dict[str, str] | None:
+    """{"hfxray-model": ..., "hfxray-method": ...} of a PNG hfxray wrote, None for any other file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}) or {})
+    except (OSError, ValueError):
+        return None
+    return {key: text[key] for key in ORIGIN_KEYS} if all(key in text for key in ORIGIN_KEYS) else None
+
+
+def _save(figure, path: str | Path, origin: Mapping[str, str] | None) -> Path:
+    path = Path(path)
+    metadata = {"Software": "hfxray", **(origin or {})}
+    figure.savefig(path, metadata=metadata)
+    return path
 
 
 def _new_figure(width: float, height: float):
@@ -44,8 +66,12 @@ def _stretch(image: np.ndarray) -> np.ndarray:
 
 
 def save_heatmap_figure(image: np.ndarray, heatmap: np.ndarray, path: str | Path, title: str,
-                        heatmap_title: str) -> Path:
-    """Three panels (input as the model saw it | heatmap | overlay); `image` and `heatmap` share one grid."""
+                        heatmap_title: str, warning: str = "", origin: Mapping[str, str] | None = None) -> Path:
+    """Three panels (input as the model saw it | heatmap | overlay); `image` and `heatmap` share one grid.
+
+    `warning` (e.g. "degenerate map: ...") is written in red across the heatmap and overlay panels and under the
+    title, so a blank map never passes for "nothing relevant here".
+    """
     if image.shape[:2] != heatmap.shape:
         raise ValueError(f"heatmap {heatmap.shape} does not match image {image.shape[:2]}: they would misalign")
     figure = _new_figure(11.5, 4.3)
@@ -58,16 +84,25 @@ def save_heatmap_figure(image: np.ndarray, heatmap: np.ndarray, path: str | Path
     axes[1].set_yticks([])
     figure.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.02, label="relevance (0 = none, 1 = most)")
     _show_image(axes[2], image)
-    axes[2].imshow(heatmap, cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=OVERLAY_ALPHA)
+    if not warning:  # a degenerate map would only lay a uniform veil over the image
+        axes[2].imshow(heatmap, cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=OVERLAY_ALPHA)
     axes[2].set_title("overlay")
-    figure.suptitle(title, fontsize=13)
-    path = Path(path)
-    figure.savefig(path)
-    return path
+    if warning:
+        for axis in axes[1:]:
+            axis.text(0.5, 0.5, "DEGENERATE MAP\n(shows nothing)", transform=axis.transAxes, ha="center",
+                      va="center", fontsize=14, fontweight="bold", color=WARNING_COLOR,
+                      bbox=dict(facecolor="white", alpha=0.85, edgecolor=WARNING_COLOR))
+        import textwrap
+
+        title = f"{title}\n" + textwrap.fill(warning, width=120)  # the figure is ~120 characters wide
+    suptitle = figure.suptitle(title, fontsize=13)
+    if warning:
+        suptitle.set_color(WARNING_COLOR)
+    return _save(figure, path, origin)
 
 
 def save_actmax_grid(results: Mapping[str, Sequence[ActMaxResult]], class_names: Sequence[str],
-                     path: str | Path) -> Path:
+                     path: str | Path, origin: Mapping[str, str] | None = None) -> Path:
     """Rows = models, columns = classes (the study's Figures 2 and 3), each titled with the logit rise."""
     rows = list(results.items())
     figure = _new_figure(3.3 * len(class_names) + 0.6, 3.5 * len(rows) + 0.5)
@@ -87,6 +122,4 @@ def save_actmax_grid(results: Mapping[str, Sequence[ActMaxResult]], class_names:
                 axis.set_ylabel(model_name, fontsize=12)
     figure.suptitle("Activation maximization: inputs each model scores highest per class\n"
                     "(contrast stretched per image)", fontsize=12)
-    path = Path(path)
-    figure.savefig(path)
-    return path
+    return _save(figure, path, origin)

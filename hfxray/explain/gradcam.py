@@ -1,15 +1,36 @@
-"""Grad-CAM for the three model kinds through pytorch-grad-cam.
+"""Grad-CAM for the three model kinds through pytorch-grad-cam, explaining the decision rather than one logit.
 
-The target layer is chosen per family (`hfxray.models.model_family`) because the last spatial feature map sits in
-a different place in each: BiT's last stage, the hybrid's ResNet backbone (the feature map its ViT tokenises), and
-for ViT the token sequence entering the last block, reshaped to the patch grid. pytorch-grad-cam computes the map
-at that layer's resolution; hfxray upsamples it itself so that BiT's cells land where they are (`upsample.py`).
+What is explained: the predicted (or requested) class's **logit margin**, its logit minus the log-sum-exp of the
+other logits, i.e. the log-odds softmax gives it (for the binary head: logit(class) - logit(other)), the quantity
+that decides the prediction and is positive whenever the class is predicted. A single class logit is not: behind
+a linear head over pooled non-negative features its map sums to that logit minus its bias, so a predicted class
+whose own logit is negative (only less negative than the other) has no positive cell. On the models trained on
+the real sample the margin and the logit gave the same empty maps, though: what emptied them was the layer.
+
+Where (per family, `hfxray.models.model_family`): a layer whose activations are signed, so that evidence for a
+class can show as positive cells even when the pooled features argue against the other class only:
+- BiT: the output of the last stage (the residual stream before the final GroupNorm+ReLU). The rectified map
+  after that norm is exactly CAM, but in a model whose final channels are mostly dead (the seed recipe's Adam at
+  lr 0.1 left 3 of tiny BiT's 64 alive) the one live channel argues for "normal" and a "virus" prediction has no
+  positive cell there: 63 of 92 test maps were empty at the norm, 17 at the stage output (those 17 have no
+  gradient at all, see `judge`).
+- hybrid: the token sequence entering its last transformer block, reshaped to the patch grid, as for ViT. The
+  tiny/small hybrids' ResNet is a one-convolution stem whose rectified features gave an empty map for every
+  "virus" prediction of a trained tiny hybrid; the tokens carry the backbone's features after projection and
+  attention.
+- ViT: the token sequence entering the second-to-last block (after its LayerNorm), class token dropped. At the
+  last block's input a patch reaches the head through one attention row of the class token only, and evidence
+  the class token already carries is dropped with it: 6 of 92 test maps of the small seed-recipe ViT were empty
+  there, and the tiny seed-recipe ViT's maps correlated 0.50 (Spearman) with those of re-initialised weights;
+  one block earlier 0 were empty and the correlation was -0.24.
+pytorch-grad-cam computes the map at that layer's resolution; hfxray keeps its signed sum, judges it (`judge`)
+and upsamples it itself so that BiT's cells land where they are (`upsample.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +38,18 @@ from torch import nn
 
 from ..models import model_family
 from .upsample import upsample_to_input
+
+QUANTITY = "logit margin"  # what every Grad-CAM map here explains; figures and summaries name it
+# A map is degenerate when its positive part is below this share of its largest magnitude (nothing to show once
+# negatives are clipped) or when all its cells are equal to this precision (min-max would blow up rounding noise).
+DEGENERATE_TOLERANCE = 1e-4
+STATUS_TEXT = {
+    "ok": "",
+    "empty": "no positive evidence at this layer: the map is all zero",
+    "constant": "every cell is equal: the map locates nothing",
+    "no-gradient": "the prediction does not change with the image here (zero gradient: e.g. every feature "
+                   "feeding the head is zero, so the head's bias decides)",
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +65,30 @@ class GradCamTarget:
     # 3 px past their top-left pixel along the residual shortcut but 15 px along the 3x3 path; the middle (7.5)
     # lies between, so the hybrid keeps the plain placement.
     top_left_anchored: bool = False
+    # Module path of `layer` inside the model, for figures, summaries and the README.
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class GradCamResult:
+    """Maps in [0, 1] at input resolution (B, H, W), the class each explains, and whether each shows anything.
+
+    `status[i]` is "ok", "empty" (no positive cell: the map is all zero), "constant" (all cells equal) or
+    "no-gradient" (the class's margin has zero gradient at the layer: nothing in the image moves the prediction).
+    `positive_share[i]` is the positive part's share of the signed map's total magnitude (1 = no negative cell):
+    a small value flags a map carried by a few cells.
+    """
+
+    maps: np.ndarray
+    classes: list[int]
+    status: list[str]
+    positive_share: list[float]
+    layer: str
+    quantity: str = QUANTITY
+
+    @property
+    def degenerate(self) -> list[bool]:
+        return [status != "ok" for status in self.status]
 
 
 class LogitsOnly(nn.Module):
@@ -45,62 +102,131 @@ class LogitsOnly(nn.Module):
         return self.model(pixel_values=x).logits
 
 
+class LogitMargin:
+    """pytorch-grad-cam target: a class's logit minus the log-sum-exp of the others (its softmax log-odds).
+
+    `category=None` takes the image's predicted class, so one forward pass serves prediction and explanation.
+    """
+
+    def __init__(self, category: int | None = None) -> None:
+        self.category = category
+        self.chosen: int | None = category
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        logits = model_output if model_output.ndim == 1 else model_output[0]
+        category = int(logits.argmax()) if self.category is None else self.category
+        self.chosen = category
+        others = torch.cat([logits[:category], logits[category + 1:]])
+        return logits[category] - torch.logsumexp(others, dim=0)
+
+
+def _token_grid_reshape(num_prefix_tokens: int, patch: int | None = None):
+    """(B, tokens, C) -> (B, C, h, w): drop the prefix (class) tokens and fold the rest onto the patch grid."""
+
+    def reshape(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        grid = tokens[:, num_prefix_tokens:, :]
+        if patch is not None:
+            rows, cols = height // patch, width // patch
+        else:  # the hybrid's stride depends on its backbone: take the grid from the token count and aspect ratio
+            from .rollout import _token_grid
+
+            rows, cols = _token_grid(grid.shape[1], (height, width))
+        return grid.reshape(tokens.shape[0], rows, cols, -1).permute(0, 3, 1, 2)
+
+    return reshape
+
+
 def gradcam_target(model: nn.Module) -> GradCamTarget:
-    """The layer Grad-CAM explains in `model`, per family."""
+    """The layer Grad-CAM explains in `model`, per family (see the module docstring for why these)."""
     family = model_family(model)
     if family == "bit":
-        # Pre-activation BiT ends with GroupNorm+ReLU after the last stage: explain that rectified map. The raw
-        # stage output is a signed residual sum whose GroupNorm couples all positions, which inverts the map.
-        norm = model.bit.norm
-        return GradCamTarget(norm if not isinstance(norm, nn.Identity) else model.bit.encoder.stages[-1],
-                             top_left_anchored=True)
+        return GradCamTarget(model.bit.encoder.stages[-1], top_left_anchored=True, name="bit.encoder.stages[-1]")
     if family == "hybrid":
-        backbone = model.timm_model.patch_embed.backbone
-        # R50 backbones (full preset) have stages; the R-Ti stem of the tiny/small presets is conv-norm-pool only.
-        return GradCamTarget(backbone.stages[-1] if hasattr(backbone, "stages") else backbone)
-    patch = model.config.patch_size
-
-    def drop_cls(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        grid = tokens[:, 1:, :]
-        return grid.reshape(tokens.shape[0], height // patch, width // patch, -1).permute(0, 3, 1, 2)
-
-    return GradCamTarget(model.vit.layers[-1].layernorm_before, drop_cls)
+        timm_model = model.timm_model
+        return GradCamTarget(timm_model.blocks[-1].norm1, _token_grid_reshape(timm_model.num_prefix_tokens),
+                             name="timm_model.blocks[-1].norm1")
+    layers = model.vit.layers
+    index = -2 if len(layers) > 1 else -1
+    return GradCamTarget(layers[index].layernorm_before, _token_grid_reshape(1, model.config.patch_size),
+                         name=f"vit.layers[{index}].layernorm_before")
 
 
-def _feature_resolution_gradcam():
-    """pytorch-grad-cam's GradCAM, returning maps at the target layer's resolution (we upsample them ourselves)."""
+def _signed_gradcam():
+    """pytorch-grad-cam's GradCAM, keeping each map's signed sum at the target layer's resolution.
+
+    pytorch-grad-cam clips at zero and min-max normalises, after which an all-zero map and an all-equal one look
+    alike and both draw as a blank; hfxray judges and upsamples the signed map itself.
+    """
     from pytorch_grad_cam import GradCAM
 
-    class FeatureResolutionGradCAM(GradCAM):
+    class SignedGradCAM(GradCAM):
+        signed: np.ndarray | None = None
+        has_gradient: np.ndarray | None = None
+
+        def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
+            cam = super().get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)
+            self.signed = np.asarray(cam, dtype=np.float64)
+            self.has_gradient = np.abs(np.asarray(grads)).reshape(len(cam), -1).max(axis=1) > 0
+            return cam
+
         def get_target_width_height(self, input_tensor: torch.Tensor) -> None:
-            return None  # scale_cam_image then only min-max normalises
+            return None  # scale_cam_image then only min-max normalises; nothing is resized twice
 
-    return FeatureResolutionGradCAM
+    return SignedGradCAM
 
 
-def gradcam_map(model: nn.Module, pixel_values: torch.Tensor, target_class: int | list[int] | None = None
-                ) -> np.ndarray:
-    """Grad-CAM heatmaps in [0, 1] at input resolution, shape (B, H, W).
+def judge(signed: np.ndarray, has_gradient: bool = True) -> tuple[str, float]:
+    """("ok" | "empty" | "constant" | "no-gradient", positive share) of one signed cell map."""
+    signed = np.asarray(signed, dtype=np.float64)
+    if not has_gradient:
+        return "no-gradient", 0.0
+    if not np.isfinite(signed).all():
+        return "empty", 0.0
+    magnitude = float(np.abs(signed).max())
+    positive = np.maximum(signed, 0)
+    if magnitude == 0 or positive.max() <= DEGENERATE_TOLERANCE * magnitude:
+        return "empty", 0.0
+    share = float(positive.sum() / np.abs(signed).sum())
+    if np.ptp(positive) <= DEGENERATE_TOLERANCE * positive.max():
+        return "constant", share
+    return "ok", share
 
-    `target_class` is the class whose logit is explained (one per image or one for all); None explains each
-    image's predicted class.
+
+def gradcam_with_status(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Sequence[int] | None = None
+            ) -> GradCamResult:
+    """Grad-CAM of each image's predicted class (or `target_class`: one index for all, or one per image).
+
+    Explains the class's logit margin (`QUANTITY`) at `gradcam_target(model)`; degenerate maps are returned as
+    zeros with their status, never silently stretched.
     """
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     target = gradcam_target(model)
     height, width = pixel_values.shape[-2:]
     transform = (lambda tokens: target.reshape(tokens, height, width)) if target.reshape else None
+    if target_class is None:
+        targets = [LogitMargin() for _ in range(len(pixel_values))]
+    else:
+        classes = [target_class] * len(pixel_values) if isinstance(target_class, int) else list(target_class)
+        targets = [LogitMargin(int(c)) for c in classes]
     was_training = model.training
     model.eval()
-    targets = None
-    if target_class is not None:
-        classes = [target_class] * len(pixel_values) if isinstance(target_class, int) else list(target_class)
-        targets = [ClassifierOutputTarget(int(c)) for c in classes]
     try:
-        with _feature_resolution_gradcam()(model=LogitsOnly(model), target_layers=[target.layer],
-                                           reshape_transform=transform) as cam:
-            cell_maps = cam(input_tensor=pixel_values, targets=targets)
+        with _signed_gradcam()(model=LogitsOnly(model), target_layers=[target.layer],
+                               reshape_transform=transform) as cam:
+            cam(input_tensor=pixel_values, targets=targets)
+            signed, has_gradient = cam.signed, cam.has_gradient
     finally:
         model.zero_grad(set_to_none=True)  # Grad-CAM backpropagates into the weights; leave no stale gradients
         model.train(was_training)
-    return upsample_to_input(cell_maps, (height, width), target.top_left_anchored)  # already in [0, 1]
+    verdicts = [judge(cell_map, bool(flowing)) for cell_map, flowing in zip(signed, has_gradient)]
+    status = [verdict for verdict, _ in verdicts]
+    positive = np.maximum(signed, 0)
+    positive[[verdict != "ok" for verdict in status]] = 0.0  # a degenerate map draws as zeros, flagged by status
+    maps = upsample_to_input(positive, (height, width), target.top_left_anchored)
+    return GradCamResult(maps=maps, classes=[int(t.chosen) for t in targets], status=status,
+                         positive_share=[share for _, share in verdicts], layer=target.name)
+
+
+def gradcam_map(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Sequence[int] | None = None
+                ) -> np.ndarray:
+    """Grad-CAM heatmaps in [0, 1] at input resolution, shape (B, H, W) (see `gradcam_with_status` for status and classes)."""
+    return gradcam_with_status(model, pixel_values, target_class).maps
