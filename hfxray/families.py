@@ -19,16 +19,32 @@ class UnsupportedModelError(HfxrayError, ValueError):
 
 
 @dataclass(frozen=True)
+class GradCamLayer:
+    """The layer Grad-CAM weighs in a model, and how its cells map back to input pixels (hfxray/explain)."""
+
+    module: nn.Module
+    name: str  # module path inside the model, for figures, summaries and the README
+    # A token sequence (B, tokens, C): drop this many prefix (class) tokens and fold the rest onto the patch grid.
+    # None: the layer already gives a (B, C, h, w) feature map.
+    num_prefix_tokens: int | None = None
+    patch: int | None = None  # patch size of the token grid; None: the grid follows from the token count
+    # BiT pads every strided conv / pool by (k - 1) / 2, so cell i is centred on input pixel stride * i (both its
+    # residual paths agree). ViT patches are centred exactly; so are the hybrid's tokens.
+    top_left_anchored: bool = False
+
+
+@dataclass(frozen=True)
 class FamilyAdapter:
-    """What is family-specific about a loaded model, as small functions of the model."""
+    """What is family-specific about a loaded model, as small functions of the model and plain data."""
 
     name: str  # "vit" | "bit" | "hybrid"
     model_types: tuple[str, ...]  # config.model_type values of this family
     head: Callable[[nn.Module], nn.Module]  # the final Linear layer, whose output is the logits
-    # The layer whose activations Grad-CAM weighs, and the block sequence attention rollout reads (None: no
-    # attention); see hfxray/explain.
-    gradcam_layer: Callable[[nn.Module], nn.Module]
-    attention_blocks: Callable[[nn.Module], object] | None
+    gradcam_layer: Callable[[nn.Module], GradCamLayer]
+    # How attention probabilities are read for rollout: "transformers" (output_attentions, eager attention),
+    # "timm" (hooks on the blocks' attention dropout), or None (no attention).
+    attention: str | None
+    attention_blocks: Callable[[nn.Module], object] | None  # the blocks rollout reads, None when there are none
 
     def checked_head(self, model: nn.Module) -> nn.Linear:
         head = self.head(model)
@@ -38,15 +54,31 @@ class FamilyAdapter:
         return head
 
 
-def _hybrid_backbone(model: nn.Module) -> nn.Module:
-    backbone = model.timm_model.patch_embed.backbone
-    # R50 backbones (full preset) have stages; the R-Ti stem of the tiny/small presets is conv-norm-pool only.
-    return backbone.stages[-1] if hasattr(backbone, "stages") else backbone
+# Why these layers (measured on models trained on the real sample; hfxray/explain/gradcam.py says what the maps
+# explain): a layer with signed activations, so that evidence for a class shows as positive cells.
+# - BiT: the last stage's output, before the final GroupNorm+ReLU. In a model whose final channels are mostly dead
+#   (the seed recipe's Adam at lr 0.1 left 3 of tiny BiT's 64 alive) the rectified map after the norm had no
+#   positive cell for 63 of 92 "virus" test maps; at the stage output 17, all with zero gradient.
+# - hybrid: the tokens entering its last transformer block. The small presets' ResNet is a one-convolution stem
+#   whose rectified features gave an empty map for every "virus" prediction of a trained tiny hybrid.
+# - ViT: the tokens entering the second-to-last block. At the last block's input a patch reaches the head through
+#   one attention row of the class token only: 6 of 92 maps of the small seed-recipe ViT were empty there, and
+#   the tiny one's maps correlated 0.50 with re-initialised weights; one block earlier 0 and -0.24.
+def _bit_gradcam_layer(model: nn.Module) -> GradCamLayer:
+    return GradCamLayer(model.bit.encoder.stages[-1], "bit.encoder.stages[-1]", top_left_anchored=True)
 
 
-def _bit_gradcam_layer(model: nn.Module) -> nn.Module:
-    norm = model.bit.norm
-    return norm if not isinstance(norm, nn.Identity) else model.bit.encoder.stages[-1]
+def _hybrid_gradcam_layer(model: nn.Module) -> GradCamLayer:
+    timm_model = model.timm_model
+    return GradCamLayer(timm_model.blocks[-1].norm1, "timm_model.blocks[-1].norm1",
+                        num_prefix_tokens=timm_model.num_prefix_tokens)
+
+
+def _vit_gradcam_layer(model: nn.Module) -> GradCamLayer:
+    layers = model.vit.layers
+    index = -2 if len(layers) > 1 else -1
+    return GradCamLayer(layers[index].layernorm_before, f"vit.layers[{index}].layernorm_before",
+                        num_prefix_tokens=1, patch=model.config.patch_size)
 
 
 def _hybrid_blocks(model: nn.Module):
@@ -58,17 +90,14 @@ def _hybrid_blocks(model: nn.Module):
 
 ADAPTERS = {
     adapter.name: adapter for adapter in (
-        FamilyAdapter("vit", ("vit",), head=lambda m: m.classifier,
-                      gradcam_layer=lambda m: m.vit.layers[-1].layernorm_before,
-                      attention_blocks=lambda m: m.vit.layers),
+        FamilyAdapter("vit", ("vit",), head=lambda m: m.classifier, gradcam_layer=_vit_gradcam_layer,
+                      attention="transformers", attention_blocks=lambda m: m.vit.layers),
         FamilyAdapter("bit", ("bit",), head=lambda m: m.classifier[-1],  # Sequential(Flatten, Linear)
-                      gradcam_layer=_bit_gradcam_layer, attention_blocks=None),
+                      gradcam_layer=_bit_gradcam_layer, attention=None, attention_blocks=None),
         FamilyAdapter("hybrid", ("timm_wrapper",), head=lambda m: m.timm_model.get_classifier(),
-                      gradcam_layer=_hybrid_backbone, attention_blocks=_hybrid_blocks),
+                      gradcam_layer=_hybrid_gradcam_layer, attention="timm", attention_blocks=_hybrid_blocks),
     )
 }
-
-
 def adapter_for(model_or_config) -> FamilyAdapter:
     """The adapter of a loaded model (or its config), from `config.model_type`."""
     config = getattr(model_or_config, "config", model_or_config)

@@ -20,7 +20,6 @@ from typing import Callable
 from .data import CLASS_NAMES
 from .env import hub_offline, looks_local
 from .errors import HfxrayError, one_line
-from .families import model_family  # noqa: F401  (explain imports it from here)
 
 ID2LABEL = dict(enumerate(CLASS_NAMES))
 LABEL2ID = {name: index for index, name in ID2LABEL.items()}

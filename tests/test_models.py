@@ -100,8 +100,9 @@ def test_each_family_has_one_adapter_that_finds_its_parts(kind):
     with torch.no_grad():
         logits = model(pixel_values=torch.zeros(1, 3, 64, 64)).logits
     assert head.out_features == logits.shape[-1] == 2
-    assert isinstance(adapter.gradcam_layer(model), torch.nn.Module)
-    assert (adapter.attention_blocks is None) == (kind == "bit")
+    layer = adapter.gradcam_layer(model)
+    assert isinstance(layer.module, torch.nn.Module) and layer.module in set(model.modules())
+    assert (adapter.attention is None) == (kind == "bit")
 
 
 def test_cli_modules_do_not_import_torch_for_help():

@@ -23,14 +23,13 @@ from torch import nn
 
 from ..errors import HfxrayError
 from ..imaging import ImageProblem, expand_paths, load_rgb
-from ..models import model_family
+from ..families import UnsupportedModelError, adapter_for, model_family
 from .actmax import ActMaxResult, activation_maximization, input_spec
 from .figures import save_actmax_grid, save_heatmap_figure
 from .gradcam import QUANTITY, STATUS_TEXT, GradCamResult, gradcam_map, gradcam_target, gradcam_with_status
 from .rollout import NotApplicable, rollout_map
 
 METHODS = ("gradcam", "rollout", "actmax")
-APPLIES_TO = {"gradcam": ("vit", "bit", "hybrid"), "rollout": ("vit", "hybrid"), "actmax": ("vit", "bit", "hybrid")}
 
 __all__ = [
     "METHODS", "QUANTITY", "ActMaxResult", "Explained", "ExplainError", "GradCamResult", "NotApplicable",
@@ -60,14 +59,13 @@ def check_applicable(model: nn.Module, method: str) -> str:
     if method not in METHODS:
         raise ExplainError(f"unknown method {method!r}. To fix: choose one of {', '.join(METHODS)}")
     try:
-        family = model_family(model)
-    except ValueError as err:
-        raise ExplainError(f"{err}. To fix: explain a model trained with hfxray") from None
-    if family not in APPLIES_TO[method]:
-        usable = [name for name, kinds in APPLIES_TO.items() if family in kinds]
-        raise ExplainError(f"{method} does not apply to {family} models (no attention to roll out). To fix: use "
-                           f"--method {' or '.join(usable)}")
-    return family
+        adapter = adapter_for(model)
+    except UnsupportedModelError as err:
+        raise ExplainError(str(err)) from None
+    if method == "rollout" and adapter.attention is None:  # Grad-CAM and actmax apply to every family
+        raise ExplainError(f"rollout does not apply to {adapter.name} models (no attention to roll out). To fix: "
+                           "use --method gradcam or actmax")
+    return adapter.name
 
 
 def _model_and_processor(model_or_dir, processor):

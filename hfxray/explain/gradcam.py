@@ -7,22 +7,9 @@ a linear head over pooled non-negative features its map sums to that logit minus
 whose own logit is negative (only less negative than the other) has no positive cell. On the models trained on
 the real sample the margin and the logit gave the same empty maps, though: what emptied them was the layer.
 
-Where (per family, `hfxray.models.model_family`): a layer whose activations are signed, so that evidence for a
-class can show as positive cells even when the pooled features argue against the other class only:
-- BiT: the output of the last stage (the residual stream before the final GroupNorm+ReLU). The rectified map
-  after that norm is exactly CAM, but in a model whose final channels are mostly dead (the seed recipe's Adam at
-  lr 0.1 left 3 of tiny BiT's 64 alive) the one live channel argues for "normal" and a "virus" prediction has no
-  positive cell there: 63 of 92 test maps were empty at the norm, 17 at the stage output (those 17 have no
-  gradient at all, see `judge`).
-- hybrid: the token sequence entering its last transformer block, reshaped to the patch grid, as for ViT. The
-  tiny/small hybrids' ResNet is a one-convolution stem whose rectified features gave an empty map for every
-  "virus" prediction of a trained tiny hybrid; the tokens carry the backbone's features after projection and
-  attention.
-- ViT: the token sequence entering the second-to-last block (after its LayerNorm), class token dropped. At the
-  last block's input a patch reaches the head through one attention row of the class token only, and evidence
-  the class token already carries is dropped with it: 6 of 92 test maps of the small seed-recipe ViT were empty
-  there, and the tiny seed-recipe ViT's maps correlated 0.50 (Spearman) with those of re-initialised weights;
-  one block earlier 0 were empty and the correlation was -0.24.
+Where: each family's adapter names a layer whose activations are signed, so that evidence for a class can show
+as positive cells (`hfxray.families`, with the measurements behind each choice): BiT's last stage output, the
+tokens entering the hybrid's last block, the tokens entering ViT's second-to-last block (class token dropped).
 pytorch-grad-cam computes the map at that layer's resolution; hfxray keeps its signed sum, judges it (`judge`)
 and upsamples it itself so that BiT's cells land where they are (`upsample.py`).
 """
@@ -36,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import model_family
+from ..families import adapter_for
 from .upsample import upsample_to_input
 
 QUANTITY = "logit margin"  # what every Grad-CAM map here explains; figures and summaries name it
@@ -59,12 +46,7 @@ class GradCamTarget:
     layer: nn.Module
     # Turns (B, tokens, C) into (B, C, h, w) given the input (height, width); None for conv feature maps.
     reshape: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
-    # BiT pads every strided conv / pool by (k - 1) / 2, so cell i is centred on input pixel stride * i (both its
-    # residual paths agree). ViT patches are centred exactly. The hybrid pads TF-"same": a dot probe put its stem
-    # cells (tiny/small presets, stride 4) 1.5 px past their middle, and the R50's stride-16 cells (full preset)
-    # 3 px past their top-left pixel along the residual shortcut but 15 px along the 3x3 path; the middle (7.5)
-    # lies between, so the hybrid keeps the plain placement.
-    top_left_anchored: bool = False
+    top_left_anchored: bool = False  # see hfxray.families.GradCamLayer
     # Module path of `layer` inside the model, for figures, summaries and the README.
     name: str = ""
 
@@ -137,18 +119,11 @@ def _token_grid_reshape(num_prefix_tokens: int, patch: int | None = None):
 
 
 def gradcam_target(model: nn.Module) -> GradCamTarget:
-    """The layer Grad-CAM explains in `model`, per family (see the module docstring for why these)."""
-    family = model_family(model)
-    if family == "bit":
-        return GradCamTarget(model.bit.encoder.stages[-1], top_left_anchored=True, name="bit.encoder.stages[-1]")
-    if family == "hybrid":
-        timm_model = model.timm_model
-        return GradCamTarget(timm_model.blocks[-1].norm1, _token_grid_reshape(timm_model.num_prefix_tokens),
-                             name="timm_model.blocks[-1].norm1")
-    layers = model.vit.layers
-    index = -2 if len(layers) > 1 else -1
-    return GradCamTarget(layers[index].layernorm_before, _token_grid_reshape(1, model.config.patch_size),
-                         name=f"vit.layers[{index}].layernorm_before")
+    """The layer Grad-CAM explains in `model`, as its family's adapter names it."""
+    layer = adapter_for(model).gradcam_layer(model)
+    reshape = (None if layer.num_prefix_tokens is None
+               else _token_grid_reshape(layer.num_prefix_tokens, layer.patch))
+    return GradCamTarget(layer.module, reshape, layer.top_left_anchored, layer.name)
 
 
 def _signed_gradcam():

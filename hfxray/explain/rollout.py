@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import HfxrayError
-from ..models import model_family
+from ..families import adapter_for
 from .upsample import upsample_to_input
 
 
@@ -76,30 +76,31 @@ def _timm_attention_probs(blocks: nn.Module, store: list[torch.Tensor]) -> Itera
 
 def rollout_map(model: nn.Module, pixel_values: torch.Tensor) -> np.ndarray:
     """Attention-rollout heatmaps in [0, 1] at input resolution, shape (B, H, W)."""
-    family = model_family(model)
+    adapter = adapter_for(model)
     size = tuple(pixel_values.shape[-2:])
     was_training = model.training
     model.eval()
     try:
-        if family == "vit":
+        if adapter.attention == "transformers":
             patch = model.config.patch_size
             with _eager_attention(model), torch.no_grad():
                 attentions = model(pixel_values=pixel_values, output_attentions=True).attentions
             maps = rollout_from_attentions(list(attentions), 1, (size[0] // patch, size[1] // patch))
-        elif family == "hybrid":
-            timm_model = model.timm_model
-            if not hasattr(timm_model, "blocks") or not hasattr(timm_model.blocks[0], "attn"):
+        elif adapter.attention == "timm":
+            blocks = adapter.attention_blocks(model)
+            if blocks is None:
                 raise NotApplicable(f"rollout needs a ViT-style timm model; {model.config.architecture} has no "
                                     "attention blocks. To fix: use --method gradcam")
+            timm_model = model.timm_model
             attentions: list[torch.Tensor] = []
-            with _timm_attention_probs(timm_model.blocks, attentions), torch.no_grad():
+            with _timm_attention_probs(blocks, attentions), torch.no_grad():
                 model(pixel_values=pixel_values)
             prefix = timm_model.num_prefix_tokens
             maps = rollout_from_attentions(attentions, prefix, _token_grid(attentions[0].shape[-1] - prefix, size),
                                            has_cls=timm_model.cls_token is not None)
         else:
-            raise NotApplicable("attention rollout does not apply to BiT (a ResNet has no attention). To fix: use "
-                                "--method gradcam or actmax for bit models")
+            raise NotApplicable(f"attention rollout does not apply to {adapter.name} models (no attention). To "
+                                "fix: use --method gradcam or actmax")
     finally:
         model.train(was_training)
     return upsample_to_input(maps, size)
