@@ -3,8 +3,9 @@
 JPEG decoding dominates a naive per-step image pipeline. Each image is decoded, converted and resized (shortest
 edge, as the processor does) once into a uint8 tensor (grayscale X-rays as one channel), so later epochs only
 crop and normalise. Training and evaluation read those tensors from the memory-mapped decode cache
-(`hfxray.cache`, built with `decode_resized`); `decode_split` keeps them in memory instead. The evaluation path equals the processor's output (same resize, center crop,
-mean/std), so a model evaluated here behaves the same under `pipeline("image-classification")`.
+(`hfxray.cache`, built with `decode_resized`); `decode_split` keeps them in memory instead. The evaluation path
+equals the processor's output (same resize, center crop, mean/std), so a model evaluated here behaves the same
+under `pipeline("image-classification")`.
 """
 
 from __future__ import annotations

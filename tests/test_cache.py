@@ -118,7 +118,8 @@ def test_a_second_training_run_does_not_decode_again(prepared_dir, tmp_path, mon
                            str(prepared_dir), "--output-dir", str(out), "--cache_dir", str(tmp_path / "cache"),
                            "--max_steps", "2", "--max_train_samples", "32", "--per_device_train_batch_size", "8",
                            "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no",
-                           "--load_best_model_at_end", "false", "--average_last_epochs", "0", "--image_size", "64", "--resize_size", "72"])
+                           "--load_best_model_at_end", "false", "--average_last_epochs", "0",
+                           "--image_size", "64", "--resize_size", "72"])
 
     assert train(*arguments(tmp_path / "first"))["global_step"] == 2
     entries = list_entries(tmp_path / "cache", prepared_dir)
