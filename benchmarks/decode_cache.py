@@ -31,6 +31,8 @@ from pathlib import Path
 
 from _common import REPO, interleaved_medians, prepared_sample
 
+sys.path.insert(0, str(REPO))  # this checkout's hfxray, as in the training processes (PYTHONPATH)
+
 TRAIN_FLAGS = ["--model", "bit", "--preset", "small", "--recipe", "scratch", "--image_size", "224",
                "--resize_size", "256", "--max_steps", "2", "--report_to", "none", "--save_strategy", "no",
                "--eval_strategy", "no", "--load_best_model_at_end", "false", "--average_last_epochs", "0",
@@ -179,7 +181,8 @@ def steady_state(prepared: Path, cache_dir: Path, steps: int, repeats: int) -> N
     keep_freed_memory()
     warm, batch = 5, 32
     train = load_imagefolder(prepared)["train"]
-    model, processor, _ = create_model("bit", "small")  # 128 px crops of the 144 px resize (scratch recipe)
+    # bit.tiny (64 px): the smallest step, where the data path weighs the most
+    model, processor, _ = create_model("bit", "tiny")
     geometry = Geometry.from_processor(processor)
     images, labels = decode_split(train, geometry.resize, progress=lambda items, **_: items)
     cached = decoded_split(train, "train", prepared, geometry.resize, cache_dir=cache_dir)
@@ -217,7 +220,7 @@ def steady_state(prepared: Path, cache_dir: Path, steps: int, repeats: int) -> N
 
     samples = (steps - warm) * batch
     times = interleaved_medians({name: trainer_run(d) for name, d in datasets.items()}, repeats=repeats)
-    print(f"steady state bit.small 128 px, {steps} steps of {batch}: cache {samples / times['cache']:.1f} samples/s, "
+    print(f"steady state bit.tiny {geometry.crop} px, {steps} steps of {batch}: cache {samples / times['cache']:.1f} samples/s, "
           f"in memory {samples / times['memory']:.1f} samples/s, ratio {times['memory'] / times['cache']:.3f} "
           "(goal >= 0.95)")
     for resize in (geometry.resize, 256):
@@ -235,10 +238,11 @@ def steady_state(prepared: Path, cache_dir: Path, steps: int, repeats: int) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--factors", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-ddp", action="store_true")
     parser.add_argument("--skip-steady", action="store_true")
+    parser.add_argument("--skip-scale", action="store_true", help="skip the 1x/8x/32x training runs")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hfxray-decode-cache-"))
@@ -249,6 +253,8 @@ def main() -> None:
         rows, data_dirs = {}, {}
         for factor in args.factors:
             data_dir = data_dirs[factor] = replicate(prepared, factor, work)
+            if args.skip_scale:
+                continue
             cache_dir = work / f"cache-x{factor}"
             runs = {"cold": run_training(child, "cold", data_dir, cache_dir, work)[0]}
             # memory and warm right after each other, so that machine load hits both alike
@@ -269,13 +275,15 @@ def main() -> None:
                   f"{warm['first_step_wall'] / memory['first_step_wall']:.3f} from the process start, "
                   f"{warm['data_seconds'] / memory['data_seconds']:.3f} for the data phase (goal <= 0.2)")
         first = args.factors[0]
-        for factor in args.factors[1:]:
+        for factor in args.factors[1:] if not args.skip_scale else []:
             ratio = {mode: rows[factor][mode]["peak_rss_mib"] / rows[first][mode]["peak_rss_mib"]
                      for mode in ("memory", "cold", "warm")}
+            anonymous = rows[factor]["warm"]["rss_anon_mib"] / rows[first]["warm"]["rss_anon_mib"]
             print(f"peak RSS x{factor} / x{first}: warm cache {ratio['warm']:.3f} (goal <= 1.10), cold cache "
-                  f"{ratio['cold']:.3f}, in memory {ratio['memory']:.3f}")
+                  f"{ratio['cold']:.3f}, in memory {ratio['memory']:.3f}; anonymous RSS at the end, warm cache "
+                  f"{anonymous:.3f}")
         if not args.skip_steady:
-            steady_state(prepared, work / "cache-x1", args.steps, args.repeats)
+            steady_state(prepared, work / "cache-steady", args.steps, args.repeats)
         if not args.skip_ddp:
             ddp = {}
             for factor in (args.factors[0], args.factors[min(1, len(args.factors) - 1)]):
