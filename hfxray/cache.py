@@ -168,6 +168,8 @@ def decoded_split(split, split_name: str, data_dir: str | os.PathLike, resize: i
             "split": split_name, "resize": int(resize), "rows": len(split), "bytes": size, "files": files,
             "fingerprint": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.perf_counter() - start, 2)}, indent=2))
+        if entry.exists() and _read_info(entry) is None:  # damaged (a file deleted by hand): replaced whole
+            shutil.rmtree(entry, ignore_errors=True)
         try:
             os.rename(staging, entry)
         except OSError:

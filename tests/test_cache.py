@@ -40,6 +40,10 @@ def test_a_second_load_does_not_decode_and_maps_the_same_files(prepared_dir, tmp
     [(folder, info)] = list_entries(tmp_path, prepared_dir)
     assert info["rows"] == len(split) and info["resize"] == 64 and folder.name.startswith("validation-64px-")
     assert not [p for p in (tmp_path / "hfxray-decoded").iterdir() if p.name.startswith(".")], "build left behind"
+    (folder / info["files"][0]).unlink()  # a damaged entry is built again
+    monkeypatch.undo()
+    rebuilt = decoded_split(split, "validation", prepared_dir, 64, cache_dir=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(first, rebuilt))
 
 
 def test_the_fingerprint_follows_the_geometry_and_the_prepared_set(prepared_dir, tmp_path):
