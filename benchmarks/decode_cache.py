@@ -257,7 +257,7 @@ def main() -> None:
                 continue
             cache_dir = work / f"cache-x{factor}"
             runs = {"cold": run_training(child, "cold", data_dir, cache_dir, work)[0]}
-            # memory and warm right after each other, so that machine load hits both alike
+            # memory and warm right after each other, so that load from other work hits both alike
             for mode in ("memory", "warm"):
                 runs[mode] = run_training(child, mode, data_dir, cache_dir, work)[0]
             assert runs["warm"]["found_in_cache"] == {"train": True, "validation": True}, runs["warm"]
