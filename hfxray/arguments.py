@@ -46,6 +46,9 @@ class DataArguments:
         "help": "Prepared ImageFolder from `hfxray data prepare` (train/, validation/, test/, manifest.csv)."})
     max_train_samples: int | None = field(default=None, metadata={
         "help": "Use only the first N training images (quick experiments and tests)."})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "Where decoded images are cached (default: the datasets cache, HF_DATASETS_CACHE); see "
+                "`hfxray data cache`."})
 
 
 @dataclass

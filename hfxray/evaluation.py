@@ -118,23 +118,27 @@ def predict_logits(model, dataset, batch_size: int = 64, desc: str = "predicting
     return np.concatenate(chunks) if chunks else np.zeros((0, 2))
 
 
-def split_logits(model, processor, data_dir, split: str, dataset=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(logits, labels, patient groups) of `model` on one split of a prepared folder."""
+def split_logits(model, processor, data_dir, split: str, dataset=None, cache_dir=None
+                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(logits, labels, patient groups) of `model` on one split of a prepared folder (images from the decode
+    cache, `hfxray.cache`)."""
+    from .cache import decoded_split
     from .data import load_imagefolder
-    from .transforms import Geometry, XrayTensorDataset, decode_split
+    from .transforms import Geometry, XrayTensorDataset
 
     dataset = dataset if dataset is not None else load_imagefolder(data_dir)
     if split not in dataset:
         raise DataError(f"{data_dir}: no {split!r} split (has {', '.join(dataset)}). To fix: choose --split "
                         "train, validation or test, or prepare with --val-fraction > 0.")
     geometry = Geometry.from_processor(processor)
-    images, labels = decode_split(dataset[split], geometry.resize, desc=f"decoding {split}")
-    logits = predict_logits(model, XrayTensorDataset(images, labels, geometry), desc=f"predicting {split}")
-    return logits, np.asarray(labels), patient_groups(data_dir, split_paths(dataset[split]))
+    images = decoded_split(dataset[split], split, data_dir, geometry.resize, cache_dir=cache_dir)
+    logits = predict_logits(model, XrayTensorDataset(images, images.labels, geometry), desc=f"predicting {split}")
+    return logits, np.asarray(images.labels), patient_groups(data_dir, split_paths(dataset[split]))
 
 
 def report_split(model, processor, data_dir, split: str = "test", out: str | Path | None = None,
-                 n_resamples: int = 1000, seed: int = 0, title: str | None = None, prefix: str = "") -> dict:
+                 n_resamples: int = 1000, seed: int = 0, title: str | None = None, prefix: str = "",
+                 cache_dir: str | None = None) -> dict:
     """Full report of `model` as it ships on `split`; writes JSON + reliability diagram when `out` is given.
 
     With `prefix` ("test"), the JSON's keys are prefixed as the Trainer names split metrics (`test_accuracy`).
@@ -145,7 +149,7 @@ def report_split(model, processor, data_dir, split: str = "test", out: str | Pat
     from .data import load_imagefolder
 
     dataset = load_imagefolder(data_dir)
-    logits, labels, groups = split_logits(model, processor, data_dir, split, dataset=dataset)
+    logits, labels, groups = split_logits(model, processor, data_dir, split, dataset=dataset, cache_dir=cache_dir)
     report = evaluation_report(labels, logits, groups=groups, n_resamples=n_resamples, seed=seed)
     sources_by_split = split_sources(data_dir)
     if len({s for counts in sources_by_split.values() for s in counts}) > 1:

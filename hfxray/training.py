@@ -231,7 +231,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
 
     from .data import load_imagefolder
     from .models import create_model
-    from .transforms import Geometry, XrayTensorDataset, decode_split
+    from .cache import decoded_split
+    from .transforms import Geometry, XrayTensorDataset
 
     check_processes_connected(training_args)
     output_dir = training_args.output_dir
@@ -248,13 +249,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     dataset = load_imagefolder(data_args.data_dir)
     if "validation" not in dataset:
         raise DataError(f"{data_args.data_dir}: no validation split. To fix: prepare with --val-fraction > 0.")
-    train_split = dataset["train"]
-    if data_args.max_train_samples:
-        train_split = train_split.select(range(min(data_args.max_train_samples, len(train_split))))
     splits = {}
-    for name, split in (("train", train_split), ("validation", dataset["validation"])):
-        images, labels = decode_split(split, geometry.resize, desc=f"decoding {name}")
-        splits[name] = XrayTensorDataset(images, labels, geometry, train=name == "train",
+    for name in ("train", "validation"):
+        # Decoded once into a memory-mapped cache that later runs, folds and the other ranks reuse.
+        with training_args.main_process_first(desc=f"decode cache ({name})"):
+            images = decoded_split(dataset[name], name, data_args.data_dir, geometry.resize,
+                                   cache_dir=data_args.cache_dir)
+        if name == "train" and data_args.max_train_samples:
+            images = images.select(range(min(data_args.max_train_samples, len(images))))
+        splits[name] = XrayTensorDataset(images, images.labels, geometry, train=name == "train",
                                          max_zoom=recipe_args.max_zoom, hflip=recipe_args.hflip,
                                          seed=training_args.seed)
 

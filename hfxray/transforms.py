@@ -1,15 +1,18 @@
 """Training/evaluation tensors from a prepared split, decoded once and derived from the model's processor.
 
 JPEG decoding dominates a naive per-step image pipeline. Each image is decoded, converted and resized (shortest
-edge, as the processor does) once into a uint8 tensor kept in memory (grayscale X-rays as one channel), so later
-epochs only crop and normalise. The evaluation path equals the processor's output (same resize, center crop,
-mean/std), so a model evaluated here behaves the same under `pipeline("image-classification")`.
+edge, as the processor does) once into a uint8 tensor (grayscale X-rays as one channel), so later epochs only
+crop and normalise. Training and evaluation read those tensors from the memory-mapped decode cache
+(`hfxray.cache`, built with `decode_resized`); `decode_split` keeps them in memory instead. The evaluation path
+equals the processor's output (same resize, center crop, mean/std), so a model evaluated here behaves the same
+under `pipeline("image-classification")`.
 """
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -85,7 +88,10 @@ def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class XrayTensorDataset(torch.utils.data.Dataset):
-    """Cached images -> {"pixel_values": uint8 crop, "labels"}; `normalise` (or `collate`) makes the floats.
+    """Decoded images -> {"pixel_values": uint8 crop, "labels"}; `normalise` (or `collate`) makes the floats.
+
+    `images` is any sequence of uint8 [C, H, W] tensors: a list from `decode_split` or the memory-mapped
+    `hfxray.cache.DecodedImages` (read-only views: crops are copied before anything writes to them).
 
     Normalising whole batches in `collate` instead of each sample keeps later epochs cheap. Training
     augmentation (light, for chest X-rays): a random zoom up to `max_zoom` (a smaller window resized to the crop),
@@ -94,7 +100,7 @@ class XrayTensorDataset(torch.utils.data.Dataset):
     center crop.
     """
 
-    def __init__(self, images: list[torch.Tensor], labels: list[int], geometry: Geometry, train: bool = False,
+    def __init__(self, images: Sequence[torch.Tensor], labels: Sequence[int], geometry: Geometry, train: bool = False,
                  max_zoom: float = 1.0, hflip: bool = False, seed: int = 0):
         self.images, self.labels, self.geometry = images, labels, geometry
         self.train, self.max_zoom, self.hflip = train, max_zoom, hflip

@@ -17,7 +17,8 @@ logger = get_logger(__name__)
 CALIBRATION_FILE = "calibration.json"
 
 
-def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = True, model=None, processor=None):
+def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = True, model=None, processor=None,
+                  cache_dir: str | None = None):
     """Fit a temperature on the validation split and fold it into the saved model when the rule allows.
 
     Writes `calibration.json` (the decision and its reason) and, when folding, the model again. Returns the
@@ -35,7 +36,7 @@ def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = Tru
     elif folded_temperature(model) != 1.0:
         decision = TemperatureDecision(None, False, "a temperature is already folded into this model", 0)
     else:
-        logits, labels, _ = split_logits(model, processor, data_dir, "validation")
+        logits, labels, _ = split_logits(model, processor, data_dir, "validation", cache_dir=cache_dir)
         decision = decide_temperature(logits, labels)
         if decision.fold:
             fold_temperature(model, decision.temperature)
@@ -46,8 +47,8 @@ def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = Tru
     return decision
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | Path, model=None, processor=None, n_resamples: int = 1000
-                 ) -> dict:
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, model=None, processor=None, n_resamples: int = 1000,
+                 cache_dir: str | None = None) -> dict:
     """The test report of the saved model (as it ships): `test_results.json` and `test_reliability.png`."""
     from .evaluation import report_split
     from .models import load_trained
@@ -56,7 +57,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, model=None, processo
     if model is None:
         model, processor = load_trained(str(run_dir))
     return report_split(model, processor, data_dir, "test", out=run_dir / "test_results.json",
-                        n_resamples=n_resamples, title="Reliability (test split)", prefix="test")
+                        n_resamples=n_resamples, title="Reliability (test split)", prefix="test",
+                        cache_dir=cache_dir)
 
 
 def run(model_args, data_args, recipe_args, run_args, training_args, hub_repo: str | None = None,
@@ -72,8 +74,8 @@ def run(model_args, data_args, recipe_args, run_args, training_args, hub_repo: s
         return {}
     run_dir = Path(training_args.output_dir)
     model, processor = load_trained(str(run_dir))
-    decision = calibrate_run(run_dir, data_args.data_dir, run_args.calibrate, model, processor)
-    report = evaluate_run(run_dir, data_args.data_dir, model, processor)
+    decision = calibrate_run(run_dir, data_args.data_dir, run_args.calibrate, model, processor, data_args.cache_dir)
+    report = evaluate_run(run_dir, data_args.data_dir, model, processor, cache_dir=data_args.cache_dir)
     write_model_card(run_dir, repo_id=hub_repo)
     if hub_repo:
         uploaded = push_run(run_dir, hub_repo, token=hub_token, private=bool(training_args.hub_private_repo))

@@ -1,5 +1,6 @@
 """`hfxray data prepare --source DIR [--source DIR ...] [--format auto|coronahack|cohen|kermany ...]
-[--test-source NAME] --out PREPARED [--val-fraction 0.15] [--test-fraction 0.15] [--seed 42]`."""
+[--test-source NAME] --out PREPARED [--val-fraction 0.15] [--test-fraction 0.15] [--seed 42]`;
+`hfxray data cache [--data-dir PREPARED] [--cache-dir DIR] [--clear]`."""
 
 from __future__ import annotations
 
@@ -23,12 +24,21 @@ def add_arguments(parser) -> None:
     prepare.add_argument("--val-fraction", type=float, default=0.15, help="share of TRAIN patients for validation")
     prepare.add_argument("--seed", type=int, default=42, help="seed of the patient-level validation split")
     prepare.add_argument("--min-side", type=int, default=64, help="skip images whose shorter side is below this")
+    cache = actions.add_parser("cache", help="show (or --clear) the decoded images cached for training")
+    cache.add_argument("--data-dir", help="only the entries of this prepared folder (default: all)")
+    cache.add_argument("--cache-dir", help="the cache's parent folder (default: HF_DATASETS_CACHE)")
+    cache.add_argument("--clear", action="store_true", help="delete the entries shown")
 
 
 def run(args) -> int:
     from ..data import DataError, prepare
     from ..errors import printable
 
+    if args.action == "cache":
+        from ..cache import describe
+
+        describe(args.cache_dir, args.data_dir, clear=args.clear)
+        return 0
     try:
         prepare(args.source, args.out, val_fraction=args.val_fraction, seed=args.seed, min_side=args.min_side,
                 formats=args.format, test_source=args.test_source, test_fraction=args.test_fraction)

@@ -1,0 +1,133 @@
+"""The decode cache: same tensors as decoding in memory, built once and reused, keyed by data and geometry."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from hfxray.cache import CacheError, DecodedImages, decoded_split, fingerprint, list_entries
+from hfxray.data import MANIFEST_NAME, load_imagefolder
+from hfxray.transforms import Geometry, XrayTensorDataset, decode_split
+
+ONE_GRAY_LEVEL = 1 / 127.5  # in the [-1, 1] units of mean = std = 0.5
+QUIET = lambda items, **_: items  # noqa: E731
+
+
+def _no_decoding(*_args, **_kwargs):
+    raise AssertionError("an image was decoded although the cache holds it")
+
+
+@pytest.mark.parametrize("num_proc", [None, 2])
+def test_cached_images_equal_the_in_memory_decoding(prepared_dir, tmp_path, num_proc):
+    split = load_imagefolder(prepared_dir)["validation"]
+    cached = decoded_split(split, "validation", prepared_dir, 72, cache_dir=tmp_path, num_proc=num_proc)
+    images, labels = decode_split(split, 72, progress=QUIET)
+    assert len(cached) == len(images) and cached.labels == labels
+    for index, (ours, theirs) in enumerate(zip(cached, images)):
+        assert ours.dtype == torch.uint8 and torch.equal(ours, theirs), f"image {index}"
+
+
+def test_a_second_load_does_not_decode_and_maps_the_same_files(prepared_dir, tmp_path, monkeypatch):
+    split = load_imagefolder(prepared_dir)["validation"]
+    first = decoded_split(split, "validation", prepared_dir, 64, cache_dir=tmp_path)
+    monkeypatch.setattr("hfxray.transforms.decode_resized", _no_decoding)
+    second = decoded_split(split, "validation", prepared_dir, 64, cache_dir=tmp_path)
+    assert second.files == first.files and all(torch.equal(a, b) for a, b in zip(first, second))
+    [(folder, info)] = list_entries(tmp_path, prepared_dir)
+    assert info["rows"] == len(split) and info["resize"] == 64 and folder.name.startswith("validation-64px-")
+    assert not [p for p in (tmp_path / "hfxray-decoded").iterdir() if p.name.startswith(".")], "build left behind"
+    (folder / info["files"][0]).unlink()  # a damaged entry is built again
+    monkeypatch.undo()
+    rebuilt = decoded_split(split, "validation", prepared_dir, 64, cache_dir=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(first, rebuilt))
+
+
+def test_the_fingerprint_follows_the_geometry_and_the_prepared_set(prepared_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared_dir, copy, copy_function=os.link)
+    split = load_imagefolder(copy)["validation"]
+    before = fingerprint(split, "validation", copy, 64)
+    assert fingerprint(split, "validation", copy, 64) == before
+    assert fingerprint(split, "validation", copy, 72) != before
+    assert fingerprint(split, "test", copy, 64) != before
+    with (copy / MANIFEST_NAME).open("a") as handle:
+        handle.write("\n")
+    assert fingerprint(split, "validation", copy, 64) != before
+
+
+def test_evaluation_tensors_from_the_cache_equal_the_processor_output(prepared_dir, tmp_path):
+    from hfxray.models import build_processor
+
+    split = load_imagefolder(prepared_dir)["test"]
+    processor = build_processor(128)
+    geometry = Geometry.from_processor(processor)
+    images = decoded_split(split, "test", prepared_dir, geometry.resize, cache_dir=tmp_path).select(range(24))
+    dataset = XrayTensorDataset(images, images.labels, geometry)
+    ours = dataset.collate([dataset[i] for i in range(len(dataset))])["pixel_values"]
+    theirs = processor([split[i]["image"] for i in range(24)], return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape == (24, 3, 128, 128)
+    assert (ours - theirs).abs().max() <= ONE_GRAY_LEVEL + 1e-6
+
+
+def test_subsets_and_pickles_share_the_rows(prepared_dir, tmp_path):
+    split = load_imagefolder(prepared_dir)["validation"]
+    cached = decoded_split(split, "validation", prepared_dir, 64, cache_dir=tmp_path)
+    fold = cached.select([5, 2, 7]).select([2, 0])  # rows 7 and 5
+    assert fold.labels == [cached.labels[7], cached.labels[5]] and len(fold) == 2
+    assert torch.equal(fold[0], cached[7]) and torch.equal(fold[-1], cached[5])
+    again = pickle.loads(pickle.dumps(fold))
+    assert isinstance(again, DecodedImages) and again.labels == fold.labels and torch.equal(again[0], cached[7])
+    with pytest.raises(IndexError):
+        fold[2]
+    training = XrayTensorDataset(cached, cached.labels, Geometry(64, 56, (0.5,) * 3, (0.5,) * 3), train=True,
+                                 max_zoom=1.2, hflip=True)
+    batch = training.collate([training[i] for i in range(8)])  # augmentation over read-only views
+    assert batch["pixel_values"].shape == (8, 3, 56, 56)
+
+
+def test_an_unwritable_cache_place_says_how_to_fix(prepared_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    split = load_imagefolder(prepared_dir)["validation"]
+    with pytest.raises(CacheError, match="To fix: .*--cache_dir"):
+        decoded_split(split, "validation", prepared_dir, 64, cache_dir=blocker)
+
+
+def test_data_cache_command_lists_and_clears(prepared_dir, tmp_path, capsys):
+    from hfxray.cli import main
+
+    split = load_imagefolder(prepared_dir)["validation"]
+    decoded_split(split, "validation", prepared_dir, 64, cache_dir=tmp_path)
+    stale = tmp_path / "hfxray-decoded" / ".validation-64px-0.building-999999999-abcd"
+    stale.mkdir()
+    assert main(["data", "cache", "--cache-dir", str(tmp_path), "--data-dir", str(prepared_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "validation" in out and "64 px" in out and "1 entry" in out
+    assert main(["data", "cache", "--cache-dir", str(tmp_path), "--clear"]) == 0
+    assert "cleared 1 entry and 1 unfinished build(s)" in capsys.readouterr().out
+    assert list_entries(tmp_path) == [] and not stale.exists()
+
+
+@pytest.mark.slow
+def test_a_second_training_run_does_not_decode_again(prepared_dir, tmp_path, monkeypatch):
+    from hfxray.arguments import parse_args
+    from hfxray.training import train
+
+    def arguments(out):
+        return parse_args(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data-dir",
+                           str(prepared_dir), "--output-dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+                           "--max_steps", "2", "--max_train_samples", "32", "--per_device_train_batch_size", "8",
+                           "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no",
+                           "--load_best_model_at_end", "false", "--average_last_epochs", "0",
+                           "--image_size", "64", "--resize_size", "72"])
+
+    assert train(*arguments(tmp_path / "first"))["global_step"] == 2
+    entries = list_entries(tmp_path / "cache", prepared_dir)
+    assert sorted(info["split"] for _, info in entries) == ["train", "validation"]
+    monkeypatch.setattr("hfxray.transforms.decode_resized", _no_decoding)
+    assert train(*arguments(tmp_path / "second"))["global_step"] == 2
+    assert list_entries(tmp_path / "cache", prepared_dir) == entries
