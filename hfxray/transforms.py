@@ -77,8 +77,8 @@ def decode_split(split, resize: int, progress=None, desc: str = "decoding") -> t
 
 
 def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """The image processors' center crop: offsets rounded down. (torchvision rounds half to even, which put the
-    window one pixel to the right or lower than `pipeline`'s on about half of the sample's images.)"""
+    """The image processors' center crop: offsets rounded down, so evaluation sees `pipeline`'s pixels
+    (torchvision rounds half to even; hfxray/compat.py)."""
     height, width = image.shape[-2:]
     if height < size or width < size:
         raise ValueError(f"a {height}x{width} image cannot be center-cropped to {size}x{size}. To fix: resize its "
@@ -117,8 +117,8 @@ class XrayTensorDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def _augment(self, image: torch.Tensor, index: int) -> torch.Tensor:
-        # Randomness from (seed, epoch, index) alone, not from the global RNG: the Trainer restores the global
-        # RNG only after fetching the first batch of a resumed run, which made resumed runs diverge.
+        # Randomness from (seed, epoch, index) alone, not from the global RNG, so that a resumed run draws what an
+        # uninterrupted one would (the Trainer restores the global RNG late on resume: hfxray/compat.py).
         rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
         crop = self.geometry.crop
         window = round(crop / rng.uniform(1.0, self.max_zoom)) if self.max_zoom > 1.0 else crop
@@ -126,7 +126,7 @@ class XrayTensorDataset(torch.utils.data.Dataset):
         top = rng.randint(0, height - window)
         left = rng.randint(0, width - window)
         image = image[:, top:top + window, left:left + window]
-        if window != crop:  # zooming in only ever enlarges: plain bilinear (no antialiasing) in float, 35 % faster
+        if window != crop:  # zooming in only ever enlarges: plain bilinear suffices (antialiasing is for shrinking)
             enlarged = F.interpolate(image[None].float(), size=(crop, crop), mode="bilinear", align_corners=False)
             image = enlarged[0].round_().clamp_(0, 255).to(torch.uint8)
         if self.hflip and rng.random() < 0.5:

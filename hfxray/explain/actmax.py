@@ -59,8 +59,7 @@ def activation_maximization(model: nn.Module, processor, target_class: int, step
 
     `grayscale` optimises one channel repeated three times: the models only ever saw gray X-rays, so colour
     would be freedom the data never had. `start_noise` is the std of the noise on the gray start: from a nearly
-    flat image, saturated models sit on a plateau where the ascent wanders (measured on the planted-signal
-    models: 0.02 got stuck on 2 of 3 kinds, 0.1 rose on all). `jitter` is the largest random shift in pixels
+    flat image a saturated model sits on a plateau where gradient ascent has no direction to follow. `jitter` is the largest random shift in pixels
     (default: 1/16 of the side); `blur_every` applies a Gaussian blur of `blur_sigma` pixels every so many steps
     (0: never).
     """
