@@ -53,7 +53,7 @@ def one_thread():
 def real_runs(prepared_dir, tmp_path_factory):
     """kind -> trained scratch run folder (a short version of the README's from-scratch command), trained on first
     use so that each kind's checks run as soon as its own model exists."""
-    from hfxray.training import main
+    from hfxray.workflow import main
 
     runs = {}
 
@@ -63,7 +63,7 @@ def real_runs(prepared_dir, tmp_path_factory):
             out = tmp_path_factory.mktemp("real-runs") / kind
             code = main(["--model", kind, "--preset", preset, "--recipe", "scratch", "--data-dir", str(prepared_dir),
                          "--output-dir", str(out), "--num_train_epochs", str(epochs), "--average_last_epochs", "2",
-                         "--disable_tqdm", "true"])
+                         "--image_size", "128", "--resize_size", "144", "--disable_tqdm", "true"])
             assert code == 0, f"training {kind} failed"
             runs[kind] = out
         return runs[kind]
