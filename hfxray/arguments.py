@@ -318,15 +318,16 @@ def fit_recipe_to_preset(recipe_values: dict, preset: str, explicit: set[str]) -
     """Fit a recipe's resolution and batch to a random-init preset, in place; returns what changed, in words.
 
     A recipe's resolution and batch are the published ones, for pretrained models on accelerators (`full`). The
-    `small` and `tiny` presets are built for 128 and 64 px: they keep the recipe's optimizer and schedule shape,
-    at their native size and at most 32 images per step, with the learning rate scaled linearly with the batch.
+    random-init presets keep the recipe's optimizer and schedule shape at no more than the small preset's native
+    128 px (the study's resolution; the tiny preset's 64 px leaves the hybrid a 2 x 2 token grid, too coarse to
+    explain) and at most 32 images per step, with the learning rate scaled linearly with the batch.
     """
     from .models import native_image_size
 
     if preset == "full" or preset not in PRESETS:
         return []
     notes = []
-    size = native_image_size(preset)
+    size = min(recipe_values.get("image_size") or native_image_size(preset), native_image_size("small"))
     resize = round(size * 9 / 8)
     if "image_size" not in explicit and recipe_values.get("image_size") not in (None, size):
         notes.append(f"crop {size} px (recipe: {recipe_values['image_size']})")

@@ -44,7 +44,7 @@ def test_each_kind_trains_saves_and_reloads(kind, prepared_dir, tmp_path):
     model = AutoModelForImageClassification.from_pretrained(out)
     processor = AutoImageProcessor.from_pretrained(out)
     assert model.config.id2label == {0: "normal", 1: "virus"}
-    assert processor.crop_size == {"height": 64, "width": 64}  # the recipe's 128 px fitted to the tiny preset
+    assert processor.crop_size == {"height": 128, "width": 128}  # the scratch recipe's crop
 
 
 def test_yaml_config_stands_in_for_flags_and_flags_win(prepared_dir, tmp_path):

@@ -135,7 +135,7 @@ def test_recipes_no_longer_offer_duplicate_flags(fake_prepared, tmp_path):
 def test_paper_recipes_fit_small_presets_and_say_so(fake_prepared, tmp_path):
     base = ["--data_dir", str(fake_prepared), "--output_dir", str(tmp_path)]
     _, _, recipe, _, args = parse_args(["--model", "vit", "--recipe", "paper", "--preset", "tiny", *base])
-    assert (recipe.image_size, args.per_device_train_batch_size * args.gradient_accumulation_steps) == (64, 32)
+    assert (recipe.image_size, args.per_device_train_batch_size * args.gradient_accumulation_steps) == (128, 32)
     assert args.learning_rate == pytest.approx(0.03 * 32 / 512) and args.optim == "sgd"
     assert any("batch 32 (recipe: 512)" in note for note in recipe.preset_notes)
     _, _, full, _, full_args = parse_args(["--model", "vit", "--recipe", "paper", *base])
