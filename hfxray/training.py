@@ -157,12 +157,14 @@ def _start_over(output_dir: str, resume: bool, overwrite: bool) -> str | None:
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: RecipeArguments,
-          run_args: RunArguments, training_args) -> dict:
+          run_args: RunArguments, training_args, select_splits=None) -> dict:
     """Fine-tune one model and save it with its processor in --output_dir; returns the training metrics.
 
     The run folder gets args.yaml (the resolved arguments), TensorBoard events, checkpoints, the final model
     (the best by the validation metric with load_best_model_at_end, or the averaged weights) and
     train_results.json. Calibration, evaluation and the model card are later steps (`hfxray.workflow`).
+    `select_splits` (cross-validation folds and the refit, `hfxray.cv`) maps the loaded DatasetDict to the
+    (training, evaluation) datasets used instead of the train and validation splits; evaluation may be None.
     """
     import torch
     from transformers import set_seed
@@ -183,13 +185,18 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
                                           resize_size=recipe_args.resize_size, checkpoint=model_args.checkpoint)
     geometry = Geometry.from_processor(processor)
     dataset = load_imagefolder(data_args.data_dir)
-    if "validation" not in dataset:
+    if select_splits is not None:
+        train_split, evaluation_split = select_splits(dataset)
+    elif "validation" not in dataset:
         raise DataError(f"{data_args.data_dir}: no validation split. To fix: prepare with --val-fraction > 0.")
-    train_split = dataset["train"]
+    else:
+        train_split, evaluation_split = dataset["train"], dataset["validation"]
     if data_args.max_train_samples:
         train_split = train_split.select(range(min(data_args.max_train_samples, len(train_split))))
     splits = {}
-    for name, split in (("train", train_split), ("validation", dataset["validation"])):
+    for name, split in (("train", train_split), ("validation", evaluation_split)):
+        if split is None:
+            continue
         images, labels = decode_split(split, geometry.resize, desc=f"decoding {name}")
         splits[name] = XrayTensorDataset(images, labels, geometry, train=name == "train",
                                          max_zoom=recipe_args.max_zoom, hflip=recipe_args.hflip,
@@ -199,7 +206,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
         model=model,
         args=training_args,
         train_dataset=splits["train"],
-        eval_dataset=splits["validation"],
+        eval_dataset=splits.get("validation"),
         processing_class=processor,
         data_collator=splits["train"].collate,  # same geometry for every split: one collator normalises all
         compute_metrics=compute_eval_metrics,
@@ -209,7 +216,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     config = resolved_config(model_args, data_args, recipe_args, run_args, training_args)
     config.update(model_tag=spec.tag, pretrained_checkpoint=model_args.checkpoint or spec.checkpoint,
                   world_size=training_args.world_size, train_size=len(splits["train"]),
-                  validation_size=len(splits["validation"]), test_size=len(dataset["test"]))
+                  validation_size=len(splits.get("validation", ())), test_size=len(dataset["test"]))
     if trainer.is_world_process_zero():
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "args.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=True))
