@@ -398,8 +398,13 @@ def table_markdown(summary: dict) -> str:
 # --- the whole run and the refit ----------------------------------------------------------------------------
 
 def cross_validate(model: str, preset: str, recipe: str, data_dir, out, n_folds: int = 5, repeats: int = 1,
-                   fold_seed: int = 0, sets: list[str] | None = None, variants_file: str | None = None) -> dict:
-    """Run (or resume) every variant x fold; writes OUT/cv_results.json and OUT/cv_table.md; returns the summary."""
+                   fold_seed: int = 0, sets: list[str] | None = None, variants_file: str | None = None,
+                   train_missing: bool = True) -> dict:
+    """Run (or resume) every variant x fold; writes OUT/cv_results.json and OUT/cv_table.md; returns the summary.
+
+    With `train_missing` false nothing trains: the summary covers the folds already finished (the table's `folds`
+    column says how many), e.g. to look at a long run while it goes on.
+    """
     out = Path(out)
     common, variants = build_variants(sets, variants_file)
     base_flags = ["--model", model, "--preset", preset, "--recipe", recipe, "--data_dir", str(data_dir),
@@ -410,11 +415,14 @@ def cross_validate(model: str, preset: str, recipe: str, data_dir, out, n_folds:
     rows, folds = fold_plan(data_dir, out, n_folds, repeats, fold_seed)
     results: dict[str, list[dict]] = {}
     for variant in variants:
-        results[variant.name] = [run_fold(base_flags, variant, fold, rows, data_dir,
-                                          out / variant.name / f"repeat{fold['repeat']}-fold{fold['fold']}")
-                                 for fold in folds]
+        results[variant.name] = []
+        for fold in folds:
+            fold_dir = out / variant.name / f"repeat{fold['repeat']}-fold{fold['fold']}"
+            if train_missing or (fold_dir / FOLD_RESULTS).is_file():
+                results[variant.name].append(run_fold(base_flags, variant, fold, rows, data_dir, fold_dir))
     meta = dict(model=model, preset=preset, recipe=recipe, n_folds=n_folds, repeats=repeats, fold_seed=fold_seed,
-                n_pool=len(rows), common_flags=common, test_split_used=False)
+                n_pool=len(rows), common_flags=common, test_split_used=False,
+                complete=all(len(r) == len(folds) for r in results.values()))
     summary = summarise(variants, results, meta)
     _write_json(out / CV_RESULTS, summary)
     (out / CV_TABLE).write_text(table_markdown(summary))

@@ -111,6 +111,8 @@ def test_cv_trains_each_fold_once_resumes_and_refits(prepared_dir, tmp_path, mon
     # Resumption: finished folds are not retrained; a fold without fold_results.json is.
     (out / "recipe" / "repeat0-fold1" / cv.FOLD_RESULTS).unlink()
     calls.clear()
+    partial = cv.cross_validate(**args, train_missing=False)  # a look at the finished folds trains nothing
+    assert not calls and partial["variants"]["recipe"]["accuracy"]["n"] == 1 and partial["complete"] is False
     again = cv.cross_validate(**args)
     assert list(calls) == [str(out / "recipe" / "repeat0-fold1")]
     assert again["variants"]["recipe"]["folds"][0] == entry["folds"][0]

@@ -25,6 +25,8 @@ def add_arguments(parser) -> None:
                              "comma-separated values make a grid axis (the first grid point is the reference)")
     parser.add_argument("--variants", default=None, metavar="FILE.yaml",
                         help="variants to compare: a mapping of names to {flag: value} (the first is the reference)")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="train nothing: summarise the folds already finished in --out")
     parser.add_argument("--refit", nargs="?", const="", default=None, metavar="VARIANT",
                         help="after CV, train VARIANT (default: the only or first variant; 'all': every variant) on "
                              "train + validation for its fixed length, calibrate it from the out-of-fold logits, "
@@ -35,9 +37,10 @@ def run(args) -> int:
     from ..cv import build_variants, cross_validate, refit
 
     summary = cross_validate(args.model, args.preset, args.recipe, args.data_dir, args.out, args.folds, args.repeats,
-                             args.fold_seed, args.set, args.variants)
+                             args.fold_seed, args.set, args.variants,
+                             train_missing=not args.summarise_only)
     print(open(f"{args.out}/cv_table.md").read())
-    if args.refit is not None:
+    if args.refit is not None and not args.summarise_only:
         _, variants = build_variants(args.set, args.variants)
         names = [v.name for v in variants] if args.refit == "all" else [args.refit or variants[0].name]
         for name in names:
