@@ -16,7 +16,8 @@ Protocol (`hfxray cv`, README "Recipes"):
    confident).
 5. The refit (as `GridSearchCV(refit=True)`): the chosen variant trains on the whole pool for the same fixed
    length; its temperature is decided by `hfxray.calibration.decide_temperature` on the pooled out-of-fold logits
-   of the CV models (the refit model has no held-out images left), and the test split is evaluated once.
+   of the CV models (the refit model has no held-out images left; a variant without finished folds ships no
+   temperature), and the test split is evaluated once.
 
 Resumption: each variant/fold folder gets `fold_results.json` written last (atomically); a fold that has it is
 not trained again. A refit folder with `test_results.json` is never trained or evaluated again.
@@ -246,10 +247,15 @@ def _drop_checkpoints(run_dir: Path) -> None:
 def run_fold(base_flags: list[str], variant: Variant, fold: dict, rows: list[dict], data_dir, fold_dir: Path) -> dict:
     """Train on the fold's training part, predict its held-out part once; skipped when already finished."""
     done = fold_dir / FOLD_RESULTS
+    flags = [*base_flags, *variant.flags]
     if done.is_file():
+        finished = json.loads(done.read_text())
+        if finished.get("flags", flags) != flags:
+            raise CVError(f"{fold_dir} was trained with other flags ({' '.join(finished['flags'])}). To fix: use a "
+                          "new --out for other settings, or give this variant another name.")
         logger.info("cv: %s repeat %d fold %d already finished, not retrained", variant.name, fold["repeat"],
                     fold["fold"])
-        return json.loads(done.read_text())
+        return finished
     from .metrics import apply_temperature, binary_metrics
     from .models import load_trained
     from .training import train
@@ -275,7 +281,8 @@ def run_fold(base_flags: list[str], variant: Variant, fold: dict, rows: list[dic
         raise DataError(f"{data_dir}: the image folders' labels differ from the manifest's. To fix: re-run "
                         "`hfxray data prepare`.")
     metrics = binary_metrics(labels, apply_temperature(logits, 1.0))
-    result = dict(variant=variant.name, overrides=dict(variant.overrides), repeat=fold["repeat"], fold=fold["fold"],
+    result = dict(variant=variant.name, overrides=dict(variant.overrides), flags=flags, repeat=fold["repeat"],
+                  fold=fold["fold"],
                   n_train=len(train_files), n_evaluation=len(evaluation_files),
                   train_runtime=train_metrics.get("train_runtime"), wall_seconds=time.perf_counter() - started,
                   metrics=metrics, files=evaluation_files, labels=labels.tolist(),
@@ -430,11 +437,11 @@ def cross_validate(model: str, preset: str, recipe: str, data_dir, out, n_folds:
 
 
 def out_of_fold_logits(out, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    """The pooled out-of-fold logits and labels of a finished variant (repeat 0)."""
+    """The pooled out-of-fold logits and labels of a variant's finished folds (repeat 0); None when it has none."""
     folder = Path(out) / variant
     results = [json.loads(p.read_text()) for p in sorted(folder.glob(f"repeat0-fold*/{FOLD_RESULTS}"))]
     if not results:
-        raise CVError(f"{folder}: no finished folds. To fix: run `hfxray cv` for this variant first.")
+        return None
     return (np.concatenate([np.asarray(r["logits"], dtype=float).reshape(-1, 2) for r in results]),
             np.concatenate([r["labels"] for r in results]))
 
@@ -442,7 +449,7 @@ def out_of_fold_logits(out, variant: str) -> tuple[np.ndarray, np.ndarray]:
 def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: str, sets: list[str] | None = None,
           variants_file: str | None = None) -> dict:
     """Train the chosen variant on all of train + validation, calibrate from out-of-fold logits, test once."""
-    from .calibration import decide_temperature, fold_temperature
+    from .calibration import TemperatureDecision, decide_temperature, fold_temperature
     from .models import load_trained
     from .training import train
     from .workflow import CALIBRATION_FILE, evaluate_run
@@ -457,7 +464,7 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
     if (run_dir / REFIT_RESULTS).is_file():
         logger.info("refit: %s already trained and tested once; not repeated", run_dir)
         return json.loads((run_dir / REFIT_RESULTS).read_text())
-    oof_logits, oof_labels = out_of_fold_logits(out, chosen.name)  # before training: fail early
+    out_of_fold = out_of_fold_logits(out, chosen.name)
     base_flags = ["--model", model, "--preset", preset, "--recipe", recipe, "--data_dir", str(data_dir),
                   "--report_to", "none", "--disable_tqdm", "true", *common]
     model_args, data_args, recipe_args, run_args, training_args = _parse(base_flags, chosen, run_dir)
@@ -466,12 +473,18 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
                           select_splits=pool_selector(data_dir, files, None))
     _drop_checkpoints(run_dir)
     fitted, processor = load_trained(str(run_dir))
-    decision = decide_temperature(oof_logits, oof_labels)
+    if out_of_fold is None:
+        # Every non-test image trained the refit: without out-of-fold logits nothing held out is left to fit on.
+        decision = TemperatureDecision(None, False, "no out-of-fold logits of this variant (no finished CV fold): "
+                                       "no held-out data to fit a temperature on", 0)
+    else:
+        decision = decide_temperature(*out_of_fold)
     if decision.fold and run_args.calibrate:
         fold_temperature(fitted, decision.temperature)
         fitted.save_pretrained(run_dir)
     calibration = dict(decision.to_dict(), folded=bool(decision.fold and run_args.calibrate),
-                       fitted_on="pooled out-of-fold logits of the CV models (train + validation, repeat 0)")
+                       fitted_on="pooled out-of-fold logits of the CV models (train + validation, repeat 0)"
+                       if out_of_fold is not None else None)
     (run_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
     report = evaluate_run(run_dir, data_dir, fitted, processor)
     result = dict(variant=chosen.name, overrides=dict(chosen.overrides), n_train=len(files),

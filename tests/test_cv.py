@@ -116,7 +116,9 @@ def test_cv_trains_each_fold_once_resumes_and_refits(prepared_dir, tmp_path, mon
     again = cv.cross_validate(**args)
     assert list(calls) == [str(out / "recipe" / "repeat0-fold1")]
     assert again["variants"]["recipe"]["folds"][0] == entry["folds"][0]
-    # Other folds in the same --out are refused rather than mixed.
+    # Other settings in the same --out are refused rather than mixed.
+    with pytest.raises(CVError, match="other flags"):
+        cv.cross_validate(**{**args, "sets": [*sets[:-1], "logging_steps=2"]})
     with pytest.raises(CVError, match="other folds"):
         cv.cross_validate(**{**args, "n_folds": 3})
 
