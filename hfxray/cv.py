@@ -298,7 +298,7 @@ def _mean_sd(values) -> dict:
     values = np.asarray([v for v in values if v is not None], dtype=float)
     if not len(values):
         return dict(mean=None, sd=None, n=0)
-    return dict(mean=float(values.mean()), sd=float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+    return dict(mean=float(values.mean()), sd=float(values.std(ddof=1)) if len(values) > 1 else None,
                 n=int(len(values)))
 
 
@@ -365,6 +365,8 @@ def summarise(variants: list[Variant], results: dict[str, list[dict]], meta: dic
 def _pm(entry: dict, digits: int = 3) -> str:
     if entry.get("mean") is None:
         return "–"
+    if entry.get("sd") is None:
+        return f"{entry['mean']:.{digits}f}"
     return f"{entry['mean']:.{digits}f} ± {entry['sd']:.{digits}f}"
 
 
