@@ -20,7 +20,7 @@ Protocol (`hfxray cv`, README "Recipes"):
    temperature), and the test split is evaluated once.
 
 Resumption: each variant/fold folder gets `fold_results.json` written last (atomically); a fold that has it is
-not trained again. A refit folder with `test_results.json` is never trained or evaluated again.
+not trained again. A refit folder with `refit_results.json` is never trained or evaluated again.
 """
 
 from __future__ import annotations
