@@ -1,4 +1,4 @@
-"""`hfxray data|train|evaluate|report|explain|predict|push|demo|serve`: a thin dispatcher with lazy imports.
+"""`hfxray data|train|evaluate|report|explain|predict|push|demo|serve|cv`: a thin dispatcher with lazy imports.
 
 Each subcommand lives in its own module, which exposes `add_arguments(parser)` and `run(args) -> int`; the
 modules import torch/transformers only inside `run`, so `hfxray --help` stays fast.
@@ -24,6 +24,7 @@ COMMANDS = {
     "push": ("hfxray.commands.push", "upload a trained run folder to the Hugging Face Hub"),
     "demo": ("hfxray.commands.demo", "the whole path offline on the sample data, in minutes"),
     "serve": ("hfxray.commands.serve", "a web page (Gradio) that shows each model's answer and explanation"),
+    "cv": ("hfxray.commands.cv", "patient-grouped cross-validation on train + validation, and the refit"),
 }
 
 

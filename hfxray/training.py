@@ -219,12 +219,14 @@ def _start_over(training_args, resume: bool, overwrite: bool) -> str | None:
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: RecipeArguments,
-          run_args: RunArguments, training_args) -> dict:
+          run_args: RunArguments, training_args, select_splits=None) -> dict:
     """Fine-tune one model and save it with its processor in --output_dir; returns the training metrics.
 
     The run folder gets args.yaml (the resolved arguments), TensorBoard events, checkpoints, the final model
     (the best by the validation metric with load_best_model_at_end, or the averaged weights) and
     train_results.json. Calibration, evaluation and the model card are later steps (`hfxray.workflow`).
+    `select_splits` (cross-validation folds and the refit, `hfxray.cv`) maps the loaded DatasetDict to the
+    (training, evaluation) datasets used instead of the train and validation splits; evaluation may be None.
     """
     import torch
     from transformers import set_seed
@@ -232,7 +234,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     from .data import load_imagefolder
     from .models import create_model
     from .cache import decoded_split
-    from .transforms import Geometry, XrayTensorDataset
+    from .transforms import Geometry, XrayTensorDataset, decode_split
 
     check_processes_connected(training_args)
     output_dir = training_args.output_dir
@@ -247,17 +249,28 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
                                           resize_size=recipe_args.resize_size, checkpoint=model_args.checkpoint)
     geometry = Geometry.from_processor(processor)
     dataset = load_imagefolder(data_args.data_dir)
-    if "validation" not in dataset:
+    if select_splits is not None:
+        train_split, evaluation_split = select_splits(dataset)
+    elif "validation" not in dataset:
         raise DataError(f"{data_args.data_dir}: no validation split. To fix: prepare with --val-fraction > 0.")
     splits = {}
-    for name in ("train", "validation"):
-        # Decoded once into a memory-mapped cache that later runs, folds and the other ranks reuse.
-        with training_args.main_process_first(desc=f"decode cache ({name})"):
-            images = decoded_split(dataset[name], name, data_args.data_dir, geometry.resize,
-                                   cache_dir=data_args.cache_dir)
-        if name == "train" and data_args.max_train_samples:
-            images = images.select(range(min(data_args.max_train_samples, len(images))))
-        splits[name] = XrayTensorDataset(images, images.labels, geometry, train=name == "train",
+    if select_splits is None:
+        for name in ("train", "validation"):
+            # Decoded once into a memory-mapped cache that later runs and the other ranks reuse.
+            with training_args.main_process_first(desc=f"decode cache ({name})"):
+                images = decoded_split(dataset[name], name, data_args.data_dir, geometry.resize,
+                                       cache_dir=data_args.cache_dir)
+            if name == "train" and data_args.max_train_samples:
+                images = images.select(range(min(data_args.max_train_samples, len(images))))
+            splits[name] = (images, images.labels)
+    else:  # cross-validation folds and the refit: rows pooled from train and validation, decoded for this run
+        if data_args.max_train_samples:
+            train_split = train_split.select(range(min(data_args.max_train_samples, len(train_split))))
+        for name, split in (("train", train_split), ("validation", evaluation_split)):
+            if split is not None:
+                splits[name] = decode_split(split, geometry.resize, desc=f"decoding {name}")
+    for name, (images, labels) in splits.items():
+        splits[name] = XrayTensorDataset(images, labels, geometry, train=name == "train",
                                          max_zoom=recipe_args.max_zoom, hflip=recipe_args.hflip,
                                          seed=training_args.seed)
 
@@ -265,7 +278,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
         model=model,
         args=training_args,
         train_dataset=splits["train"],
-        eval_dataset=splits["validation"],
+        eval_dataset=splits.get("validation"),
         processing_class=processor,
         data_collator=splits["train"].collate,  # same geometry for every split: one collator normalises all
         compute_metrics=compute_eval_metrics,
@@ -275,7 +288,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     config = resolved_config(model_args, data_args, recipe_args, run_args, training_args)
     config.update(model_tag=spec.tag, pretrained_checkpoint=model_args.checkpoint or spec.checkpoint,
                   world_size=training_args.world_size, train_size=len(splits["train"]),
-                  validation_size=len(splits["validation"]), test_size=len(dataset["test"]))
+                  validation_size=len(splits.get("validation", ())), test_size=len(dataset["test"]))
     if trainer.is_world_process_zero():
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "args.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=True))

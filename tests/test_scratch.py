@@ -1,5 +1,7 @@
-"""From-scratch control (`--preset small --recipe scratch`) on the real sample: every kind learns, and a full run
-of the best kind reaches the bar of a plain 40-line PyTorch loop (0.93 accuracy, 0.978 AUROC) within 5 minutes."""
+"""From-scratch control (`--preset small --recipe scratch`) on the real sample: every kind learns, and the refit of
+bit's recipe (all of train + validation, the recipe's fixed length) trains within 5 minutes and is clearly better
+than chance. The recipe itself was chosen by cross-validation (`hfxray cv`, README "Recipes"), not by these tests:
+no bar here is tuned on the test split."""
 
 from __future__ import annotations
 
@@ -34,11 +36,20 @@ def test_each_kind_learns_clearly_better_than_chance_in_a_few_epochs(kind, prepa
 
 
 @pytest.mark.slow
-def test_full_scratch_run_of_bit_reaches_the_bar_in_minutes(prepared_dir, tmp_path):
-    test, train = _train(prepared_dir, tmp_path / "bit", "bit")
-    print(f"bit small/scratch full run: accuracy {test['test_accuracy']:.3f}, AUROC {test['test_auroc']:.3f}, "
-          f"{train['train_runtime']:.0f} s")
-    assert train["train_runtime"] <= 300
-    # Measured 0.935 / 0.982 with the default seed here (the bar: 0.93 / 0.978). One test image is 1.1 points;
-    # the margin absorbs float differences between CPUs, not a worse recipe.
-    assert test["test_auroc"] >= 0.975 and test["test_accuracy"] >= 0.91
+def test_refit_of_the_bit_recipe_trains_within_five_minutes_and_beats_chance_clearly(prepared_dir, tmp_path):
+    from hfxray.arguments import parse_args
+    from hfxray.cv import FORCED_FLAGS, pool_rows, pool_selector
+    from hfxray.training import train
+    from hfxray.workflow import evaluate_run
+
+    out = tmp_path / "bit-refit"
+    args = parse_args(["--model", "bit", "--preset", "small", "--recipe", "scratch", "--data-dir", str(prepared_dir),
+                       "--output-dir", str(out), "--disable_tqdm", "true", "--report_to", "none", *FORCED_FLAGS])
+    files = [row["file"] for row in pool_rows(prepared_dir)]
+    metrics = train(*args, select_splits=pool_selector(prepared_dir, files, None))
+    test = evaluate_run(out, prepared_dir, n_resamples=200)
+    print(f"bit small/scratch refit on {len(files)} images: accuracy {test['accuracy']:.3f}, AUROC "
+          f"{test['auroc']:.3f}, {metrics['train_runtime']:.0f} s")
+    assert metrics["train_runtime"] <= 300
+    # Chance is 0.5; the bar is far below every measured seed (README), so it checks learning, not tuning.
+    assert test["auroc"] >= 0.90 and test["accuracy"] >= 0.80

@@ -1,0 +1,135 @@
+"""`hfxray cv`: patient-grouped, stratified folds on train + validation, resumption, the paired comparison, refit."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from hfxray import cv
+from hfxray.cv import CVError, build_variants, make_folds, paired_comparison, pool_rows
+
+
+def _check_folds(labels, groups, folds, n_folds):
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    assert len(folds) == n_folds
+    held_out = np.concatenate([f["evaluation"] for f in folds])
+    assert sorted(held_out.tolist()) == list(range(len(labels)))  # each image held out exactly once
+    overall = labels.mean()
+    for fold in folds:
+        train, evaluation = set(fold["train"]), set(fold["evaluation"])
+        assert not train & evaluation and len(train) + len(evaluation) == len(labels)
+        # Grouping: no patient on both sides of any fold.
+        assert not set(groups[list(train)]) & set(groups[list(evaluation)])
+        # Stratification: each held-out fold keeps the class balance (within a few images of it).
+        share = labels[list(evaluation)].mean()
+        assert abs(share - overall) <= 0.08, (share, overall)
+
+
+def test_folds_keep_patients_together_and_classes_balanced():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(120), rng.integers(1, 5, size=120))  # 1-4 X-rays per patient
+    labels = (groups % 5 < 2).astype(int)  # one class per patient, 40 % virus
+    folds = make_folds(labels, groups, 5, repeats=2, seed=3)
+    _check_folds(labels, groups, [f for f in folds if f["repeat"] == 0], 5)
+    _check_folds(labels, groups, [f for f in folds if f["repeat"] == 1], 5)
+    assert folds[0]["evaluation"] != folds[5]["evaluation"]  # another shuffle per repeat
+    assert make_folds(labels, groups, 5, seed=3) == folds[:5]  # deterministic
+
+
+def test_folds_refuse_more_folds_than_patients_of_a_class():
+    with pytest.raises(CVError, match="To fix: use --folds 2"):
+        make_folds([0, 0, 1, 1], ["a", "b", "c", "c"], 3)
+
+
+def test_folds_of_the_real_sample_never_touch_the_test_split(prepared_dir):
+    rows = pool_rows(prepared_dir)
+    assert rows and not any(r["file"].startswith("test/") for r in rows)
+    labels, groups = [r["label"] for r in rows], [r["group"] for r in rows]
+    _check_folds(labels, groups, make_folds(labels, groups, 5), 5)
+
+
+def test_variants_from_set_grid_and_yaml(tmp_path):
+    common, variants = build_variants(["num_train_epochs=2", "learning-rate=1e-3,2e-3"])
+    assert common == ["--num_train_epochs", "2"]
+    assert [v.name for v in variants] == ["learning_rate=1e-3", "learning_rate=2e-3"]
+    assert variants[1].flags == ["--learning_rate", "2e-3"]
+    assert build_variants([])[1][0].name == "recipe"
+    path = tmp_path / "variants.yaml"
+    path.write_text("today: {}\nlast epoch:\n  average_last_epochs: 0\n  hflip: true\n")
+    _, variants = build_variants(None, str(path))
+    assert [v.name for v in variants] == ["today", "last_epoch"]
+    assert variants[1].flags == ["--average_last_epochs", "0", "--hflip", "true"]
+    with pytest.raises(CVError, match="To fix"):
+        build_variants(["learning_rate"])
+    with pytest.raises(CVError, match="To fix"):
+        build_variants(["learning_rate=1e-3,2e-3"], str(path))
+
+
+def test_paired_comparison_uses_the_same_folds():
+    def results(accuracies):
+        return [dict(repeat=0, fold=i, metrics=dict(accuracy=a, auroc=a, ece=1 - a)) for i, a in enumerate(accuracies)]
+
+    comparison = paired_comparison(results([0.80, 0.90, 0.85]), results([0.84, 0.93, 0.90]), n_train=80,
+                                   n_evaluation=40)
+    accuracy = comparison["accuracy"]
+    assert accuracy["mean_difference"] == pytest.approx(0.04) and accuracy["better_folds"] == 3
+    assert comparison["ece"]["better_folds"] == 3  # lower ECE is better
+    # The corrected t-statistic is smaller than the plain paired one (variance x (1/J + 40/80) instead of 1/J).
+    plain_t = 0.04 / (accuracy["sd_difference"] / np.sqrt(3))
+    assert 0 < accuracy["corrected_t"] < plain_t
+    assert accuracy["exceeds_reference_fold_sd"] is False  # 0.04 < the reference's fold sd 0.05
+
+
+@pytest.mark.slow
+def test_cv_trains_each_fold_once_resumes_and_refits(prepared_dir, tmp_path, monkeypatch):
+    import hfxray.training
+
+    out = tmp_path / "cv"
+    sets = ["num_train_epochs=1", "max_train_samples=32", "image_size=64", "resize_size=72",
+            "average_last_epochs=0", "logging_steps=1"]
+    args = dict(model="bit", preset="tiny", recipe="scratch", data_dir=prepared_dir, out=out, n_folds=2, sets=sets)
+    calls = Counter()
+    real_train = hfxray.training.train
+
+    def counting_train(*a, **k):
+        calls[a[4].output_dir] += 1
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(hfxray.training, "train", counting_train)
+    summary = cv.cross_validate(**args)
+    assert len(calls) == 2 and set(calls.values()) == {1}
+    entry = summary["variants"]["recipe"]
+    assert entry["accuracy"]["n"] == 2 and 0 <= entry["auroc"]["mean"] <= 1 and summary["test_split_used"] is False
+    assert (out / "cv_table.md").read_text().count("| recipe |") == 1
+    plan = json.loads((out / cv.FOLDS_FILE).read_text())
+    held_out = [set(plan["files"][i] for i in fold["evaluation"]) for fold in plan["folds"]]
+    assert not held_out[0] & held_out[1] and len(held_out[0] | held_out[1]) == len(plan["files"])
+
+    # Resumption: finished folds are not retrained; a fold without fold_results.json is.
+    (out / "recipe" / "repeat0-fold1" / cv.FOLD_RESULTS).unlink()
+    calls.clear()
+    partial = cv.cross_validate(**args, train_missing=False)  # a look at the finished folds trains nothing
+    assert not calls and partial["variants"]["recipe"]["accuracy"]["n"] == 1 and partial["complete"] is False
+    again = cv.cross_validate(**args)
+    assert list(calls) == [str(out / "recipe" / "repeat0-fold1")]
+    assert again["variants"]["recipe"]["folds"][0] == entry["folds"][0]
+    # Other settings in the same --out are refused rather than mixed.
+    with pytest.raises(CVError, match="other flags"):
+        cv.cross_validate(**{**args, "sets": [*sets[:-1], "logging_steps=2"]})
+    with pytest.raises(CVError, match="other folds"):
+        cv.cross_validate(**{**args, "n_folds": 3})
+
+    # Refit: all of train + validation, no evaluation data during training, calibrated from out-of-fold logits,
+    # the test split evaluated once.
+    calls.clear()
+    result = cv.refit("bit", "tiny", "scratch", prepared_dir, out, "recipe", sets)
+    refit_dir = out / "recipe" / cv.REFIT_DIR
+    trained = json.loads((refit_dir / "train_results.json").read_text())
+    assert result["train_runtime"] == pytest.approx(trained["train_runtime"])
+    assert "out-of-fold" in json.loads((refit_dir / "calibration.json").read_text())["fitted_on"]
+    assert (refit_dir / "test_results.json").is_file() and result["test"]["n"] > 0
+    assert cv.refit("bit", "tiny", "scratch", prepared_dir, out, "recipe", sets) == result  # not repeated
+    assert len(calls) == 1
