@@ -30,12 +30,14 @@ def _truthy(variable: str) -> bool:
 def looks_local(name: str | os.PathLike) -> bool:
     """Whether `name` means a local folder rather than a Hub id (`owner/name` or `name`).
 
-    A path that exists is local; so is anything written like a path (`./x`, `/x`, `~/x`, `a/b/c`, `x\\y`), since
-    a Hub id has at most one slash and never starts with a dot or a slash.
+    A path that exists is local, and so is `a/b` when the folder `a` exists; so is anything written like a path
+    (`./x`, `/x`, `~/x`, `a/b/c`, `x\\y`), since a Hub id has at most one slash and never starts with a dot or a
+    slash.
     """
     text = os.fspath(name)
-    if Path(text).expanduser().exists():
-        return True
+    path = Path(text).expanduser()
+    if path.exists() or ("/" in text and path.parent.is_dir() and str(path.parent) != "."):
+        return True  # `runs/nope` where `runs/` is a folder here: a typo of a run folder, not a Hub id
     return (text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
             or (os.sep != "/" and os.sep in text))
 

@@ -151,10 +151,10 @@ def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs)
                                  "the folder's files are damaged or incomplete; copy the run folder again or "
                                  "retrain.") from None
         raise ModelLoadError(
-            f"cannot load checkpoint {checkpoint!r} ({type(err).__name__}: {one_line(err)[:200]}). "
-            f"It needs the Hugging Face Hub{' (HF_HUB_OFFLINE is set)' if hub_offline() else ''}. To fix: run once "
-            f"with network access, or download it beforehand with `hf download {checkpoint}` and pass the local "
-            f"folder instead of the Hub id."
+            f"cannot load {checkpoint!r}: there is no such local folder, and as a Hub id it needs the Hugging Face "
+            f"Hub{' (HF_HUB_OFFLINE is set)' if hub_offline() else ''} ({type(err).__name__}: "
+            f"{one_line(err)[:120]}). To fix: check the folder name, or run once with network access, or download "
+            f"the Hub repo beforehand with `hf download {checkpoint}` and pass the local folder."
         ) from None
 
 

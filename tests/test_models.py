@@ -111,3 +111,11 @@ def test_cli_modules_do_not_import_torch_for_help():
     code = "import sys, hfxray.cli as c; c.main(['--help']) if False else None; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False"
+
+
+def test_a_typo_of_a_run_folder_is_no_such_folder_not_a_hub_id(tmp_path, monkeypatch, capsys):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="runs/nope: no such folder"):
+        check_model_folder("runs/nope")
+    assert check_model_folder("owner/name") is None  # no folder `owner` here: a Hub id
