@@ -69,3 +69,15 @@ def fake_prepared(tmp_path) -> Path:
         (tmp_path / "prep" / split).mkdir(parents=True)
     (tmp_path / "prep" / "manifest.csv").write_text("file\n")
     return tmp_path / "prep"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny models: with more, OpenMP threads contend for the cores whenever
+    another process is busy (a tiny training step went from 0.007 s to 0.2 s), and tiny models gain nothing."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -43,12 +43,8 @@ MAPS = {"gradcam": lambda model, x: gradcam_map(model, x, target_class=1), "roll
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Other jobs share these 2 cores: with 2 threads a tiny training step took 0.2 s instead of 0.007 s."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_torch_thread):
+    """Every test here trains or explains tiny models: one torch thread (see conftest)."""
 
 
 def planted(count: int, seed: int, size: int, square: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

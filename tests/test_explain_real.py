@@ -41,12 +41,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a busy CPU, oversubscribed threads slowed training several-fold."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_torch_thread):
+    """Every test here trains or explains tiny models: one torch thread (see conftest)."""
 
 
 @pytest.fixture(scope="session")
