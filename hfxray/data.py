@@ -165,28 +165,32 @@ class PrepareSummary:
         return sum(sum(c.values()) for c in self.counts.values())
 
 
-def read_metadata(csv_path: Path) -> list[dict[str, str]]:
-    """Read the CSV, checking columns; raises DataError with what to do."""
+def read_csv_rows(csv_path: Path, required: tuple[str, ...], folder: str, original: str) -> list[dict[str, str]]:
+    """A source's metadata CSV as stripped rows, its header checked; DataError naming `folder` (what --source
+    should be) or `original` (the CSV to use instead) when it cannot be read."""
+    shown = printable(str(csv_path))
     if not csv_path.is_file():
-        raise DataError(
-            f"{csv_path}: metadata CSV not found. To fix: point --source at the unzipped Kaggle CoronaHack folder "
-            f"that holds {CSV_NAME} and {IMAGE_ROOT}/"
-        )
+        raise DataError(f"{shown}: metadata CSV not found. To fix: point --source at {folder}")
     try:
         # surrogateescape: a row with bytes that are not UTF-8 is skipped with its reason, not the whole CSV
         with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
             reader = csv.DictReader(handle)
             columns = reader.fieldnames or []
-            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            missing = [c for c in required if c not in columns]
             if missing:
-                raise DataError(
-                    f"{csv_path}: missing column(s) {', '.join(missing)} "
-                    f"(found: {printable(', '.join(columns)) or 'none'}). "
-                    "To fix: use the original Kaggle metadata CSV, whose header names these columns."
-                )
-            return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+                raise DataError(f"{shown}: missing column(s) {', '.join(missing)} (found: "
+                                f"{printable(', '.join(c for c in columns if c)) or 'none'}). To fix: use {original}, "
+                                "whose header names these columns.")
+            return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
     except csv.Error as err:
-        raise DataError(f"{csv_path}: malformed CSV ({err}). To fix: re-download the metadata CSV.") from None
+        raise DataError(f"{shown}: malformed CSV ({err}). To fix: re-download {original}.") from None
+
+
+def read_metadata(csv_path: Path) -> list[dict[str, str]]:
+    """The Kaggle CoronaHack metadata CSV (see `read_csv_rows`)."""
+    return read_csv_rows(csv_path, REQUIRED_COLUMNS,
+                         f"the unzipped Kaggle CoronaHack folder that holds {CSV_NAME} and {IMAGE_ROOT}/",
+                         "the original Kaggle metadata CSV")
 
 
 def _source_path(record: SourceRecord) -> Path:

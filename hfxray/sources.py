@@ -13,13 +13,12 @@ reason, so that nothing disappears silently. Names read from a CSV or a folder a
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .data import (CSV_NAME, IMAGE_ROOT, SOURCE_FOLDERS, DataError, SourceRecord, _prepare_records, patient_group,
-                   read_metadata, unsafe_name_reason)
+                   read_csv_rows, read_metadata, unsafe_name_reason)
 from .errors import printable
 
 FORMATS = ("coronahack", "cohen", "kermany")
@@ -170,22 +169,10 @@ def cohen_label(finding: str) -> tuple[str | None, str]:
 
 
 def read_cohen_metadata(csv_path: Path) -> list[dict[str, str]]:
-    if not csv_path.is_file():
-        raise DataError(f"{printable(str(csv_path))}: metadata CSV not found. To fix: point --source at the Cohen "
-                        f"collection's folder that holds {COHEN_CSV} and {COHEN_IMAGES}/")
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-            reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            missing = [c for c in COHEN_REQUIRED if c not in columns]
-            if missing:
-                raise DataError(f"{printable(str(csv_path))}: missing column(s) {', '.join(missing)} (found: "
-                                f"{printable(', '.join(c for c in columns if c)) or 'none'}). To fix: use the "
-                                f"collection's own {COHEN_CSV}, whose header names these columns.")
-            return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
-    except csv.Error as err:
-        raise DataError(f"{printable(str(csv_path))}: malformed CSV ({err}). To fix: re-download the collection's "
-                        f"{COHEN_CSV}.") from None
+    """The Cohen collection's metadata CSV (see `hfxray.data.read_csv_rows`)."""
+    return read_csv_rows(csv_path, COHEN_REQUIRED,
+                         f"the Cohen collection's folder that holds {COHEN_CSV} and {COHEN_IMAGES}/",
+                         f"the collection's own {COHEN_CSV}")
 
 
 def read_cohen(root: Path, echo) -> list[SourceRecord]:

@@ -14,26 +14,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _real_sample(name: str, find, expected, variable: str) -> Path:
+    found = find()
+    if found is None:
+        pytest.skip(f"real {name} sample not found at {expected()} (set {variable})")
+    return found
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """The read-only real sample (721 X-rays, Kaggle layout)."""
-    from hfxray.env import expected_sample_dir, sample_dir as find_sample
+    from hfxray import env
 
-    found = find_sample()
-    if found is None:
-        pytest.skip(f"real CoronaHack sample not found at {expected_sample_dir()} (set HFXRAY_SAMPLE_DIR)")
-    return found
+    return _real_sample("CoronaHack", env.sample_dir, env.expected_sample_dir, "HFXRAY_SAMPLE_DIR")
 
 
 @pytest.fixture(scope="session")
 def cohen_dir() -> Path:
     """The read-only real Cohen sample (124 rows, `metadata.csv` + `images/`)."""
-    from hfxray.env import cohen_dir as find_cohen, expected_cohen_dir
+    from hfxray import env
 
-    found = find_cohen()
-    if found is None:
-        pytest.skip(f"real Cohen sample not found at {expected_cohen_dir()} (set HFXRAY_COHEN_DIR)")
-    return found
+    return _real_sample("Cohen", env.cohen_dir, env.expected_cohen_dir, "HFXRAY_COHEN_DIR")
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +82,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """`vit/`, `bit/` and `hybrid/`: tiny random models saved as `hfxray train` saves them (weights, config,
+    processor), seeded; tests copy a folder before changing it."""
+    import torch
+
+    from hfxray.models import create_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    torch.manual_seed(0)
+    for kind in ("vit", "bit", "hybrid"):
+        model, processor, _ = create_model(kind, "tiny")
+        model.save_pretrained(root / kind)
+        processor.save_pretrained(root / kind)
+    return root

@@ -178,14 +178,9 @@ def test_rollout_refuses_bit():
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
+def model_dirs(tiny_models):
     """Tiny random vit and bit folders saved like a training run (config, weights, preprocessor)."""
-    root = tmp_path_factory.mktemp("models")
-    for kind in ("vit", "bit"):
-        model, processor, _ = create_model(kind, "tiny")
-        model.save_pretrained(root / kind)
-        processor.save_pretrained(root / kind)
-    return root
+    return tiny_models
 
 
 def test_cli_explains_good_images_and_reports_the_bad_one(model_dirs, tmp_path, capsys):

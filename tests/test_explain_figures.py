@@ -91,13 +91,11 @@ def test_a_degenerate_map_is_flagged_on_the_figure_and_in_the_summary(tmp_path, 
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory):
+def model_dirs(tiny_models, tmp_path_factory):
     """Tiny random vit and bit folders saved like training runs, and a second `bit` folder elsewhere."""
     root = tmp_path_factory.mktemp("models")
     for kind in ("vit", "bit"):
-        model, processor, _ = create_model(kind, "tiny")
-        model.save_pretrained(root / kind)
-        processor.save_pretrained(root / kind)
+        shutil.copytree(tiny_models / kind, root / kind)
     shutil.copytree(root / "bit", root / "elsewhere" / "bit")
     return root
 

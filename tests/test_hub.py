@@ -41,14 +41,8 @@ test/virus/g.jpeg,virus,test,person3,kept,
 
 
 @pytest.fixture(scope="module")
-def tiny_vit(tmp_path_factory) -> Path:
-    from hfxray.models import create_model
-
-    model, processor, _ = create_model("vit", "tiny")
-    folder = tmp_path_factory.mktemp("tiny_vit")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def tiny_vit(tiny_models) -> Path:
+    return tiny_models / "vit"
 
 
 def make_run(tiny_vit: Path, tmp_path: Path, preset: str = "full", results: dict | None = TEST_RESULTS) -> Path:

@@ -15,12 +15,8 @@ from hfxray.models import ModelLoadError, check_model_folder, create_model, load
 
 
 @pytest.fixture(scope="module")
-def saved_vit(tmp_path_factory):
-    model, processor, _ = create_model("vit", "tiny")
-    folder = tmp_path_factory.mktemp("vit")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def saved_vit(tiny_models):
+    return tiny_models / "vit"
 
 
 def copy_of(folder, tmp_path):

@@ -18,24 +18,15 @@ import torch
 from PIL import Image
 
 from hfxray.cli import main
-from hfxray.models import create_model
 from hfxray.calibration import fold_temperature
 
 KINDS = ("vit", "bit", "hybrid")
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory) -> dict:
+def model_dirs(tiny_models) -> dict:
     """kind -> folder holding a tiny random model and its processor, as `hfxray train` writes them."""
-    torch.manual_seed(0)
-    dirs = {}
-    for kind in KINDS:
-        model, processor, _ = create_model(kind, "tiny")
-        folder = tmp_path_factory.mktemp(f"tiny_{kind}")
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        dirs[kind] = folder
-    return dirs
+    return {kind: tiny_models / kind for kind in KINDS}
 
 
 def xray_like(seed: int = 0, size=(90, 70)) -> Image.Image:
