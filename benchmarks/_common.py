@@ -56,3 +56,18 @@ def interleaved_medians(functions: dict, repeats: int = 5) -> dict[str, float]:
             reported = function()
             times[name].append(reported if isinstance(reported, float) else time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def step_clock_class(warm: int):
+    """A TrainerCallback class timing from the end of step `warm` to the end of training (`.elapsed`): one-off
+    costs of the first steps and of the Trainer's setup stay out of a steady-state measurement."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == warm:
+                self.start = time.perf_counter()
+            if state.global_step == state.max_steps:
+                self.elapsed = time.perf_counter() - self.start
+
+    return StepClock

@@ -18,24 +18,9 @@ import time
 
 import torch
 
-from _common import interleaved_medians, prepared_sample
+from _common import interleaved_medians, prepared_sample, step_clock_class
 
 WARM = 10
-
-
-def step_clock_class():
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        """Seconds from the end of step WARM to the end of training."""
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == WARM:
-                self.start = time.perf_counter()
-            if state.global_step == state.max_steps:
-                self.elapsed = time.perf_counter() - self.start
-
-    return StepClock
 
 
 def main() -> None:
@@ -61,7 +46,7 @@ def main() -> None:
     from hfxray.training import _recipe_trainer_class
     from hfxray.transforms import Geometry, XrayTensorDataset, decode_split
 
-    StepClock = step_clock_class()
+    StepClock = step_clock_class(WARM)
     prepared = prepared_sample()
     dataset = load_imagefolder(prepared)
     recipe = RecipeArguments(schedule="onecycle")
