@@ -1,16 +1,24 @@
-"""A persistent, memory-mapped cache of decoded images, shared by runs, cross-validation folds and processes.
+"""A persistent decode cache shared by runs, cross-validation folds and processes.
 
 Each split of a prepared folder is decoded and resized (shortest edge, as the processor does) once with
 `datasets.Dataset.map` (batched, optionally over `num_proc` processes) into Arrow files: one row per image with
-its uint8 pixels as a flat list plus channels, height and width. Later runs with the same prepared set and the
-same resize memory-map those files instead of decoding: an image is a zero-copy view into the mapped file, so a
-process holds only the pages it touches, and the operating system shares them between processes (DDP ranks).
+its uint8 pixels as a flat list plus channels, height, width, label and the image's path in the prepared folder.
+Later runs with the same prepared set and the same resize read those files instead of decoding.
+
+How they are read: the row index (where each image's bytes lie in the file, its shape and label) is taken once
+through a memory map, which is then closed; an image is then one positioned read (`os.preadv`) into a new
+tensor. Pages of a memory map that a process has touched count in its resident memory for as long as it is
+mapped, so reading a whole epoch through a map would grow every process by the cache's size; positioned reads go
+through the operating system's page cache, which all processes (DDP ranks, folds, later runs) share, and leave a
+process holding only the images of the batch it is building.
 
 Where: `{cache_dir or HF_DATASETS_CACHE}/hfxray-decoded/{split}-{resize}px-{fingerprint}/`. The fingerprint
-covers the split's files as `datasets` sees them (paths and modification times), the prepared folder's
-manifest, the split name, the resize and the decoder's library versions: changing any of them decodes anew.
-A cache entry appears whole or not at all (built in a hidden folder, then renamed into place), so concurrent
-runs never read a half-written entry; `hfxray data cache` lists and frees entries.
+covers the split's files (relative path, size and modification time of each, as `datasets` fingerprints data
+files), the prepared folder's manifest, the split name, the resize and the decoder's library versions: changing
+any of them decodes anew. Finding an entry needs only that listing, not `load_dataset`, so a run with a warm
+cache starts without listing the split through `datasets`. A cache entry appears whole or not at all (built in a
+hidden folder, then renamed into place), so concurrent runs never read a half-written entry; `hfxray data cache`
+lists and frees entries.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ CACHE_FOLDER = "hfxray-decoded"
 INFO_NAME = "hfxray-cache.json"
 INFO_KIND = "hfxray decoded-image cache"
 # Bump when the stored layout or the decoding changes: older entries are then ignored (and can be cleared).
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 ROWS_PER_BATCH = 100  # rows per map batch and per Arrow record batch: bounds the memory of a build
 
 
@@ -49,7 +57,23 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir).expanduser() / CACHE_FOLDER
 
 
-def fingerprint(split, split_name: str, data_dir: str | os.PathLike, resize: int) -> str:
+def split_listing(data_dir: str | os.PathLike, split_name: str) -> list[tuple[str, int, int]]:
+    """(path relative to the split folder, size, modification time in ns) of every file under it, sorted."""
+    root = Path(data_dir) / split_name
+    listing = []
+    for folder, _, names in os.walk(root, followlinks=True):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                stat = os.stat(path)
+            except OSError:  # a broken link: listed as such, so that mending it changes the fingerprint
+                listing.append((os.path.relpath(path, root), -1, -1))
+                continue
+            listing.append((os.path.relpath(path, root), stat.st_size, stat.st_mtime_ns))
+    return sorted(listing)
+
+
+def fingerprint(data_dir: str | os.PathLike, split_name: str, resize: int) -> str:
     """Hash of what the decoded images depend on: the split's files, the manifest, the resize, the decoders."""
     import PIL
     import torch
@@ -58,12 +82,13 @@ def fingerprint(split, split_name: str, data_dir: str | os.PathLike, resize: int
     from .data import MANIFEST_NAME
 
     manifest = hashlib.sha256((Path(data_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
-    parts = [CACHE_VERSION, split_name, split._fingerprint, len(split), manifest, int(resize), PIL.__version__,
-             torch.__version__, torchvision.__version__]
+    files = hashlib.sha256(json.dumps(split_listing(data_dir, split_name)).encode()).hexdigest()
+    parts = [CACHE_VERSION, split_name, files, manifest, int(resize), PIL.__version__, torch.__version__,
+             torchvision.__version__]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def _decode_batch(batch: dict, resize: int, threads: int):
+def _decode_batch(batch: dict, resize: int, threads: int, root: str):
     """Map function: {"image": [{"path", "bytes"}], "label": [...]} -> an Arrow table of decoded, resized images."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -92,6 +117,8 @@ def _decode_batch(batch: dict, resize: int, threads: int):
         "height": pa.array([image.shape[1] for image in images], pa.int32()),
         "width": pa.array([image.shape[2] for image in images], pa.int32()),
         "label": pa.array(batch["label"], pa.int64()),
+        "file": pa.array([Path(value["path"]).resolve().relative_to(root).as_posix() for value in batch["image"]],
+                         pa.string()),
     })
 
 
@@ -99,7 +126,7 @@ def _features(label_feature):
     from datasets import Features, LargeList, Value
 
     return Features({"pixels": LargeList(Value("uint8")), "channels": Value("uint8"), "height": Value("int32"),
-                     "width": Value("int32"), "label": label_feature})
+                     "width": Value("int32"), "label": label_feature, "file": Value("string")})
 
 
 def _read_info(entry: Path) -> dict | None:
@@ -120,27 +147,32 @@ def _auto_processes(rows: int, cores: int) -> int | None:
     return processes if processes > 1 else None
 
 
-def decoded_split(split, split_name: str, data_dir: str | os.PathLike, resize: int,
-                  cache_dir: str | os.PathLike | None = None, num_proc: int | None = None) -> "DecodedImages":
+def decoded_split(data_dir: str | os.PathLike, split_name: str, resize: int,
+                  cache_dir: str | os.PathLike | None = None, num_proc: int | None = None,
+                  split=None) -> "DecodedImages":
     """The split's images decoded at `resize`, from the cache (built first when missing).
 
-    `split` is the whole split as `load_imagefolder` returns it (select rows afterwards with
-    `DecodedImages.select`, so that every subset and fold shares one entry). Builds use `num_proc` processes
-    (default: one per core, at most 8, for splits of a few thousand images and more), each decoding on the
-    remaining cores' threads.
+    `split` is the whole split as `load_imagefolder` returns it, when the caller has it; it is only needed to
+    build a missing entry (loaded here otherwise). Select rows afterwards with `DecodedImages.select`, so that
+    every subset and fold shares one entry. Builds use `num_proc` processes (default: one per core, at most 8,
+    for splits of a few thousand images and more), each decoding on the remaining cores' threads.
     """
     from datasets import Image
 
     from .transforms import available_cores
 
     root = cache_root(cache_dir)
-    key = fingerprint(split, split_name, data_dir, resize)
+    key = fingerprint(data_dir, split_name, resize)
     entry = root / f"{split_name}-{int(resize)}px-{key}"
     info = _read_info(entry)
     if info is not None:
         logger.info("decoded %s images: %d from the cache %s", split_name, info["rows"], entry)
         return DecodedImages([str(entry / name) for name in info["files"]])
 
+    if split is None:
+        from .data import load_imagefolder
+
+        split = load_imagefolder(data_dir)[split_name]
     cores = available_cores()
     num_proc = num_proc if num_proc is not None else _auto_processes(len(split), cores)
     threads = max(1, min(8, cores // (num_proc or 1)))
@@ -156,8 +188,8 @@ def decoded_split(split, split_name: str, data_dir: str | os.PathLike, resize: i
         source = split.cast_column("image", Image(decode=False))
         decoded = source.map(
             _decode_batch, batched=True, batch_size=ROWS_PER_BATCH, writer_batch_size=ROWS_PER_BATCH,
-            fn_kwargs={"resize": int(resize), "threads": threads}, remove_columns=source.column_names,
-            features=_features(split.features["label"]), num_proc=num_proc,
+            fn_kwargs={"resize": int(resize), "threads": threads, "root": str(Path(data_dir).resolve())},
+            remove_columns=source.column_names, features=_features(split.features["label"]), num_proc=num_proc,
             cache_file_name=str(staging / "decoded.arrow"), new_fingerprint=key,
             desc=f"decoding {split_name} into the cache")
         files = [Path(f["filename"]).name for f in decoded.cache_files]
@@ -187,56 +219,136 @@ def decoded_split(split, split_name: str, data_dir: str | os.PathLike, resize: i
     return DecodedImages([str(entry / name) for name in info["files"]])
 
 
-class DecodedImages:
-    """Images of one cache entry: `images[i]` is a uint8 [C, H, W] tensor viewing the memory-mapped file.
+def _read_into(fd: int, target, offset: int) -> int:
+    """Fill the writable buffer `target` from `fd` at `offset`; returns the bytes read (fewer only at the end)."""
+    view = memoryview(target).cast("B")
+    done = 0
+    while done < len(view):
+        if hasattr(os, "preadv"):
+            count = os.preadv(fd, [view[done:]], offset + done)
+        else:  # no preadv on this platform: read, then copy
+            data = os.pread(fd, len(view) - done, offset + done)
+            view[done:done + len(data)] = data
+            count = len(data)
+        if count == 0:
+            break
+        done += count
+    return done
 
-    Row lookup is two small integer arrays (Arrow chunk, start offset); no pixels are copied until a crop is
-    stacked. `labels` holds the rows' labels; `select(indices)` makes a subset (a fold, the first N images)
-    that shares the mapping. Pickles as file names, so DataLoader workers map the files themselves.
+
+class _RowIndex:
+    """Where each row's pixels lie in an entry's Arrow files, with its shape, label and image path.
+
+    Read once through a memory map that is closed again; pixels are then read with positioned reads on file
+    descriptors opened per process (a forked DataLoader worker or DDP rank opens its own).
     """
 
-    def __init__(self, files: list[str], indices=None, _arrays=None):
+    def __init__(self, files: list[str]):
         import numpy as np
 
+        parts = [self._read(number, name) for number, name in enumerate(files)]
         self.files = list(files)
-        if _arrays is None:
-            _arrays = self._map(self.files)
-        self.dataset, self._values, self._chunk, self._start, self._shape, self._labels = _arrays
-        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
-        rows = self._labels if self.indices is None else self._labels[self.indices]
-        self.labels = rows.tolist()
+        self.file = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
+        self.offset = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        self.shape = np.concatenate([p[2] for p in parts]) if parts else np.zeros((0, 3), np.int64)
+        self.labels = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
+        self.names = [name for p in parts for name in p[4]]
+        self._fds: dict[int, int] = {}
+        self._pid = os.getpid()
+        for number, name in enumerate(files):
+            self._check(number, name, parts[number])
 
     @staticmethod
-    def _map(files: list[str]):
-        import warnings
-
+    def _read(number: int, name: str):
         import numpy as np
-        import torch
-        from datasets import Dataset, concatenate_datasets
+        import pyarrow as pa
 
-        parts = [Dataset.from_file(name, in_memory=False) for name in files]
-        dataset = parts[0] if len(parts) == 1 else concatenate_datasets(parts)
-        table = dataset.data.table
-        values, chunk_of_row, start_of_row = [], [], []
-        for number, chunk in enumerate(table.column("pixels").chunks):
-            offsets = np.asarray(chunk.offsets)  # absolute positions into the chunk's values
-            values.append(np.asarray(chunk.values))  # zero-copy view of the mapped file
-            chunk_of_row.append(np.full(len(chunk), number, dtype=np.int32))
-            start_of_row.append(offsets[:-1])
-        shape = np.stack([np.asarray(table.column(name)).astype(np.int64)
-                          for name in ("channels", "height", "width")], axis=1)
-        labels = np.asarray(table.column("label"))
-        with warnings.catch_warnings():
-            # Views of the mapped file are read-only (crops are copied before anything writes); torch warns
-            # once per process about wrapping a read-only array: take that warning here, silenced.
-            warnings.simplefilter("ignore", UserWarning)
-            torch.from_numpy(np.frombuffer(b"\0", dtype=np.uint8))
-        empty = np.zeros(0, np.int64)
-        return (dataset, values, np.concatenate(chunk_of_row) if chunk_of_row else empty.astype(np.int32),
-                np.concatenate(start_of_row) if start_of_row else empty, shape, labels)
+        try:
+            with pa.memory_map(name) as source:
+                base = source.read_buffer(1).address  # zero-copy: the address of the map's first byte
+                source.seek(0)
+                table = pa.ipc.open_stream(source).read_all()
+                offsets = [np.asarray(chunk.values).ctypes.data - base + np.asarray(chunk.offsets)[:-1]
+                           for chunk in table.column("pixels").chunks]
+                # The first row's first bytes as mapped, to check the positioned reads against.
+                chunks = [chunk for chunk in table.column("pixels").chunks if len(chunk)]
+                probe = bytes(np.asarray(chunks[0].values)[np.asarray(chunks[0].offsets)[0]:][:64]) if chunks else b""
+                shape = np.stack([np.asarray(table.column(c)).astype(np.int64) for c in ("channels", "height", "width")],
+                                 axis=1) if table.num_rows else np.zeros((0, 3), np.int64)
+                labels = np.asarray(table.column("label")).astype(np.int64)
+                names = table.column("file").to_pylist()
+                rows = table.num_rows
+                del table, chunks
+        except (OSError, pa.ArrowException, KeyError) as err:
+            raise CacheError(f"{printable(name)}: not a readable decode-cache file ({printable(str(err))}). To fix: "
+                             "run `hfxray data cache --clear` (the cache is rebuilt on the next run).") from None
+        offset = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+        return np.full(rows, number, dtype=np.int32), offset.astype(np.int64), shape, labels, names, probe
+
+    def _check(self, number: int, name: str, part) -> None:
+        import numpy as np
+
+        probe, offset = part[5], part[1]
+        if probe:
+            got = np.zeros(len(probe), np.uint8)
+            read = _read_into(self.fd(number), got, int(offset[0]))
+            if read != len(probe) or bytes(got) != probe:
+                raise CacheError(f"{printable(name)}: its rows are not where its index says. To fix: run `hfxray "
+                                 "data cache --clear` (the cache is rebuilt on the next run).")
+
+    def fd(self, number: int) -> int:
+        if self._pid != os.getpid():  # a forked process: descriptors are per process (their offsets are not used)
+            self._fds, self._pid = {}, os.getpid()
+        if number not in self._fds:
+            try:
+                self._fds[number] = os.open(self.files[number], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as err:
+                raise CacheError(f"{printable(self.files[number])}: cannot open ({err.strerror or err}). To fix: run "
+                                 "`hfxray data cache --clear` (the cache is rebuilt on the next run).") from None
+        return self._fds[number]
+
+    def __del__(self):
+        if getattr(self, "_pid", None) == os.getpid():
+            for fd in self._fds.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+class DecodedImages:
+    """Images of cache entries: `images[i]` is a new uint8 [C, H, W] tensor read from the entry's file.
+
+    `labels` and `files` (paths relative to the prepared folder) hold the rows' labels and images;
+    `select(indices)` makes a subset (a fold, the first N images) sharing one row index, and
+    `concatenate(parts)` pools entries (train + validation for cross-validation). Pickles as the entry's file
+    names, so DataLoader workers read the index themselves.
+    """
+
+    def __init__(self, arrow_files: list[str], indices=None, _index: _RowIndex | None = None):
+        import numpy as np
+
+        self.arrow_files = list(arrow_files)
+        self._index = _index if _index is not None else _RowIndex(self.arrow_files)
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        rows = self._index.labels if self.indices is None else self._index.labels[self.indices]
+        self.labels = rows.tolist()
+
+    @property
+    def files(self) -> list[str]:
+        """Each row's image path, relative to the prepared folder (`train/virus/x.jpeg`)."""
+        names = self._index.names
+        return list(names) if self.indices is None else [names[i] for i in self.indices]
+
+    @classmethod
+    def concatenate(cls, parts: list["DecodedImages"]) -> "DecodedImages":
+        """Whole entries one after another (rows in the parts' order); parts must not be subsets."""
+        if any(part.indices is not None for part in parts):
+            raise ValueError("concatenate whole entries, then select")
+        return cls([name for part in parts for name in part.arrow_files])
 
     def __len__(self) -> int:
-        return len(self._labels) if self.indices is None else len(self.indices)
+        return len(self._index.labels) if self.indices is None else len(self.indices)
 
     def __getitem__(self, index: int):
         import torch
@@ -246,22 +358,25 @@ class DecodedImages:
         if not 0 <= index < len(self):
             raise IndexError(f"image {index} of {len(self)}")
         row = index if self.indices is None else int(self.indices[index])
-        channels, height, width = self._shape[row]
-        start = self._start[row]
-        pixels = self._values[self._chunk[row]][start:start + channels * height * width]
-        return torch.from_numpy(pixels.reshape(channels, height, width))
+        index_ = self._index
+        channels, height, width = (int(v) for v in index_.shape[row])
+        image = torch.empty((channels, height, width), dtype=torch.uint8)
+        number = int(index_.file[row])
+        if _read_into(index_.fd(number), image.numpy(), int(index_.offset[row])) != image.numel():
+            raise CacheError(f"{printable(index_.files[number])}: shorter than its index (truncated?). To fix: run "
+                             "`hfxray data cache --clear` (the cache is rebuilt on the next run).")
+        return image
 
     def select(self, indices) -> "DecodedImages":
-        """The subset at `indices` (positions in this object), sharing the memory mapping."""
+        """The subset at `indices` (positions in this object), sharing the row index."""
         import numpy as np
 
         indices = np.asarray(indices, dtype=np.int64)
         rows = indices if self.indices is None else self.indices[indices]
-        return DecodedImages(self.files, rows, _arrays=(self.dataset, self._values, self._chunk, self._start,
-                                                        self._shape, self._labels))
+        return DecodedImages(self.arrow_files, rows, _index=self._index)
 
     def __reduce__(self):
-        return DecodedImages, (self.files, self.indices)
+        return DecodedImages, (self.arrow_files, self.indices)
 
 
 def list_entries(cache_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CLASS_NAMES, DataError, read_manifest
+from .data import CLASS_NAMES, POOL_SPLITS, DataError, read_manifest
 from .errors import HfxrayError
 from .logs import get_logger
 
@@ -48,7 +48,6 @@ CV_RESULTS = "cv_results.json"
 CV_TABLE = "cv_table.md"
 REFIT_DIR = "refit"
 REFIT_RESULTS = "refit_results.json"
-POOL_SPLITS = ("train", "validation")
 SUMMARY_METRICS = ("accuracy", "auroc", "ece")
 # Flags every fold and refit run gets last: no per-epoch evaluation, no checkpoint picked by evaluation data.
 FORCED_FLAGS = ("--eval_strategy", "no", "--load_best_model_at_end", "false", "--overwrite_output_dir", "true")
@@ -129,25 +128,29 @@ def _write_json(path: Path, value) -> None:
 
 
 def pool_selector(data_dir, train_files: list[str], evaluation_files: list[str] | None):
-    """`training.train(select_splits=...)`: the pooled train + validation rows of the given files."""
-    root = Path(data_dir).resolve()
+    """`training.train(select_splits=...)`: positions of the given files among the pooled rows' image paths."""
 
-    def select(dataset):
-        from datasets import concatenate_datasets
-
-        from .evaluation import split_paths
-
-        pooled = concatenate_datasets([dataset[name] for name in POOL_SPLITS if name in dataset])
-        position = {str(Path(path).resolve().relative_to(root)): i for i, path in enumerate(split_paths(pooled))}
+    def select(row_files: list[str]):
+        position = {name: i for i, name in enumerate(row_files)}
         missing = [f for f in [*train_files, *(evaluation_files or [])] if f not in position]
         if missing:
             raise DataError(f"{data_dir}: {len(missing)} manifest image(s) missing on disk (e.g. {missing[0]}). "
                             "To fix: re-run `hfxray data prepare`.")
-        training = pooled.select([position[f] for f in train_files])
-        evaluation = pooled.select([position[f] for f in evaluation_files]) if evaluation_files else None
+        training = [position[f] for f in train_files]
+        evaluation = [position[f] for f in evaluation_files] if evaluation_files else None
         return training, evaluation
 
     return select
+
+
+def pooled_images(data_dir, resize: int, cache_dir=None):
+    """Train + validation images from the decode cache, pooled in `POOL_SPLITS` order (as training pools them)."""
+    from .cache import DecodedImages, decoded_split
+    from .data import check_classes
+
+    counts = check_classes(data_dir)
+    return DecodedImages.concatenate([decoded_split(data_dir, name, resize, cache_dir=cache_dir)
+                                      for name in POOL_SPLITS if sum(counts[name].values())])
 
 
 # --- variants -----------------------------------------------------------------------------------------------
@@ -226,14 +229,16 @@ def _parse(base_flags: list[str], variant: Variant, output_dir: Path):
     return parse_args([*base_flags, *variant.flags, "--output_dir", str(output_dir), *FORCED_FLAGS])
 
 
-def _predict(model, processor, dataset) -> tuple[np.ndarray, np.ndarray]:
+def _predict(model, processor, data_dir, files: list[str], cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of the pooled images `files` (from the decode cache, the tensors `pipeline` makes)."""
     from .evaluation import predict_logits
-    from .transforms import Geometry, XrayTensorDataset, decode_split
+    from .transforms import Geometry, XrayTensorDataset
 
     geometry = Geometry.from_processor(processor)
-    images, labels = decode_split(dataset, geometry.resize, desc="decoding held-out fold")
-    return predict_logits(model, XrayTensorDataset(images, labels, geometry), desc="predicting held-out fold"), \
-        np.asarray(labels)
+    pooled = pooled_images(data_dir, geometry.resize, cache_dir)
+    images = pooled.select(pool_selector(data_dir, files, None)(pooled.files)[0])
+    return predict_logits(model, XrayTensorDataset(images, images.labels, geometry), desc="predicting held-out fold"), \
+        np.asarray(images.labels)
 
 
 def _drop_checkpoints(run_dir: Path) -> None:
@@ -272,10 +277,7 @@ def run_fold(base_flags: list[str], variant: Variant, fold: dict, rows: list[dic
     train_metrics = train(model_args, data_args, recipe_args, run_args, training_args,
                           select_splits=pool_selector(data_dir, train_files, None))
     model, processor = load_trained(str(fold_dir))
-    from .data import load_imagefolder
-
-    evaluation = pool_selector(data_dir, [], evaluation_files)(load_imagefolder(data_dir))[1]
-    logits, labels = _predict(model, processor, evaluation)
+    logits, labels = _predict(model, processor, data_dir, evaluation_files, data_args.cache_dir)
     expected = [rows[i]["label"] for i in fold["evaluation"]]
     if labels.tolist() != expected:
         raise DataError(f"{data_dir}: the image folders' labels differ from the manifest's. To fix: re-run "

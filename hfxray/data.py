@@ -32,6 +32,7 @@ from .imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageProblem, check_i
 
 CLASS_NAMES = ("normal", "virus")
 SPLITS = ("train", "validation", "test")
+POOL_SPLITS = ("train", "validation")  # what cross-validation and the refit train on; test is never pooled
 CSV_NAME = "Chest_xray_Corona_Metadata.csv"
 IMAGE_ROOT = Path("Coronahack-Chest-XRay-Dataset") / "Coronahack-Chest-XRay-Dataset"
 MANIFEST_NAME = "manifest.csv"

@@ -29,13 +29,6 @@ SHORTCUT_MIN_IMAGES = 5  # images a source needs in a class to enter the check
 logger = get_logger(__name__)
 
 
-def split_paths(split) -> list[str]:
-    """Image file paths of a datasets split, in row order (without decoding the images)."""
-    from datasets import Image
-
-    return [item["path"] for item in split.cast_column("image", Image(decode=False))["image"]]
-
-
 def patient_groups(data_dir: str | Path, paths: list[str]) -> list[str]:
     """Patient group of each image path, from the prepared folder's manifest."""
     return manifest_values(data_dir, paths, "patient_group", default="file:")
@@ -120,8 +113,8 @@ def predict_logits(model, dataset, batch_size: int = 64, desc: str = "predicting
 
 def split_logits(model, processor, data_dir, split: str, dataset=None, cache_dir=None
                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(logits, labels, patient groups) of `model` on one split of a prepared folder (images from the decode
-    cache, `hfxray.cache`)."""
+    """(logits, labels, image paths relative to the prepared folder) of `model` on one split, in one row order
+    (images from the decode cache, `hfxray.cache`)."""
     from .cache import decoded_split
     from .data import load_imagefolder
     from .transforms import Geometry, XrayTensorDataset
@@ -131,9 +124,9 @@ def split_logits(model, processor, data_dir, split: str, dataset=None, cache_dir
         raise DataError(f"{data_dir}: no {split!r} split (has {', '.join(dataset)}). To fix: choose --split "
                         "train, validation or test, or prepare with --val-fraction > 0.")
     geometry = Geometry.from_processor(processor)
-    images = decoded_split(dataset[split], split, data_dir, geometry.resize, cache_dir=cache_dir)
+    images = decoded_split(data_dir, split, geometry.resize, cache_dir=cache_dir, split=dataset[split])
     logits = predict_logits(model, XrayTensorDataset(images, images.labels, geometry), desc=f"predicting {split}")
-    return logits, np.asarray(images.labels), patient_groups(data_dir, split_paths(dataset[split]))
+    return logits, np.asarray(images.labels), images.files
 
 
 def report_split(model, processor, data_dir, split: str = "test", out: str | Path | None = None,
@@ -149,12 +142,13 @@ def report_split(model, processor, data_dir, split: str = "test", out: str | Pat
     from .data import load_imagefolder
 
     dataset = load_imagefolder(data_dir)
-    logits, labels, groups = split_logits(model, processor, data_dir, split, dataset=dataset, cache_dir=cache_dir)
+    logits, labels, files = split_logits(model, processor, data_dir, split, dataset=dataset, cache_dir=cache_dir)
+    groups = patient_groups(data_dir, files)
     report = evaluation_report(labels, logits, groups=groups, n_resamples=n_resamples, seed=seed)
     sources_by_split = split_sources(data_dir)
     if len({s for counts in sources_by_split.values() for s in counts}) > 1:
-        report.update(_per_source(model, processor, data_dir, dataset, split, logits, labels, groups,
-                                  sources_by_split, n_resamples, seed))
+        report.update(_per_source(model, processor, data_dir, dataset, split, logits, labels, files, groups,
+                                  sources_by_split, n_resamples, seed, cache_dir))
     temperature = folded_temperature(model)
     report.update(split=split, folded_temperature=temperature)
     before = None
@@ -180,12 +174,12 @@ def report_split(model, processor, data_dir, split: str = "test", out: str | Pat
     return report
 
 
-def _per_source(model, processor, data_dir, dataset, split, logits, labels, groups, sources_by_split,
-                n_resamples, seed) -> dict:
+def _per_source(model, processor, data_dir, dataset, split, logits, labels, files, groups, sources_by_split,
+                n_resamples, seed, cache_dir=None) -> dict:
     """by_source metrics, the split's sources, and the source shortcut check on held-out images."""
     from .metrics import apply_temperature, evaluation_report
 
-    sources = np.asarray(manifest_values(data_dir, split_paths(dataset[split]), "source"))
+    sources = np.asarray(manifest_values(data_dir, files, "source"))
     groups = np.asarray(groups)
     by_source = {}
     for name in sorted(set(sources.tolist())):
@@ -198,8 +192,9 @@ def _per_source(model, processor, data_dir, dataset, split, logits, labels, grou
             {s for counts in sources_by_split.values() for s in counts}):
         # one source per split (--test-source): compare the held-out splits together, never the training images
         other = others[0]
-        more_logits, more_labels, _ = split_logits(model, processor, data_dir, other, dataset=dataset)
-        more_sources = np.asarray(manifest_values(data_dir, split_paths(dataset[other]), "source"))
+        more_logits, more_labels, more_files = split_logits(model, processor, data_dir, other, dataset=dataset,
+                                                            cache_dir=cache_dir)
+        more_sources = np.asarray(manifest_values(data_dir, more_files, "source"))
         probs = np.concatenate([probs, apply_temperature(more_logits, 1.0)])
         check_labels = np.concatenate([labels, more_labels])
         check_sources = np.concatenate([sources, more_sources])

@@ -31,6 +31,11 @@ class _CurrentStderr(logging.StreamHandler):
 
 def configure(level: int | str = logging.INFO) -> None:
     """Send `hfxray` messages at `level` and above to stderr as plain lines (idempotent)."""
+    import warnings
+
+    # The Trainer asks for pinned memory by default; on a CPU-only machine torch warns once per DataLoader,
+    # which in training with per-epoch evaluation is a warning every epoch that asks nothing of the user.
+    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
     root = logging.getLogger(ROOT)
     if not any(isinstance(handler, _CurrentStderr) for handler in root.handlers):
         handler = _CurrentStderr()

@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .env import hub_offline, looks_local
+from .env import hub_offline
 from .errors import HfxrayError, one_line
 from .imaging import ImageProblem, load_rgb
 

@@ -225,16 +225,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     The run folder gets args.yaml (the resolved arguments), TensorBoard events, checkpoints, the final model
     (the best by the validation metric with load_best_model_at_end, or the averaged weights) and
     train_results.json. Calibration, evaluation and the model card are later steps (`hfxray.workflow`).
-    `select_splits` (cross-validation folds and the refit, `hfxray.cv`) maps the loaded DatasetDict to the
-    (training, evaluation) datasets used instead of the train and validation splits; evaluation may be None.
+    `select_splits` (cross-validation folds and the refit, `hfxray.cv`) maps the image paths of the pooled train +
+    validation rows to the (training, evaluation) row positions used instead of the train and validation splits;
+    evaluation may be None.
     """
     import torch
     from transformers import set_seed
 
-    from .data import load_imagefolder
+    from .cache import DecodedImages, decoded_split
+    from .data import POOL_SPLITS, check_classes, check_prepared
     from .models import create_model
-    from .cache import decoded_split
-    from .transforms import Geometry, XrayTensorDataset, decode_split
+    from .transforms import Geometry, XrayTensorDataset
 
     check_processes_connected(training_args)
     output_dir = training_args.output_dir
@@ -248,27 +249,28 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     model, processor, spec = create_model(model_args.model, model_args.preset, image_size=recipe_args.image_size,
                                           resize_size=recipe_args.resize_size, checkpoint=model_args.checkpoint)
     geometry = Geometry.from_processor(processor)
-    dataset = load_imagefolder(data_args.data_dir)
-    if select_splits is not None:
-        train_split, evaluation_split = select_splits(dataset)
-    elif "validation" not in dataset:
+    data_dir = check_prepared(data_args.data_dir)
+    counts = check_classes(data_dir)
+    present = [name for name in POOL_SPLITS if sum(counts[name].values())]
+    if select_splits is None and "validation" not in present:
         raise DataError(f"{data_args.data_dir}: no validation split. To fix: prepare with --val-fraction > 0.")
-    splits = {}
+
+    def cached(name):
+        # Decoded once into a cache that later runs, folds and the other ranks reuse; rank 0 builds it.
+        with training_args.main_process_first(desc=f"decode cache ({name})"):
+            return decoded_split(data_dir, name, geometry.resize, cache_dir=data_args.cache_dir)
+
     if select_splits is None:
-        for name in ("train", "validation"):
-            # Decoded once into a memory-mapped cache that later runs and the other ranks reuse.
-            with training_args.main_process_first(desc=f"decode cache ({name})"):
-                images = decoded_split(dataset[name], name, data_args.data_dir, geometry.resize,
-                                       cache_dir=data_args.cache_dir)
-            if name == "train" and data_args.max_train_samples:
-                images = images.select(range(min(data_args.max_train_samples, len(images))))
-            splits[name] = (images, images.labels)
-    else:  # cross-validation folds and the refit: rows pooled from train and validation, decoded for this run
-        if data_args.max_train_samples:
-            train_split = train_split.select(range(min(data_args.max_train_samples, len(train_split))))
-        for name, split in (("train", train_split), ("validation", evaluation_split)):
-            if split is not None:
-                splits[name] = decode_split(split, geometry.resize, desc=f"decoding {name}")
+        parts = {name: cached(name) for name in ("train", "validation")}
+    else:  # cross-validation folds and the refit: rows of train + validation pooled
+        pooled = DecodedImages.concatenate([cached(name) for name in present])
+        train_rows, evaluation_rows = select_splits(pooled.files)
+        parts = {"train": pooled.select(train_rows)}
+        if evaluation_rows is not None:
+            parts["validation"] = pooled.select(evaluation_rows)
+    if data_args.max_train_samples:
+        parts["train"] = parts["train"].select(range(min(data_args.max_train_samples, len(parts["train"]))))
+    splits = {name: (images, images.labels) for name, images in parts.items()}
     for name, (images, labels) in splits.items():
         splits[name] = XrayTensorDataset(images, labels, geometry, train=name == "train",
                                          max_zoom=recipe_args.max_zoom, hflip=recipe_args.hflip,
@@ -288,7 +290,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     config = resolved_config(model_args, data_args, recipe_args, run_args, training_args)
     config.update(model_tag=spec.tag, pretrained_checkpoint=model_args.checkpoint or spec.checkpoint,
                   world_size=training_args.world_size, train_size=len(splits["train"]),
-                  validation_size=len(splits.get("validation", ())), test_size=len(dataset["test"]))
+                  validation_size=len(splits.get("validation", ())), test_size=sum(counts["test"].values()))
     if trainer.is_world_process_zero():
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "args.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=True))

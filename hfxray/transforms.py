@@ -91,7 +91,7 @@ class XrayTensorDataset(torch.utils.data.Dataset):
     """Decoded images -> {"pixel_values": uint8 crop, "labels"}; `normalise` (or `collate`) makes the floats.
 
     `images` is any sequence of uint8 [C, H, W] tensors: a list from `decode_split` or the memory-mapped
-    `hfxray.cache.DecodedImages` (read-only views: crops are copied before anything writes to them).
+    `hfxray.cache.DecodedImages` (which reads each image from the decode cache when indexed).
 
     Normalising whole batches in `collate` instead of each sample keeps later epochs cheap. Training
     augmentation (light, for chest X-rays): a random zoom up to `max_zoom` (a smaller window resized to the crop),

@@ -136,15 +136,11 @@ def connect_cpu_processes() -> None:
 
 def main(argv: list[str] | None = None, prog: str = "scripts/train.py") -> int:
     """Entry point of scripts/train.py and `hfxray train`: one `error:` line and exit 2 for any HfxrayError."""
-    import warnings
-
     from .arguments import ConfigError, parse_args
     from .compat import check_versions
     from .hub import prepare_push_to_hub
 
     configure()
-    # The Trainer asks for pinned memory by default; on a CPU-only machine torch warns once per DataLoader.
-    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
     connect_cpu_processes()
     try:
         check_versions()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from hfxray.cache import CacheError, DecodedImages, decoded_split, fingerprint, list_entries
-from hfxray.data import MANIFEST_NAME, load_imagefolder
+from hfxray.data import CLASS_NAMES, MANIFEST_NAME, load_imagefolder, read_manifest
 from hfxray.transforms import Geometry, XrayTensorDataset, decode_split
 
 ONE_GRAY_LEVEL = 1 / 127.5  # in the [-1, 1] units of mean = std = 0.5
@@ -24,7 +25,7 @@ def _no_decoding(*_args, **_kwargs):
 @pytest.mark.parametrize("num_proc", [None, 2])
 def test_cached_images_equal_the_in_memory_decoding(prepared_dir, tmp_path, num_proc):
     split = load_imagefolder(prepared_dir)["validation"]
-    cached = decoded_split(split, "validation", prepared_dir, 72, cache_dir=tmp_path, num_proc=num_proc)
+    cached = decoded_split(prepared_dir, "validation", 72, cache_dir=tmp_path, num_proc=num_proc, split=split)
     images, labels = decode_split(split, 72, progress=QUIET)
     assert len(cached) == len(images) and cached.labels == labels
     for index, (ours, theirs) in enumerate(zip(cached, images)):
@@ -33,30 +34,75 @@ def test_cached_images_equal_the_in_memory_decoding(prepared_dir, tmp_path, num_
 
 def test_a_second_load_does_not_decode_and_maps_the_same_files(prepared_dir, tmp_path, monkeypatch):
     split = load_imagefolder(prepared_dir)["validation"]
-    first = decoded_split(split, "validation", prepared_dir, 64, cache_dir=tmp_path)
+    first = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path, split=split)
     monkeypatch.setattr("hfxray.transforms.decode_resized", _no_decoding)
-    second = decoded_split(split, "validation", prepared_dir, 64, cache_dir=tmp_path)
-    assert second.files == first.files and all(torch.equal(a, b) for a, b in zip(first, second))
+    second = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path, split=split)
+    assert second.arrow_files == first.arrow_files and all(torch.equal(a, b) for a, b in zip(first, second))
     [(folder, info)] = list_entries(tmp_path, prepared_dir)
     assert info["rows"] == len(split) and info["resize"] == 64 and folder.name.startswith("validation-64px-")
     assert not [p for p in (tmp_path / "hfxray-decoded").iterdir() if p.name.startswith(".")], "build left behind"
     (folder / info["files"][0]).unlink()  # a damaged entry is built again
     monkeypatch.undo()
-    rebuilt = decoded_split(split, "validation", prepared_dir, 64, cache_dir=tmp_path)
+    rebuilt = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path, split=split)
     assert all(torch.equal(a, b) for a, b in zip(first, rebuilt))
 
 
 def test_the_fingerprint_follows_the_geometry_and_the_prepared_set(prepared_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(prepared_dir, copy, copy_function=os.link)
-    split = load_imagefolder(copy)["validation"]
-    before = fingerprint(split, "validation", copy, 64)
-    assert fingerprint(split, "validation", copy, 64) == before
-    assert fingerprint(split, "validation", copy, 72) != before
-    assert fingerprint(split, "test", copy, 64) != before
+    before = fingerprint(copy, "validation", 64)
+    assert fingerprint(copy, "validation", 64) == before
+    assert fingerprint(copy, "validation", 72) != before
+    assert fingerprint(copy, "test", 64) != before
     with (copy / MANIFEST_NAME).open("a") as handle:
         handle.write("\n")
-    assert fingerprint(split, "validation", copy, 64) != before
+    changed = fingerprint(copy, "validation", 64)
+    assert changed != before
+    image = next((copy / "validation" / "virus").iterdir())
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # an image touched
+    assert fingerprint(copy, "validation", 64) != changed
+    touched = fingerprint(copy, "validation", 64)
+    os.link(image, image.with_name("added-" + image.name))  # an image added
+    assert fingerprint(copy, "validation", 64) != touched
+
+
+def test_a_warm_cache_is_found_without_listing_the_split_through_datasets(prepared_dir, tmp_path, monkeypatch):
+    first = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path)  # loads the split itself to build
+    manifest = {row["file"]: row["label"] for row in read_manifest(prepared_dir) if row["status"] == "kept"}
+    assert sorted(first.files) == sorted(f for f in manifest if f.startswith("validation/"))
+    assert [CLASS_NAMES[label] for label in first.labels] == [manifest[f] for f in first.files]
+
+    def no_load_dataset(*_args, **_kwargs):
+        raise AssertionError("load_dataset was called although the cache holds the split")
+
+    monkeypatch.setattr("datasets.load_dataset", no_load_dataset)
+    monkeypatch.setattr("hfxray.transforms.decode_resized", _no_decoding)
+    second = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path)
+    assert second.files == first.files and all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_reading_images_maps_no_pixels_into_the_process(prepared_dir, tmp_path):
+    """Images are positioned reads into new tensors: nothing of the entry stays mapped, and every tensor is
+    writable memory of its own."""
+    cached = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path)
+    entry = str(Path(cached.arrow_files[0]).resolve())
+    images = [cached[i] for i in range(len(cached))]
+    maps = Path(f"/proc/{os.getpid()}/maps")
+    if maps.exists():
+        assert entry not in maps.read_text(), "the cache file is still memory-mapped"
+    images[0][0, 0, 0] = 255 - int(images[0][0, 0, 0])  # writable, and not written through to the cache
+    assert not torch.equal(images[0], cached[0])
+
+
+def test_a_truncated_entry_says_how_to_fix(prepared_dir, tmp_path):
+    cached = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path)
+    name = cached.arrow_files[0]
+    size = os.path.getsize(name)
+    with open(name, "r+b") as handle:
+        handle.truncate(size - 1000)
+    with pytest.raises(CacheError, match="To fix: run `hfxray data cache --clear`"):
+        again = DecodedImages(cached.arrow_files)
+        again[len(again) - 1]
 
 
 def test_evaluation_tensors_from_the_cache_equal_the_processor_output(prepared_dir, tmp_path):
@@ -65,7 +111,7 @@ def test_evaluation_tensors_from_the_cache_equal_the_processor_output(prepared_d
     split = load_imagefolder(prepared_dir)["test"]
     processor = build_processor(128)
     geometry = Geometry.from_processor(processor)
-    images = decoded_split(split, "test", prepared_dir, geometry.resize, cache_dir=tmp_path).select(range(24))
+    images = decoded_split(prepared_dir, "test", geometry.resize, cache_dir=tmp_path, split=split).select(range(24))
     dataset = XrayTensorDataset(images, images.labels, geometry)
     ours = dataset.collate([dataset[i] for i in range(len(dataset))])["pixel_values"]
     theirs = processor([split[i]["image"] for i in range(24)], return_tensors="pt")["pixel_values"]
@@ -75,7 +121,7 @@ def test_evaluation_tensors_from_the_cache_equal_the_processor_output(prepared_d
 
 def test_subsets_and_pickles_share_the_rows(prepared_dir, tmp_path):
     split = load_imagefolder(prepared_dir)["validation"]
-    cached = decoded_split(split, "validation", prepared_dir, 64, cache_dir=tmp_path)
+    cached = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path, split=split)
     fold = cached.select([5, 2, 7]).select([2, 0])  # rows 7 and 5
     assert fold.labels == [cached.labels[7], cached.labels[5]] and len(fold) == 2
     assert torch.equal(fold[0], cached[7]) and torch.equal(fold[-1], cached[5])
@@ -94,14 +140,14 @@ def test_an_unwritable_cache_place_says_how_to_fix(prepared_dir, tmp_path):
     blocker.write_text("")
     split = load_imagefolder(prepared_dir)["validation"]
     with pytest.raises(CacheError, match="To fix: .*--cache_dir"):
-        decoded_split(split, "validation", prepared_dir, 64, cache_dir=blocker)
+        decoded_split(prepared_dir, "validation", 64, cache_dir=blocker, split=split)
 
 
 def test_data_cache_command_lists_and_clears(prepared_dir, tmp_path, capsys):
     from hfxray.cli import main
 
     split = load_imagefolder(prepared_dir)["validation"]
-    decoded_split(split, "validation", prepared_dir, 64, cache_dir=tmp_path)
+    decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path, split=split)
     stale = tmp_path / "hfxray-decoded" / ".validation-64px-0.building-999999999-abcd"
     stale.mkdir()
     assert main(["data", "cache", "--cache-dir", str(tmp_path), "--data-dir", str(prepared_dir)]) == 0
@@ -130,4 +176,12 @@ def test_a_second_training_run_does_not_decode_again(prepared_dir, tmp_path, mon
     assert sorted(info["split"] for _, info in entries) == ["train", "validation"]
     monkeypatch.setattr("hfxray.transforms.decode_resized", _no_decoding)
     assert train(*arguments(tmp_path / "second"))["global_step"] == 2
+    assert list_entries(tmp_path / "cache", prepared_dir) == entries
+    # A cross-validation fold (rows pooled from train + validation) reads the same entries.
+    from hfxray.cv import pool_rows, pool_selector
+
+    rows = pool_rows(prepared_dir)
+    fold = [row["file"] for row in rows[::2]]
+    assert train(*arguments(tmp_path / "fold"), select_splits=pool_selector(prepared_dir, fold, None))[
+        "global_step"] == 2
     assert list_entries(tmp_path / "cache", prepared_dir) == entries

@@ -8,6 +8,7 @@ split once. The protocol is in `hfxray/cv.py` and the README ("Recipes").
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def add_arguments(parser) -> None:
@@ -37,10 +38,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..cv import build_variants, cross_validate, refit
 
-    summary = cross_validate(args.model, args.preset, args.recipe, args.data_dir, args.out, args.folds, args.repeats,
+    cross_validate(args.model, args.preset, args.recipe, args.data_dir, args.out, args.folds, args.repeats,
                              args.fold_seed, args.set, args.variants,
                              train_missing=not args.summarise_only)
-    print(open(f"{args.out}/cv_table.md").read())
+    print(Path(args.out, "cv_table.md").read_text())
     if args.refit is not None:
         _, variants = build_variants(args.set, args.variants)
         names = [v.name for v in variants] if args.refit == "all" else [args.refit or variants[0].name]
