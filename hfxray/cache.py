@@ -392,6 +392,22 @@ def list_entries(cache_dir: str | os.PathLike | None = None, data_dir: str | os.
     return entries
 
 
+def _unusable_entries(root: Path, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Entries this version no longer reads (another layout version, or a file missing): only space."""
+    wanted = str(Path(data_dir).resolve()) if data_dir is not None else None
+    unusable = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not folder.is_dir() or folder.name.startswith(".") or _read_info(folder) is not None:
+            continue
+        try:
+            info = json.loads((folder / INFO_NAME).read_text())
+        except (OSError, ValueError):
+            continue  # not a cache entry: never deleted
+        if isinstance(info, dict) and info.get("kind") == INFO_KIND and (wanted is None or info.get("data_dir") == wanted):
+            unusable.append(folder)
+    return unusable
+
+
 def _stale_builds(root: Path) -> list[Path]:
     """Hidden build folders whose process is gone (a build that was killed)."""
     stale = []
@@ -417,11 +433,16 @@ def describe(cache_dir: str | os.PathLike | None = None, data_dir: str | os.Path
         echo(f"  {info['split']:<10} {info['resize']:>5} px {info['rows']:>8} images {info['bytes'] / 2**20:>9.1f} MiB"
              f"  {printable(info['data_dir'])}  ({folder.name})")
     echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {total / 2**20:.1f} MiB")
+    unusable = _unusable_entries(root, data_dir)
+    if unusable:
+        size = sum(p.stat().st_size for folder in unusable for p in folder.rglob("*") if p.is_file())
+        echo(f"{len(unusable)} entr{'y' if len(unusable) == 1 else 'ies'} of an older cache layout or damaged, "
+             f"{size / 2**20:.1f} MiB, never read again{'' if clear else ' (--clear deletes them)'}")
     if not clear:
         return 0
     freed = 0
     stale = _stale_builds(root) if data_dir is None else []
-    for folder in [folder for folder, _ in entries] + stale:
+    for folder in [folder for folder, _ in entries] + unusable + stale:
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         try:
             shutil.rmtree(folder)
@@ -429,6 +450,7 @@ def describe(cache_dir: str | os.PathLike | None = None, data_dir: str | os.Path
             raise CacheError(f"{printable(str(folder))}: cannot delete ({err.strerror or err}). To fix: check the "
                              "permissions of the cache folder.") from None
         freed += size
-    echo(f"cleared {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+    cleared = len(entries) + len(unusable)
+    echo(f"cleared {cleared} entr{'y' if cleared == 1 else 'ies'}"
          f"{f' and {len(stale)} unfinished build(s)' if stale else ''}: {freed / 2**20:.1f} MiB freed")
     return freed

@@ -150,12 +150,20 @@ def test_data_cache_command_lists_and_clears(prepared_dir, tmp_path, capsys):
     decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path, split=split)
     stale = tmp_path / "hfxray-decoded" / ".validation-64px-0.building-999999999-abcd"
     stale.mkdir()
+    older = tmp_path / "hfxray-decoded" / "validation-64px-older"  # an entry of an earlier cache layout
+    older.mkdir()
+    (older / "hfxray-cache.json").write_text('{"kind": "hfxray decoded-image cache", "version": 0, "files": []}')
+    unrelated = tmp_path / "hfxray-decoded" / "notes"  # not an entry: never deleted
+    unrelated.mkdir()
+    (unrelated / "hfxray-cache.json").write_text("{}")
     assert main(["data", "cache", "--cache-dir", str(tmp_path), "--data-dir", str(prepared_dir)]) == 0
     out = capsys.readouterr().out
     assert "validation" in out and "64 px" in out and "1 entry" in out
+    assert main(["data", "cache", "--cache-dir", str(tmp_path)]) == 0
+    assert "1 entry of an older cache layout or damaged" in capsys.readouterr().out
     assert main(["data", "cache", "--cache-dir", str(tmp_path), "--clear"]) == 0
-    assert "cleared 1 entry and 1 unfinished build(s)" in capsys.readouterr().out
-    assert list_entries(tmp_path) == [] and not stale.exists()
+    assert "cleared 2 entries and 1 unfinished build(s)" in capsys.readouterr().out
+    assert list_entries(tmp_path) == [] and not stale.exists() and not older.exists() and unrelated.exists()
 
 
 @pytest.mark.slow
