@@ -2,7 +2,7 @@
 
 JPEG decoding dominates a naive per-step image pipeline. Each image is decoded, converted and resized (shortest
 edge, as the processor does) once into a uint8 tensor (grayscale X-rays as one channel), so later epochs only
-crop and normalise. Training and evaluation read those tensors from the memory-mapped decode cache
+crop and normalise. Training and evaluation read those tensors from the decode cache
 (`hfxray.cache`, built with `decode_resized`); `decode_split` keeps them in memory instead. The evaluation path
 equals the processor's output (same resize, center crop, mean/std), so a model evaluated here behaves the same
 under `pipeline("image-classification")`.
@@ -90,7 +90,7 @@ def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
 class XrayTensorDataset(torch.utils.data.Dataset):
     """Decoded images -> {"pixel_values": uint8 crop, "labels"}; `normalise` (or `collate`) makes the floats.
 
-    `images` is any sequence of uint8 [C, H, W] tensors: a list from `decode_split` or the memory-mapped
+    `images` is any sequence of uint8 [C, H, W] tensors: a list from `decode_split` or
     `hfxray.cache.DecodedImages` (which reads each image from the decode cache when indexed).
 
     Normalising whole batches in `collate` instead of each sample keeps later epochs cheap. Training
