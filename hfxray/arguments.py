@@ -38,6 +38,11 @@ class ModelArguments:
                 "control), or a tiny random model (tests/demo)."})
     checkpoint: str | None = field(default=None, metadata={
         "help": "Local folder or Hub id replacing the registry's pretrained weights (full preset)."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "Change a from-scratch model's architecture (small/tiny presets), as transformers' examples do: "
+                "KEY=VALUE pairs of its config, comma-separated, values as JSON, e.g. 'hidden_sizes=[96,192,384,768]'"
+                " or 'depths=[2,2,2,2]' (bit), 'hidden_size=192,intermediate_size=384' (vit), 'embed_dim=192' "
+                "(hybrid: timm create_model arguments)."})
 
 
 @dataclass

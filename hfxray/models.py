@@ -19,7 +19,7 @@ from typing import Callable
 
 from .data import CLASS_NAMES
 from .env import hub_offline, looks_local
-from .errors import HfxrayError, one_line
+from .errors import HfxrayError, one_line, printable
 
 ID2LABEL = dict(enumerate(CLASS_NAMES))
 LABEL2ID = {name: index for index, name in ID2LABEL.items()}
@@ -45,7 +45,7 @@ class ModelSpec:
     preset: str
     checkpoint: str | None  # Hub id of the pretrained weights (full preset), else None
     image_size: int
-    build: Callable[["ModelSpec", str | None], object] = field(repr=False, compare=False)
+    build: Callable[["ModelSpec", str | None, dict], object] = field(repr=False, compare=False)
 
     @property
     def tag(self) -> str:
@@ -158,18 +158,76 @@ def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs)
         ) from None
 
 
-def _vit(spec: ModelSpec, checkpoint: str | None):
+def parse_config_overrides(text: str | None) -> dict:
+    """`hidden_size=96,depths=[2,2,1,1]` -> {"hidden_size": 96, "depths": [2, 2, 1, 1]} (values as JSON, else text).
+
+    The format of transformers' `--config_overrides` (examples/pytorch/language-modeling/run_clm.py), with list
+    values, which the from-scratch presets need (widths and depths per stage).
+    """
+    if not text or not text.strip():
+        return {}
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    items.append(current)
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier() or not value.strip():
+            raise ModelSpecError(f"--config_overrides {printable(text)!r}: {printable(item.strip())!r} is not KEY=VALUE. "
+                                 "To fix: write e.g. --config_overrides 'hidden_size=96,depths=[2,2,1,1]'.")
+        try:
+            overrides[key] = json.loads(value.strip())
+        except ValueError:
+            overrides[key] = value.strip()
+    return overrides
+
+
+def _check_config_keys(config_class, overrides: dict, spec: ModelSpec, preset_fields) -> None:
+    """A misspelt key would become a silent extra attribute of a transformers config: refuse it."""
+    unknown = sorted(set(overrides) - set(config_class().to_dict()))
+    if unknown:
+        raise ModelSpecError(f"--config_overrides: {', '.join(unknown)} not a field of {config_class.__name__} "
+                             f"({spec.tag}). To fix: use fields of its config.json, e.g. the preset's own: "
+                             f"{', '.join(preset_fields)}.")
+
+
+def _refuse_overrides(spec: ModelSpec, overrides: dict) -> None:
+    if overrides:
+        raise ModelSpecError(f"--config_overrides changes the architecture; {spec.tag} loads pretrained weights of a "
+                             "fixed one. To fix: use --preset small or tiny (models trained from scratch).")
+
+
+def _vit(spec: ModelSpec, checkpoint: str | None, overrides: dict):
     from transformers import ViTConfig, ViTForImageClassification
 
     if spec.preset == "full":
+        _refuse_overrides(spec, overrides)
         model = _from_pretrained(ViTForImageClassification.from_pretrained, checkpoint or spec.checkpoint, **_labels())
         if model.config.image_size != spec.image_size:
             resize_vit_position_embeddings(model, spec.image_size)
         return model
     sizes = {"tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
              "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256)}
-    return ViTForImageClassification(ViTConfig(image_size=spec.image_size, patch_size=16, **sizes[spec.preset],
-                                               **_labels()))
+    _check_config_keys(ViTConfig, overrides, spec, sizes[spec.preset])
+    return _from_scratch(ViTForImageClassification, ViTConfig, spec,
+                         dict(image_size=spec.image_size, patch_size=16, **sizes[spec.preset], **_labels()) | overrides)
+
+
+def _from_scratch(model_class, config_class, spec: ModelSpec, values: dict):
+    """A randomly initialised model; a config that cannot be built (e.g. overrides that disagree) is one line."""
+    try:
+        return model_class(config_class(**values))
+    except (ValueError, TypeError, AssertionError, RuntimeError) as err:
+        raise ModelSpecError(f"cannot build {spec.tag} with these --config_overrides ({type(err).__name__}: "
+                             f"{one_line(err)[:200]}). To fix: check the names and values against the "
+                             "model's configuration (e.g. one hidden size per stage depth).") from None
 
 
 def resize_vit_position_embeddings(model, image_size: int) -> None:
@@ -194,10 +252,11 @@ def resize_vit_position_embeddings(model, image_size: int) -> None:
     model.config.image_size = image_size
 
 
-def _bit(spec: ModelSpec, checkpoint: str | None):
+def _bit(spec: ModelSpec, checkpoint: str | None, overrides: dict):
     from transformers import BitConfig, BitForImageClassification
 
     if spec.preset == "full":
+        _refuse_overrides(spec, overrides)
         if checkpoint and Path(checkpoint).expanduser().is_dir():  # an already converted / fine-tuned folder
             return _from_pretrained(BitForImageClassification.from_pretrained, checkpoint, **_labels(),
                                     ignore_mismatched_sizes=True)
@@ -206,21 +265,25 @@ def _bit(spec: ModelSpec, checkpoint: str | None):
         return load_bit_in21k(checkpoint or spec.checkpoint, id2label=dict(ID2LABEL), label2id=dict(LABEL2ID))
     sizes = {"tiny": dict(embedding_size=8, hidden_sizes=[8, 16, 32, 64], num_groups=4),
              "small": dict(embedding_size=32, hidden_sizes=[64, 128, 256, 512], num_groups=8)}
-    return BitForImageClassification(BitConfig(depths=[1, 1, 1, 1], layer_type="preactivation",
-                                               **sizes[spec.preset], **_labels()))
+    _check_config_keys(BitConfig, overrides, spec, ["depths", *sizes[spec.preset]])
+    return _from_scratch(BitForImageClassification, BitConfig, spec,
+                         dict(depths=[1, 1, 1, 1], layer_type="preactivation", **sizes[spec.preset], **_labels())
+                         | overrides)
 
 
-def _bit_in1k(spec: ModelSpec, checkpoint: str | None):
+def _bit_in1k(spec: ModelSpec, checkpoint: str | None, overrides: dict):
     from transformers import BitForImageClassification
 
+    _refuse_overrides(spec, overrides)
     return _from_pretrained(BitForImageClassification.from_pretrained, checkpoint or spec.checkpoint, **_labels(),
                             ignore_mismatched_sizes=True)
 
 
-def _hybrid(spec: ModelSpec, checkpoint: str | None):
+def _hybrid(spec: ModelSpec, checkpoint: str | None, overrides: dict):
     from transformers import AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification
 
     if spec.preset == "full":
+        _refuse_overrides(spec, overrides)
         # The in21k hybrid ships no head: ignore_mismatched_sizes lets a fresh 2-class head be created.
         model = _from_pretrained(AutoModelForImageClassification.from_pretrained, checkpoint or spec.checkpoint,
                                  **_labels(), ignore_mismatched_sizes=True)
@@ -232,9 +295,10 @@ def _hybrid(spec: ModelSpec, checkpoint: str | None):
     # timm's R-Ti/16 hybrid: a ResNetV2 stem feeding a ViT, the smallest member of the R50+ViT-B/16 family
     # (the R26/R50 backbones cannot be shrunk through create_model arguments).
     sizes = {"tiny": dict(embed_dim=32, depth=2, num_heads=2), "small": dict(embed_dim=128, depth=4, num_heads=4)}
-    config = TimmWrapperConfig(architecture="vit_tiny_r_s16_p8_224",
-                               model_args=dict(img_size=spec.image_size, **sizes[spec.preset]), **_labels())
-    return TimmWrapperForImageClassification(config)
+    # Overrides are timm create_model arguments (embed_dim, depth, num_heads, mlp_ratio, ...), kept in model_args.
+    return _from_scratch(TimmWrapperForImageClassification, TimmWrapperConfig, spec, dict(
+        architecture="vit_tiny_r_s16_p8_224", model_args=dict(img_size=spec.image_size, **sizes[spec.preset]) | overrides,
+        **_labels()))
 
 
 _BUILDERS = {"vit": _vit, "bit": _bit, "bit_in1k": _bit_in1k, "hybrid": _hybrid}
@@ -267,10 +331,11 @@ def get_spec(name: str, preset: str = "full", image_size: int | None = None) -> 
 
 
 def create_model(name: str, preset: str = "full", image_size: int | None = None, resize_size: int | None = None,
-                 checkpoint: str | None = None):
-    """Build (model, processor, spec). `checkpoint` replaces the registry's Hub id (e.g. a downloaded folder)."""
+                 checkpoint: str | None = None, config_overrides: str | None = None):
+    """Build (model, processor, spec). `checkpoint` replaces the registry's Hub id (e.g. a downloaded folder);
+    `config_overrides` (`parse_config_overrides`) changes a from-scratch preset's architecture."""
     spec = get_spec(name, preset, image_size)
-    model = spec.build(spec, checkpoint)
+    model = spec.build(spec, checkpoint, parse_config_overrides(config_overrides))
     processor = build_processor(spec.image_size, resize_size)
     return model, processor, spec
 

@@ -247,7 +247,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
         keep_freed_memory()
     # The model first: a checkpoint that cannot be loaded fails before any data work.
     model, processor, spec = create_model(model_args.model, model_args.preset, image_size=recipe_args.image_size,
-                                          resize_size=recipe_args.resize_size, checkpoint=model_args.checkpoint)
+                                          resize_size=recipe_args.resize_size, checkpoint=model_args.checkpoint,
+                                          config_overrides=model_args.config_overrides)
     geometry = Geometry.from_processor(processor)
     data_dir = check_prepared(data_args.data_dir)
     counts = check_classes(data_dir)

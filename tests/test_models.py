@@ -115,3 +115,48 @@ def test_a_typo_of_a_run_folder_is_no_such_folder_not_a_hub_id(tmp_path, monkeyp
     with pytest.raises(ModelLoadError, match="runs/nope: no such folder"):
         check_model_folder("runs/nope")
     assert check_model_folder("owner/name") is None  # no folder `owner` here: a Hub id
+
+
+# --- --config_overrides: the architecture of a from-scratch preset --------------------------------------------
+
+def test_config_overrides_parse_lists_numbers_and_text():
+    from hfxray.models import parse_config_overrides
+
+    assert parse_config_overrides("hidden_sizes=[8, 16, 32, 64],depths=[2,1,1,1],layer_type=bottleneck,x=0.5") == {
+        "hidden_sizes": [8, 16, 32, 64], "depths": [2, 1, 1, 1], "layer_type": "bottleneck", "x": 0.5}
+    assert parse_config_overrides(None) == parse_config_overrides("  ") == {}
+
+
+@pytest.mark.parametrize("kind, overrides, check", [
+    ("bit", "depths=[2,1,1,1]", lambda m: m.config.depths == [2, 1, 1, 1]),
+    ("bit", "hidden_sizes=[16,32,64,128]", lambda m: m.config.hidden_sizes == [16, 32, 64, 128]),
+    ("vit", "hidden_size=48,intermediate_size=96", lambda m: m.config.hidden_size == 48),
+    ("hybrid", "embed_dim=48,depth=3", lambda m: len(m.timm_model.blocks) == 3 and m.timm_model.embed_dim == 48),
+])
+def test_config_overrides_build_save_and_reload_the_changed_architecture(tmp_path, kind, overrides, check):
+    model, processor, _ = create_model(kind, "tiny", config_overrides=overrides)
+    plain, _, _ = create_model(kind, "tiny")
+    assert check(model) and not check(plain)
+    assert sum(p.numel() for p in model.parameters()) != sum(p.numel() for p in plain.parameters())
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    reloaded, _ = load_trained(str(tmp_path))  # config.json carries the overrides: pipeline needs no flag
+    assert check(reloaded)
+    pixels = torch.zeros(1, 3, 64, 64)
+    model.eval(), reloaded.eval()
+    assert torch.allclose(model(pixel_values=pixels).logits, reloaded(pixel_values=pixels).logits)
+
+
+@pytest.mark.parametrize("kind, preset, overrides, message", [
+    ("bit", "tiny", "depth=[2]", "depth not a field of BitConfig.*To fix: .*depths"),
+    ("vit", "tiny", "hidden_sise=48", "hidden_sise not a field of ViTConfig.*To fix"),
+    ("bit", "tiny", "hidden_sizes=[1,2]", "cannot build bit.tiny.*To fix"),
+    ("hybrid", "tiny", "bogus=1", "cannot build hybrid.tiny.*bogus.*To fix"),
+    ("vit", "full", "hidden_size=48", "pretrained weights.*To fix: use --preset small or tiny"),
+    ("bit", "tiny", "depths", "is not KEY=VALUE.*To fix"),
+])
+def test_config_overrides_that_cannot_apply_say_how_to_fix(kind, preset, overrides, message):
+    from hfxray.models import ModelSpecError
+
+    with pytest.raises(ModelSpecError, match=message):
+        create_model(kind, preset, config_overrides=overrides)
