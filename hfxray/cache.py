@@ -117,9 +117,16 @@ def _decode_batch(batch: dict, resize: int, threads: int, root: str):
         "height": pa.array([image.shape[1] for image in images], pa.int32()),
         "width": pa.array([image.shape[2] for image in images], pa.int32()),
         "label": pa.array(batch["label"], pa.int64()),
-        "file": pa.array([Path(value["path"]).resolve().relative_to(root).as_posix() for value in batch["image"]],
-                         pa.string()),
+        "file": pa.array([_relative(value["path"], root) for value in batch["image"]], pa.string()),
     })
+
+
+def _relative(path: str, root: str) -> str:
+    """An image's path inside the prepared folder, as the manifest writes it (`train/virus/x.jpeg`)."""
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:  # a link leading out of the folder: named by where it sits
+        return Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
 
 
 def _features(label_feature):
