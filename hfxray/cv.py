@@ -180,10 +180,12 @@ def build_variants(sets: list[str] | None = None, variants_file: str | None = No
     """
     import yaml
 
+    from .models import split_top_level
+
     common, axes = [], []
     for item in sets or []:
         key, value = _key_value(item)
-        values = [v.strip() for v in value.split(",") if v.strip()]
+        values = [v.strip() for v in split_top_level(value) if v.strip()]
         if len(values) == 1:
             common += [f"--{key}", values[0]]
         else:

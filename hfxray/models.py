@@ -158,14 +158,8 @@ def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs)
         ) from None
 
 
-def parse_config_overrides(text: str | None) -> dict:
-    """`hidden_size=96,depths=[2,2,1,1]` -> {"hidden_size": 96, "depths": [2, 2, 1, 1]} (values as JSON, else text).
-
-    The format of transformers' `--config_overrides` (examples/pytorch/language-modeling/run_clm.py), with list
-    values, which the from-scratch presets need (widths and depths per stage).
-    """
-    if not text or not text.strip():
-        return {}
+def split_top_level(text: str) -> list[str]:
+    """Split at commas outside brackets: `a=[1,2],b=3` -> [`a=[1,2]`, `b=3`]."""
     items, depth, current = [], 0, ""
     for char in text:
         depth += {"[": 1, "]": -1}.get(char, 0)
@@ -175,8 +169,19 @@ def parse_config_overrides(text: str | None) -> dict:
         else:
             current += char
     items.append(current)
+    return items
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """`hidden_size=96,depths=[2,2,1,1]` -> {"hidden_size": 96, "depths": [2, 2, 1, 1]} (values as JSON, else text).
+
+    The format of transformers' `--config_overrides` (examples/pytorch/language-modeling/run_clm.py), with list
+    values, which the from-scratch presets need (widths and depths per stage).
+    """
+    if not text or not text.strip():
+        return {}
     overrides = {}
-    for item in items:
+    for item in split_top_level(text):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier() or not value.strip():

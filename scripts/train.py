@@ -1,4 +1,4 @@
-"""Fine-tune one model: `accelerate launch scripts/train.py --model vit --data-dir PREPARED --output-dir OUT`.
+"""Fine-tune one model: `accelerate launch -q scripts/train.py --model vit --data-dir PREPARED --output-dir OUT`.
 
 Thin entry point: arguments in hfxray/arguments.py, the Trainer in hfxray/training.py, the steps after training
 in hfxray/workflow.py (`--help` lists every flag).

@@ -57,6 +57,11 @@ def test_variants_from_set_grid_and_yaml(tmp_path):
     assert [v.name for v in variants] == ["learning_rate=1e-3", "learning_rate=2e-3"]
     assert variants[1].flags == ["--learning_rate", "2e-3"]
     assert build_variants([])[1][0].name == "recipe"
+    # commas inside brackets belong to the value (a list), not to the grid
+    common, variants = build_variants(["config_overrides=depths=[2,2,2,2]", "seed=1,2"])
+    assert common == ["--config_overrides", "depths=[2,2,2,2]"] and len(variants) == 2
+    _, variants = build_variants(["config_overrides=depths=[1,1,1,1],depths=[2,2,2,2]"])
+    assert [v.flags[1] for v in variants] == ["depths=[1,1,1,1]", "depths=[2,2,2,2]"]
     path = tmp_path / "variants.yaml"
     path.write_text("today: {}\nlast epoch:\n  average_last_epochs: 0\n  hflip: true\n")
     _, variants = build_variants(None, str(path))

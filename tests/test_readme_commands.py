@@ -57,3 +57,18 @@ def test_readme_training_command_with_tiny_preset_on_cpu(index, prepared_dir, tm
     assert f"{results['test_accuracy']:.4f}" in card and f"{results['test_ece']:.4f}" in card
     assert not (out / "training_args.bin").exists()
     assert re.search(r"plan: \w+\.tiny", result.stderr)
+
+
+def test_a_readme_command_with_a_wrong_folder_ends_in_one_line_without_a_traceback(tmp_path):
+    command = readme_training_commands()[0]
+    assert command[:3] == ["accelerate", "launch", "-q"]
+    command[command.index("--config_file") + 1] = str(REPO / "configs" / "accelerate" / "cpu.yaml")
+    command[command.index("--data-dir") + 1] = str(tmp_path / "no-such-folder")
+    command[command.index("--output-dir") + 1] = str(tmp_path / "run")
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *command[2:], "--preset", "tiny"],
+                            cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no-such-folder" in errors[0] and "To fix:" in errors[0]
