@@ -193,3 +193,14 @@ def test_a_second_training_run_does_not_decode_again(prepared_dir, tmp_path, mon
     assert train(*arguments(tmp_path / "fold"), select_splits=pool_selector(prepared_dir, fold, None))[
         "global_step"] == 2
     assert list_entries(tmp_path / "cache", prepared_dir) == entries
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_dataloader_workers_read_the_same_images(prepared_dir, tmp_path, context):
+    """Forked workers inherit the row index and open their own descriptors; spawned ones get it pickled."""
+    cached = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path).select(range(12))
+    first = cached[0]  # the parent has opened its descriptor before the workers start
+    loader = torch.utils.data.DataLoader(cached, batch_size=None, num_workers=2, multiprocessing_context=context)
+    images = list(loader)
+    assert len(images) == 12 and torch.equal(images[0], first)
+    assert all(torch.equal(a, cached[i]) for i, a in enumerate(images))
