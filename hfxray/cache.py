@@ -88,7 +88,7 @@ def fingerprint(data_dir: str | os.PathLike, split_name: str, resize: int) -> st
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def _decode_batch(batch: dict, resize: int, threads: int, root: str):
+def _decode_batch(batch: dict, resize: int, threads: int, root: str, folder: str):
     """Map function: {"image": [{"path", "bytes"}], "label": [...]} -> an Arrow table of decoded, resized images."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -102,7 +102,12 @@ def _decode_batch(batch: dict, resize: int, threads: int, root: str):
 
     def decode(value):
         # The same decoding as indexing the split (datasets' Image feature), then the processor's resize.
-        return transforms.decode_resized(feature.decode_example(value), resize).numpy()
+        try:
+            return transforms.decode_resized(feature.decode_example(value), resize).numpy()
+        except (OSError, ValueError, SyntaxError) as err:  # PIL: unreadable, truncated or vanished image
+            raise CacheError(f"{printable(str(value.get('path')))}: cannot decode it for the cache "
+                             f"({type(err).__name__}: {printable(str(err))[:160]}). To fix: re-run `hfxray data prepare` "
+                             "(the prepared image changed or was removed since).") from None
 
     if threads > 1:
         with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -117,16 +122,17 @@ def _decode_batch(batch: dict, resize: int, threads: int, root: str):
         "height": pa.array([image.shape[1] for image in images], pa.int32()),
         "width": pa.array([image.shape[2] for image in images], pa.int32()),
         "label": pa.array(batch["label"], pa.int64()),
-        "file": pa.array([_relative(value["path"], root) for value in batch["image"]], pa.string()),
+        "file": pa.array([_relative(value["path"], root, folder) for value in batch["image"]], pa.string()),
     })
 
 
-def _relative(path: str, root: str) -> str:
-    """An image's path inside the prepared folder, as the manifest writes it (`train/virus/x.jpeg`)."""
+def _relative(path: str, root: str, folder: str) -> str:
+    """An image's path inside the prepared folder, as the manifest writes it (`train/virus/x.jpeg`); `root` is the
+    folder resolved, `folder` as given (absolute)."""
     try:
         return Path(path).resolve().relative_to(root).as_posix()
     except ValueError:  # a link leading out of the folder: named by where it sits
-        return Path(os.path.relpath(os.path.abspath(path), root)).as_posix()
+        return Path(os.path.relpath(os.path.abspath(path), folder)).as_posix()
 
 
 def _features(label_feature):
@@ -195,7 +201,8 @@ def decoded_split(data_dir: str | os.PathLike, split_name: str, resize: int,
         source = split.cast_column("image", Image(decode=False))
         decoded = source.map(
             _decode_batch, batched=True, batch_size=ROWS_PER_BATCH, writer_batch_size=ROWS_PER_BATCH,
-            fn_kwargs={"resize": int(resize), "threads": threads, "root": str(Path(data_dir).resolve())},
+            fn_kwargs={"resize": int(resize), "threads": threads, "root": str(Path(data_dir).resolve()),
+                       "folder": os.path.abspath(data_dir)},
             remove_columns=source.column_names, features=_features(split.features["label"]), num_proc=num_proc,
             cache_file_name=str(staging / "decoded.arrow"), new_fingerprint=key,
             desc=f"decoding {split_name} into the cache")
@@ -221,6 +228,9 @@ def decoded_split(data_dir: str | os.PathLike, split_name: str, resize: int,
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     info = _read_info(entry)
+    if info is None:
+        raise CacheError(f"{printable(str(entry))}: the entry was removed while this run built it (another run "
+                         "replacing a damaged entry, or `hfxray data cache --clear`). To fix: run again.")
     logger.info("decoded %s images: %d into the cache %s (%.1f MiB)", split_name, info["rows"], entry,
                 info["bytes"] / 2**20)
     return DecodedImages([str(entry / name) for name in info["files"]])
@@ -261,7 +271,6 @@ class _RowIndex:
         self.labels = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
         self.names = [name for p in parts for name in p[4]]
         self._fds: dict[int, int] = {}
-        self._pid = os.getpid()
         for number, name in enumerate(files):
             self._check(number, name, parts[number])
 
@@ -293,9 +302,19 @@ class _RowIndex:
         return np.full(rows, number, dtype=np.int32), offset.astype(np.int64), shape, labels, names, probe
 
     def _check(self, number: int, name: str, part) -> None:
+        """Every row inside the file, and the first row's bytes as positioned reads see them."""
         import numpy as np
 
-        probe, offset = part[5], part[1]
+        probe, offset, shape = part[5], part[1], part[2]
+        sizes = shape.prod(axis=1) if len(shape) else np.zeros(0, np.int64)
+        try:
+            file_size = os.fstat(self.fd(number)).st_size
+        except OSError as err:
+            raise CacheError(f"{printable(name)}: cannot read ({err.strerror or err}). To fix: run `hfxray data cache "
+                             "--clear` (the cache is rebuilt on the next run).") from None
+        if len(offset) and (offset.min() < 0 or (offset + sizes).max() > file_size):
+            raise CacheError(f"{printable(name)}: its index points outside the file (truncated?). To fix: run "
+                             "`hfxray data cache --clear` (the cache is rebuilt on the next run).")
         if probe:
             got = np.zeros(len(probe), np.uint8)
             read = _read_into(self.fd(number), got, int(offset[0]))
@@ -304,8 +323,8 @@ class _RowIndex:
                                  "data cache --clear` (the cache is rebuilt on the next run).")
 
     def fd(self, number: int) -> int:
-        if self._pid != os.getpid():  # a forked process: descriptors are per process (their offsets are not used)
-            self._fds, self._pid = {}, os.getpid()
+        # A forked process (a DataLoader worker) keeps the inherited descriptors: positioned reads do not use the
+        # shared file offset, and an open descriptor still reads its file if the entry is cleared meanwhile.
         if number not in self._fds:
             try:
                 self._fds[number] = os.open(self.files[number], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -315,12 +334,11 @@ class _RowIndex:
         return self._fds[number]
 
     def __del__(self):
-        if getattr(self, "_pid", None) == os.getpid():
-            for fd in self._fds.values():
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class DecodedImages:
@@ -369,7 +387,12 @@ class DecodedImages:
         channels, height, width = (int(v) for v in index_.shape[row])
         image = torch.empty((channels, height, width), dtype=torch.uint8)
         number = int(index_.file[row])
-        if _read_into(index_.fd(number), image.numpy(), int(index_.offset[row])) != image.numel():
+        try:
+            read = _read_into(index_.fd(number), image.numpy(), int(index_.offset[row]))
+        except OSError as err:
+            raise CacheError(f"{printable(index_.files[number])}: cannot read ({err.strerror or err}). To fix: run "
+                             "`hfxray data cache --clear` (the cache is rebuilt on the next run).") from None
+        if read != image.numel():
             raise CacheError(f"{printable(index_.files[number])}: shorter than its index (truncated?). To fix: run "
                              "`hfxray data cache --clear` (the cache is rebuilt on the next run).")
         return image

@@ -187,11 +187,33 @@ def parse_config_overrides(text: str | None) -> dict:
         if not sep or not key.isidentifier() or not value.strip():
             raise ModelSpecError(f"--config_overrides {printable(text)!r}: {printable(item.strip())!r} is not KEY=VALUE. "
                                  "To fix: write e.g. --config_overrides 'hidden_size=96,depths=[2,2,1,1]'.")
-        try:
-            overrides[key] = json.loads(value.strip())
-        except ValueError:
-            overrides[key] = value.strip()
+        if key in _OWNED_BY_FLAGS:
+            raise ModelSpecError(f"--config_overrides {key}: {_OWNED_BY_FLAGS[key]}")
+        overrides[key] = _literal(value.strip())
     return overrides
+
+
+# Fields another flag (or hfxray itself) owns: overriding them would disagree with the processor or the loss.
+_OWNED_BY_FLAGS = {
+    **dict.fromkeys(("image_size", "img_size"), "the input size follows the recipe's crop. To fix: use --image_size "
+                                                "(and --resize_size) instead."),
+    **dict.fromkeys(("num_labels", "num_classes", "id2label", "label2id", "problem_type"),
+                    "the two classes (normal, virus) and their loss are fixed by hfxray. To fix: leave it out."),
+}
+
+
+def _literal(text: str):
+    """JSON (`[2,2]`, `0.1`, `true`), Python literals (`False`, `None`), else the text itself."""
+    import ast
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def _check_config_keys(config_class, overrides: dict, spec: ModelSpec, preset_fields) -> None:
@@ -228,8 +250,12 @@ def _vit(spec: ModelSpec, checkpoint: str | None, overrides: dict):
 def _from_scratch(model_class, config_class, spec: ModelSpec, values: dict):
     """A randomly initialised model; a config that cannot be built (e.g. overrides that disagree) is one line."""
     try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub: configs were not validated dataclasses
+        StrictDataclassError = ValueError  # noqa: N806
+    try:
         return model_class(config_class(**values))
-    except (ValueError, TypeError, AssertionError, RuntimeError) as err:
+    except (ValueError, TypeError, AssertionError, RuntimeError, KeyError, StrictDataclassError) as err:
         raise ModelSpecError(f"cannot build {spec.tag} with these --config_overrides ({type(err).__name__}: "
                              f"{one_line(err)[:200]}). To fix: check the names and values against the "
                              "model's configuration (e.g. one hidden size per stage depth).") from None

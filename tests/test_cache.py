@@ -204,3 +204,14 @@ def test_dataloader_workers_read_the_same_images(prepared_dir, tmp_path, context
     images = list(loader)
     assert len(images) == 12 and torch.equal(images[0], first)
     assert all(torch.equal(a, cached[i]) for i, a in enumerate(images))
+
+
+def test_an_image_that_no_longer_decodes_names_itself(prepared_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared_dir, copy)  # real copies: the damage below must not reach the fixture
+    image = sorted((copy / "validation" / "virus").iterdir())[0]
+    image.unlink()
+    image.write_bytes(b"not an image any more")
+    with pytest.raises(CacheError, match=f"{image.name}: cannot decode it.*To fix: re-run `hfxray data prepare`"):
+        decoded_split(copy, "validation", 64, cache_dir=tmp_path / "cache")
+    assert list_entries(tmp_path / "cache") == []

@@ -125,6 +125,7 @@ def test_config_overrides_parse_lists_numbers_and_text():
     assert parse_config_overrides("hidden_sizes=[8, 16, 32, 64],depths=[2,1,1,1],layer_type=bottleneck,x=0.5") == {
         "hidden_sizes": [8, 16, 32, 64], "depths": [2, 1, 1, 1], "layer_type": "bottleneck", "x": 0.5}
     assert parse_config_overrides(None) == parse_config_overrides("  ") == {}
+    assert parse_config_overrides("qkv_bias=False,x=None,y=true") == {"qkv_bias": False, "x": None, "y": True}
 
 
 @pytest.mark.parametrize("kind, overrides, check", [
@@ -154,6 +155,10 @@ def test_config_overrides_build_save_and_reload_the_changed_architecture(tmp_pat
     ("hybrid", "tiny", "bogus=1", "cannot build hybrid.tiny.*bogus.*To fix"),
     ("vit", "full", "hidden_size=48", "pretrained weights.*To fix: use --preset small or tiny"),
     ("bit", "tiny", "depths", "is not KEY=VALUE.*To fix"),
+    ("bit", "tiny", "layer_type=Bottleneck", "cannot build bit.tiny.*To fix"),  # transformers' config validation
+    ("vit", "tiny", "image_size=128", "image_size: the input size follows the recipe.*To fix: use --image_size"),
+    ("hybrid", "tiny", "img_size=128", "img_size: .*To fix: use --image_size"),
+    ("vit", "tiny", "problem_type=multi_label_classification", "problem_type: .*fixed by hfxray. To fix"),
 ])
 def test_config_overrides_that_cannot_apply_say_how_to_fix(kind, preset, overrides, message):
     from hfxray.models import ModelSpecError

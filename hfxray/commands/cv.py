@@ -23,7 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment (default: 0)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE[,VALUE2...]",
                         help="override a recipe field or TrainingArguments flag for every variant; several "
-                             "comma-separated values make a grid axis (the first grid point is the reference)")
+                             "comma-separated values make a grid axis (the first grid point is the reference); commas "
+                             "inside [...] stay in the value. A value with several comma-separated fields (e.g. "
+                             "config_overrides 'a=1,b=2') would be a grid: put it in a --variants YAML")
     parser.add_argument("--variants", default=None, metavar="FILE.yaml",
                         help="variants to compare: a mapping of names to {flag: value} (the first is the reference)")
     parser.add_argument("--summarise-only", action="store_true",
