@@ -41,6 +41,7 @@ INFO_NAME = "hfxray-cache.json"
 INFO_KIND = "hfxray decoded-image cache"
 # Bump when the stored layout or the decoding changes: older entries are then ignored (and can be cleared).
 CACHE_VERSION = 2
+REBUILD = "To fix: run `hfxray data cache --clear` (the cache is rebuilt on the next run)."
 ROWS_PER_BATCH = 100  # rows per map batch and per Arrow record batch: bounds the memory of a build
 
 
@@ -106,7 +107,8 @@ def _decode_batch(batch: dict, resize: int, threads: int, root: str, folder: str
             return transforms.decode_resized(feature.decode_example(value), resize).numpy()
         except (OSError, ValueError, SyntaxError) as err:  # PIL: unreadable, truncated or vanished image
             raise CacheError(f"{printable(str(value.get('path')))}: cannot decode it for the cache "
-                             f"({type(err).__name__}: {printable(str(err))[:160]}). To fix: re-run `hfxray data prepare` "
+                             f"({type(err).__name__}: {printable(str(err))[:160]}). To fix: re-run "
+                             "`hfxray data prepare` "
                              "(the prepared image changed or was removed since).") from None
 
     if threads > 1:
@@ -289,15 +291,15 @@ class _RowIndex:
                 # The first row's first bytes as mapped, to check the positioned reads against.
                 chunks = [chunk for chunk in table.column("pixels").chunks if len(chunk)]
                 probe = bytes(np.asarray(chunks[0].values)[np.asarray(chunks[0].offsets)[0]:][:64]) if chunks else b""
-                shape = np.stack([np.asarray(table.column(c)).astype(np.int64) for c in ("channels", "height", "width")],
-                                 axis=1) if table.num_rows else np.zeros((0, 3), np.int64)
+                columns = [np.asarray(table.column(c)).astype(np.int64) for c in ("channels", "height", "width")]
+                shape = np.stack(columns, axis=1) if table.num_rows else np.zeros((0, 3), np.int64)
                 labels = np.asarray(table.column("label")).astype(np.int64)
                 names = table.column("file").to_pylist()
                 rows = table.num_rows
                 del table, chunks
         except (OSError, pa.ArrowException, KeyError) as err:
-            raise CacheError(f"{printable(name)}: not a readable decode-cache file ({printable(str(err))}). To fix: "
-                             "run `hfxray data cache --clear` (the cache is rebuilt on the next run).") from None
+            raise CacheError(f"{printable(name)}: not a readable decode-cache file ({printable(str(err))}). "
+                             + REBUILD) from None
         offset = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
         return np.full(rows, number, dtype=np.int32), offset.astype(np.int64), shape, labels, names, probe
 
@@ -310,17 +312,14 @@ class _RowIndex:
         try:
             file_size = os.fstat(self.fd(number)).st_size
         except OSError as err:
-            raise CacheError(f"{printable(name)}: cannot read ({err.strerror or err}). To fix: run `hfxray data cache "
-                             "--clear` (the cache is rebuilt on the next run).") from None
+            raise CacheError(f"{printable(name)}: cannot read ({err.strerror or err}). " + REBUILD) from None
         if len(offset) and (offset.min() < 0 or (offset + sizes).max() > file_size):
-            raise CacheError(f"{printable(name)}: its index points outside the file (truncated?). To fix: run "
-                             "`hfxray data cache --clear` (the cache is rebuilt on the next run).")
+            raise CacheError(f"{printable(name)}: its index points outside the file (truncated?). " + REBUILD)
         if probe:
             got = np.zeros(len(probe), np.uint8)
             read = _read_into(self.fd(number), got, int(offset[0]))
             if read != len(probe) or bytes(got) != probe:
-                raise CacheError(f"{printable(name)}: its rows are not where its index says. To fix: run `hfxray "
-                                 "data cache --clear` (the cache is rebuilt on the next run).")
+                raise CacheError(f"{printable(name)}: its rows are not where its index says. " + REBUILD)
 
     def fd(self, number: int) -> int:
         # A forked process (a DataLoader worker) keeps the inherited descriptors: positioned reads do not use the
@@ -329,8 +328,8 @@ class _RowIndex:
             try:
                 self._fds[number] = os.open(self.files[number], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             except OSError as err:
-                raise CacheError(f"{printable(self.files[number])}: cannot open ({err.strerror or err}). To fix: run "
-                                 "`hfxray data cache --clear` (the cache is rebuilt on the next run).") from None
+                raise CacheError(f"{printable(self.files[number])}: cannot open ({err.strerror or err}). "
+                                 + REBUILD) from None
         return self._fds[number]
 
     def __del__(self):
@@ -390,11 +389,10 @@ class DecodedImages:
         try:
             read = _read_into(index_.fd(number), image.numpy(), int(index_.offset[row]))
         except OSError as err:
-            raise CacheError(f"{printable(index_.files[number])}: cannot read ({err.strerror or err}). To fix: run "
-                             "`hfxray data cache --clear` (the cache is rebuilt on the next run).") from None
+            raise CacheError(f"{printable(index_.files[number])}: cannot read ({err.strerror or err}). "
+                             + REBUILD) from None
         if read != image.numel():
-            raise CacheError(f"{printable(index_.files[number])}: shorter than its index (truncated?). To fix: run "
-                             "`hfxray data cache --clear` (the cache is rebuilt on the next run).")
+            raise CacheError(f"{printable(index_.files[number])}: shorter than its index (truncated?). " + REBUILD)
         return image
 
     def select(self, indices) -> "DecodedImages":
@@ -433,7 +431,8 @@ def _unusable_entries(root: Path, data_dir: str | os.PathLike | None = None) -> 
             info = json.loads((folder / INFO_NAME).read_text())
         except (OSError, ValueError):
             continue  # not a cache entry: never deleted
-        if isinstance(info, dict) and info.get("kind") == INFO_KIND and (wanted is None or info.get("data_dir") == wanted):
+        ours = isinstance(info, dict) and info.get("kind") == INFO_KIND
+        if ours and (wanted is None or info.get("data_dir") == wanted):
             unusable.append(folder)
     return unusable
 

@@ -185,7 +185,8 @@ def parse_config_overrides(text: str | None) -> dict:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier() or not value.strip():
-            raise ModelSpecError(f"--config_overrides {printable(text)!r}: {printable(item.strip())!r} is not KEY=VALUE. "
+            raise ModelSpecError(f"--config_overrides {printable(text)!r}: {printable(item.strip())!r} is not "
+                                 "KEY=VALUE. "
                                  "To fix: write e.g. --config_overrides 'hidden_size=96,depths=[2,2,1,1]'.")
         if key in _OWNED_BY_FLAGS:
             raise ModelSpecError(f"--config_overrides {key}: {_OWNED_BY_FLAGS[key]}")
@@ -328,7 +329,8 @@ def _hybrid(spec: ModelSpec, checkpoint: str | None, overrides: dict):
     sizes = {"tiny": dict(embed_dim=32, depth=2, num_heads=2), "small": dict(embed_dim=128, depth=4, num_heads=4)}
     # Overrides are timm create_model arguments (embed_dim, depth, num_heads, mlp_ratio, ...), kept in model_args.
     return _from_scratch(TimmWrapperForImageClassification, TimmWrapperConfig, spec, dict(
-        architecture="vit_tiny_r_s16_p8_224", model_args=dict(img_size=spec.image_size, **sizes[spec.preset]) | overrides,
+        architecture="vit_tiny_r_s16_p8_224",
+        model_args=dict(img_size=spec.image_size, **sizes[spec.preset]) | overrides,
         **_labels()))
 
 
