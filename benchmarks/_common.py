@@ -58,10 +58,15 @@ def interleaved_medians(functions: dict, repeats: int = 5) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def step_clock_class(warm: int):
-    """A TrainerCallback class timing from the end of step `warm` to the end of training (`.elapsed`): one-off
-    costs of the first steps and of the Trainer's setup stay out of a steady-state measurement."""
-    from transformers import TrainerCallback
+def steady_trainer_seconds(model, dataset, recipe, steps: int, batch: int, warm: int, **training_args) -> float:
+    """Seconds from the end of step `warm` to the end of training, for hfxray's Trainer on a copy of `model` over
+    `dataset` (its own collate): one-off costs of the first steps and of the Trainer's setup stay out of a
+    steady-state measurement. `training_args` add to the CPU TrainingArguments below."""
+    import copy
+
+    from transformers import TrainerCallback, TrainingArguments
+
+    from hfxray.training import _recipe_trainer_class
 
     class StepClock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -70,4 +75,13 @@ def step_clock_class(warm: int):
             if state.global_step == state.max_steps:
                 self.elapsed = time.perf_counter() - self.start
 
-    return StepClock
+    arguments = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
+        optim="adamw_torch", label_smoothing_factor=0.1, report_to="none", save_strategy="no", eval_strategy="no",
+        logging_strategy="no", disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False, **training_args)
+    trainer = _recipe_trainer_class()(model=copy.deepcopy(model), args=arguments, train_dataset=dataset,
+                                      data_collator=dataset.collate, recipe=recipe)
+    clock = StepClock()
+    trainer.add_callback(clock)
+    trainer.train()
+    return clock.elapsed

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, interleaved_medians, prepared_sample, step_clock_class
+from _common import REPO, interleaved_medians, prepared_sample, steady_trainer_seconds
 
 sys.path.insert(0, str(REPO))  # this checkout's hfxray, as in the training processes (PYTHONPATH)
 
@@ -180,17 +180,13 @@ def run_training(child: Path, mode: str, data_dir: Path, cache_dir: Path, work: 
 
 def steady_state(prepared: Path, cache_dir: Path, steps: int, repeats: int) -> None:
     """Trainer samples/s and data-path images/s over the cache vs over in-memory tensors, interleaved."""
-    import copy
-
     import torch
-    from transformers import TrainingArguments
 
     from hfxray.cache import decoded_split
     from hfxray.cpu_memory import keep_freed_memory
     from hfxray.data import load_imagefolder
     from hfxray.models import create_model
     from hfxray.arguments import RecipeArguments
-    from hfxray.training import _recipe_trainer_class
     from hfxray.transforms import Geometry, XrayTensorDataset, decode_split
 
     keep_freed_memory()
@@ -204,22 +200,9 @@ def steady_state(prepared: Path, cache_dir: Path, steps: int, repeats: int) -> N
     datasets = {name: XrayTensorDataset(source, labels, geometry, train=True, max_zoom=1.1)
                 for name, source in (("memory", images), ("cache", cached))}
     recipe = RecipeArguments(schedule="onecycle")
-    Clock = step_clock_class(warm)
 
     def trainer_run(dataset):
-        def run():
-            training_args = TrainingArguments(
-                output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=batch,
-                learning_rate=1e-3, optim="adamw_torch", label_smoothing_factor=0.1, report_to="none",
-                save_strategy="no", eval_strategy="no",
-                logging_strategy="no", disable_tqdm=True, use_cpu=True, dataloader_pin_memory=False)
-            trainer = _recipe_trainer_class()(model=copy.deepcopy(model), args=training_args, train_dataset=dataset,
-                                              data_collator=dataset.collate, recipe=recipe)
-            clock = Clock()
-            trainer.add_callback(clock)
-            trainer.train()
-            return clock.elapsed
-        return run
+        return lambda: steady_trainer_seconds(model, dataset, recipe, steps, batch, warm)
 
     def epoch(dataset):
         def run():

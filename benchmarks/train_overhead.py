@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import tempfile
 import time
 
 import torch
 
-from _common import interleaved_medians, prepared_sample, step_clock_class
+from _common import interleaved_medians, prepared_sample, steady_trainer_seconds
 
 WARM = 10
 
@@ -36,17 +35,13 @@ def main() -> None:
         keep_freed_memory()
     allocator = "default allocator" if args.default_allocator else "kept memory"
 
-    from transformers import TrainingArguments
-
     from hfxray.data import load_imagefolder
     from hfxray.losses import LabelSmoothingCrossEntropy
     from hfxray.models import create_model
     from hfxray.arguments import RecipeArguments
     from hfxray.recipes import build_scheduler, decay_parameter_names
-    from hfxray.training import _recipe_trainer_class
     from hfxray.transforms import Geometry, XrayTensorDataset, decode_split
 
-    StepClock = step_clock_class(WARM)
     prepared = prepared_sample()
     dataset = load_imagefolder(prepared)
     recipe = RecipeArguments(schedule="onecycle")
@@ -58,18 +53,8 @@ def main() -> None:
         samples = (args.steps - WARM) * args.batch_size
 
         def trainer_path():
-            training_args = TrainingArguments(
-                output_dir=tempfile.mkdtemp(), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-                learning_rate=1e-3, weight_decay=0.05, optim="adamw_torch", label_smoothing_factor=0.1,
-                report_to="none", save_strategy="no", eval_strategy="no",
-                logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, use_cpu=True,
-                dataloader_pin_memory=False)
-            trainer = _recipe_trainer_class()(model=copy.deepcopy(model), args=training_args, train_dataset=train,
-                                              data_collator=train.collate, recipe=recipe)
-            clock = StepClock()
-            trainer.add_callback(clock)
-            trainer.train()
-            return clock.elapsed
+            return steady_trainer_seconds(model, train, recipe, args.steps, args.batch_size, WARM, weight_decay=0.05,
+                                          dataloader_num_workers=0)
 
         def bare_loop():
             net = copy.deepcopy(model).train()

@@ -255,6 +255,24 @@ def _read_into(fd: int, target, offset: int) -> int:
     return done
 
 
+def pooled_split(data_dir: str | os.PathLike, resize: int, cache_dir: str | os.PathLike | None = None,
+                 counts: dict | None = None, guard=None) -> "DecodedImages":
+    """Train + validation (`POOL_SPLITS`, those with images) one after another: the rows cross-validation folds
+    and the refit select from. `counts` is `check_classes`'s answer when the caller has it; `guard(name)` is a
+    context around each split's lookup (DDP: `main_process_first`, so that rank 0 builds a missing entry)."""
+    import contextlib
+
+    from .data import POOL_SPLITS, check_classes
+
+    counts = counts if counts is not None else check_classes(data_dir)
+    parts = []
+    for name in POOL_SPLITS:
+        if sum(counts[name].values()):
+            with (guard(name) if guard is not None else contextlib.nullcontext()):
+                parts.append(decoded_split(data_dir, name, resize, cache_dir=cache_dir))
+    return DecodedImages.concatenate(parts)
+
+
 class _RowIndex:
     """Where each row's pixels lie in an entry's Arrow files, with its shape, label and image path.
 

@@ -143,16 +143,6 @@ def pool_selector(data_dir, train_files: list[str], evaluation_files: list[str] 
     return select
 
 
-def pooled_images(data_dir, resize: int, cache_dir=None):
-    """Train + validation images from the decode cache, pooled in `POOL_SPLITS` order (as training pools them)."""
-    from .cache import DecodedImages, decoded_split
-    from .data import check_classes
-
-    counts = check_classes(data_dir)
-    return DecodedImages.concatenate([decoded_split(data_dir, name, resize, cache_dir=cache_dir)
-                                      for name in POOL_SPLITS if sum(counts[name].values())])
-
-
 # --- variants -----------------------------------------------------------------------------------------------
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=-]+")
@@ -233,11 +223,12 @@ def _parse(base_flags: list[str], variant: Variant, output_dir: Path):
 
 def _predict(model, processor, data_dir, files: list[str], cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of the pooled images `files` (from the decode cache, the tensors `pipeline` makes)."""
+    from .cache import pooled_split
     from .evaluation import predict_logits
     from .transforms import Geometry, XrayTensorDataset
 
     geometry = Geometry.from_processor(processor)
-    pooled = pooled_images(data_dir, geometry.resize, cache_dir)
+    pooled = pooled_split(data_dir, geometry.resize, cache_dir)
     images = pooled.select(pool_selector(data_dir, files, None)(pooled.files)[0])
     return predict_logits(model, XrayTensorDataset(images, images.labels, geometry), desc="predicting held-out fold"), \
         np.asarray(images.labels)

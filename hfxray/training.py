@@ -232,8 +232,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     import torch
     from transformers import set_seed
 
-    from .cache import DecodedImages, decoded_split
-    from .data import POOL_SPLITS, check_classes, check_prepared
+    from .cache import decoded_split, pooled_split
+    from .data import check_classes, check_prepared
     from .models import create_model
     from .transforms import Geometry, XrayTensorDataset
 
@@ -252,19 +252,20 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     geometry = Geometry.from_processor(processor)
     data_dir = check_prepared(data_args.data_dir)
     counts = check_classes(data_dir)
-    present = [name for name in POOL_SPLITS if sum(counts[name].values())]
-    if select_splits is None and "validation" not in present:
+    if select_splits is None and not sum(counts["validation"].values()):
         raise DataError(f"{data_args.data_dir}: no validation split. To fix: prepare with --val-fraction > 0.")
 
-    def cached(name):
+    def first_on_rank_0(name):
         # Decoded once into a cache that later runs, folds and the other ranks reuse; rank 0 builds it.
-        with training_args.main_process_first(desc=f"decode cache ({name})"):
-            return decoded_split(data_dir, name, geometry.resize, cache_dir=data_args.cache_dir)
+        return training_args.main_process_first(desc=f"decode cache ({name})")
 
     if select_splits is None:
-        parts = {name: cached(name) for name in ("train", "validation")}
+        parts = {}
+        for name in ("train", "validation"):
+            with first_on_rank_0(name):
+                parts[name] = decoded_split(data_dir, name, geometry.resize, cache_dir=data_args.cache_dir)
     else:  # cross-validation folds and the refit: rows of train + validation pooled
-        pooled = DecodedImages.concatenate([cached(name) for name in present])
+        pooled = pooled_split(data_dir, geometry.resize, data_args.cache_dir, counts, guard=first_on_rank_0)
         train_rows, evaluation_rows = select_splits(pooled.files)
         parts = {"train": pooled.select(train_rows)}
         if evaluation_rows is not None:
