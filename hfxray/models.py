@@ -198,6 +198,7 @@ def parse_config_overrides(text: str | None) -> dict:
 _OWNED_BY_FLAGS = {
     **dict.fromkeys(("image_size", "img_size"), "the input size follows the recipe's crop. To fix: use --image_size "
                                                 "(and --resize_size) instead."),
+    **dict.fromkeys(("num_channels", "in_chans"), "the processor feeds 3-channel images. To fix: leave it out."),
     **dict.fromkeys(("num_labels", "num_classes", "id2label", "label2id", "problem_type"),
                     "the two classes (normal, virus) and their loss are fixed by hfxray. To fix: leave it out."),
 }

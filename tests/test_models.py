@@ -158,6 +158,7 @@ def test_config_overrides_build_save_and_reload_the_changed_architecture(tmp_pat
     ("bit", "tiny", "layer_type=Bottleneck", "cannot build bit.tiny.*To fix"),  # transformers' config validation
     ("vit", "tiny", "image_size=128", "image_size: the input size follows the recipe.*To fix: use --image_size"),
     ("hybrid", "tiny", "img_size=128", "img_size: .*To fix: use --image_size"),
+    ("bit", "tiny", "num_channels=1", "num_channels: the processor feeds 3-channel images. To fix"),
     ("vit", "tiny", "problem_type=multi_label_classification", "problem_type: .*fixed by hfxray. To fix"),
 ])
 def test_config_overrides_that_cannot_apply_say_how_to_fix(kind, preset, overrides, message):
