@@ -6,6 +6,7 @@ the optional push.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -299,14 +300,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
 
     if trainer.is_world_process_zero():
         logger.info(_plan(trainer, spec, recipe_args, len(splits["train"])))
-    train_result = trainer.train(resume_from_checkpoint=resume_from)
-    if recipe_args.average_last_epochs > 1:
-        _average_last_checkpoints(trainer, recipe_args.average_last_epochs)
-    train_metrics = dict(train_result.metrics, world_size=training_args.world_size,
-                         global_step=trainer.state.global_step)
-    trainer.save_metrics("train", train_metrics)
-    trainer.save_state()
-    trainer.save_model()
+    with _library_progress_bars(enabled=not training_args.disable_tqdm):
+        train_result = trainer.train(resume_from_checkpoint=resume_from)
+        if recipe_args.average_last_epochs > 1:
+            _average_last_checkpoints(trainer, recipe_args.average_last_epochs)
+        train_metrics = dict(train_result.metrics, world_size=training_args.world_size,
+                             global_step=trainer.state.global_step)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        trainer.save_model()
     if trainer.is_world_process_zero():
         # The Trainer pickles its arguments beside the model; args.yaml is the run's readable record, and a
         # pickle is not something a model folder should ask anyone to load.
@@ -314,6 +316,25 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return train_metrics
+
+
+@contextlib.contextmanager
+def _library_progress_bars(enabled: bool):
+    """transformers' own progress bars off while training when `--disable_tqdm` is set.
+
+    The flag reaches only the Trainer's bars; transformers 5.x's `save_pretrained` draws a "Writing model shards"
+    bar at every checkpoint, which would be one bar per epoch in a run that asked for none.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _plain(value):

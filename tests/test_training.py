@@ -172,12 +172,15 @@ def test_weight_averaging_needs_epoch_checkpoints(prepared_dir, tmp_path):
         parse_args([*base, "--save_total_limit", "2"])
 
 
-def test_final_model_is_the_mean_of_the_last_epoch_checkpoints(prepared_dir, tmp_path):
+def test_final_model_is_the_mean_of_the_last_epoch_checkpoints(prepared_dir, tmp_path, capsys):
     from transformers import AutoModelForImageClassification
 
     out = tmp_path / "averaged"
     assert main(_run_args(prepared_dir, out, "bit", ["--recipe", "scratch", "--num_train_epochs", "3",
-                                                     "--max_train_samples", "32", "--report_to", "none"])) == 0
+                                                     "--max_train_samples", "32", "--report_to", "none",
+                                                     "--disable_tqdm", "true"])) == 0
+    # --disable_tqdm silences every bar, transformers' per-checkpoint "Writing model shards" too.
+    assert "Writing model shards" not in capsys.readouterr().err
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))[-3:]
     states = [AutoModelForImageClassification.from_pretrained(c).state_dict() for c in checkpoints]
     final = AutoModelForImageClassification.from_pretrained(out)
