@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = False
     while argv and argv[0] in ("-q", "--quiet"):
         quiet, argv = True, argv[1:]
-    configure("WARNING" if quiet else "INFO")
+    configure("WARNING" if quiet else "INFO", quiet=quiet)
     try:
         return _dispatch(argv)
     except HfxrayError as err:

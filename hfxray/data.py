@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .errors import HfxrayError, printable
 from .imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageProblem, check_image, load_standard_image
+from .logs import progress_bar_disable
 
 CLASS_NAMES = ("normal", "virus")
 SPLITS = ("train", "validation", "test")
@@ -798,7 +799,11 @@ def prepare(
     if not 0.0 <= test_fraction < 1.0:
         raise DataError(f"--test-fraction {test_fraction} is outside [0, 1). To fix: pass e.g. --test-fraction 0.15")
     if progress is None:
-        from tqdm.auto import tqdm as progress
+        from functools import partial
+
+        from tqdm.auto import tqdm
+
+        progress = partial(tqdm, disable=progress_bar_disable())
     paths = [Path(p) for p in (source if isinstance(source, (list, tuple)) else [source])]
     if not paths:
         raise DataError("no --source given. To fix: pass --source FOLDER (repeat it to merge several sources).")

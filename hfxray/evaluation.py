@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import CLASS_NAMES, SPLITS, DataError, read_manifest
-from .logs import get_logger
+from .logs import get_logger, progress_bar_disable
 
 SHORTCUT_WARNING = 0.8  # separation (AUROC read both ways) from which the source shortcut check warns
 SHORTCUT_MIN_IMAGES = 5  # images a source needs in a class to enter the check
@@ -104,7 +104,8 @@ def predict_logits(model, dataset, batch_size: int = 64, desc: str = "predicting
     device = next(model.parameters()).device
     chunks = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch", disable=None):
+        for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch",
+                          disable=progress_bar_disable()):
             crops = [dataset.crop(i) for i in range(start, min(start + batch_size, len(dataset)))]
             batch = dataset.normalise(torch.stack(crops))
             chunks.append(model(pixel_values=batch.to(device)).logits.float().cpu().numpy())

@@ -7,9 +7,13 @@ Results a command exists to print (tables, summaries, JSON on request) still go 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 ROOT = "hfxray"
+# -q (the command line's --quiet): warnings and errors only, for every message of the process, the libraries'
+# progress bars included. Later `configure` calls (the training entry point's, say) keep it.
+_quiet = False
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -29,13 +33,24 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
-def configure(level: int | str = logging.INFO) -> None:
-    """Send `hfxray` messages at `level` and above to stderr as plain lines (idempotent)."""
+def configure(level: int | str = logging.INFO, quiet: bool | None = None) -> None:
+    """Send `hfxray` messages at `level` and above to stderr as plain lines (idempotent).
+
+    `quiet` (the command line's -q) sets WARNING as the floor for this and later calls, and turns off the progress
+    bars of hfxray, huggingface_hub, transformers and datasets; `quiet=False` lifts it.
+    """
     import warnings
 
+    global _quiet
     # The Trainer asks for pinned memory by default; on a CPU-only machine torch warns once per DataLoader,
     # which in training with per-epoch evaluation is a warning every epoch that asks nothing of the user.
     warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true but no accelerator.*")
+    if quiet is not None and quiet != _quiet:
+        _quiet = quiet
+        _library_progress_bars(show=not quiet)
+    level = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if _quiet:
+        level = max(level, logging.WARNING)
     root = logging.getLogger(ROOT)
     if not any(isinstance(handler, _CurrentStderr) for handler in root.handlers):
         handler = _CurrentStderr()
@@ -43,3 +58,33 @@ def configure(level: int | str = logging.INFO) -> None:
         root.addHandler(handler)
         root.propagate = False
     root.setLevel(level)
+
+
+def quiet() -> bool:
+    """Whether -q is in force (warnings and errors only)."""
+    return _quiet
+
+
+def progress_bar_disable() -> bool | None:
+    """tqdm's `disable` for hfxray's own bars: off under -q, else tqdm's default of no bar outside a terminal."""
+    return True if _quiet else None
+
+
+def _library_progress_bars(show: bool) -> None:
+    """The libraries' own switches. transformers reads huggingface_hub's when it is imported, so it needs its own
+    call only if it is imported already. A user's HF_*_DISABLE_PROGRESS_BARS stays in force when -q is lifted."""
+    from huggingface_hub import utils as hub_utils
+
+    def user_disabled(variable: str) -> bool:
+        return os.environ.get(variable, "").upper() in ("1", "ON", "YES", "TRUE")
+
+    if not (show and user_disabled("HF_HUB_DISABLE_PROGRESS_BARS")):
+        (hub_utils.enable_progress_bars if show else hub_utils.disable_progress_bars)()
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as transformers_logging
+
+            (transformers_logging.enable_progress_bar if show else transformers_logging.disable_progress_bar)()
+    if not (show and user_disabled("HF_DATASETS_DISABLE_PROGRESS_BARS")):
+        import datasets
+
+        (datasets.enable_progress_bars if show else datasets.disable_progress_bars)()

@@ -18,6 +18,7 @@ from pathlib import Path
 from .env import hub_offline
 from .errors import HfxrayError, one_line
 from .imaging import ImageProblem, load_rgb
+from .logs import progress_bar_disable
 
 OUTPUT_FORMATS = (".csv", ".json")
 COLUMNS = ("file", "label", "probability", "p_virus", "error")
@@ -66,7 +67,8 @@ def predict_files(classifier, files: list[Path], batch_size: int = 16, progress:
 
     num_labels = classifier.model.config.num_labels
     predictions: list[Prediction] = []
-    with tqdm(total=len(files), desc="predicting", unit="img", disable=not progress) as bar:
+    disable = progress_bar_disable() if progress else True
+    with tqdm(total=len(files), desc="predicting", unit="img", disable=disable) as bar:
         for start in range(0, len(files), batch_size):
             chunk = [Prediction(file=str(path)) for path in files[start:start + batch_size]]
             readable, images = [], []

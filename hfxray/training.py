@@ -16,7 +16,7 @@ import yaml
 
 from .arguments import ConfigError, DataArguments, ModelArguments, RecipeArguments, RunArguments, resolved_config
 from .data import DataError
-from .logs import get_logger
+from .logs import get_logger, quiet
 
 logger = get_logger(__name__)
 # The Trainer's pickled TrainingArguments (transformers.trainer.TRAINING_ARGS_NAME).
@@ -290,6 +290,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
         callbacks=[_epoch_callback(splits["train"]), _eta_callback()],
         recipe=recipe_args,
     )
+    if quiet():
+        # `hfxray -q train`: warnings and errors only. The Trainer prints each logging step's dict (or draws its
+        # bars); the metrics still reach TensorBoard and trainer_state.json.
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
     config = resolved_config(model_args, data_args, recipe_args, run_args, training_args)
     config.update(model_tag=spec.tag, pretrained_checkpoint=model_args.checkpoint or spec.checkpoint,
                   world_size=training_args.world_size, train_size=len(splits["train"]),

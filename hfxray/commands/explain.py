@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from ..logs import get_logger
+
+logger = get_logger(__name__)
 METHODS = ("gradcam", "rollout", "actmax")  # mirrors hfxray.explain.METHODS without importing torch for --help
 
 
@@ -41,7 +44,7 @@ def run(args) -> int:
             loaded[name], sources[name] = (model, processor), str(Path(model_dir).resolve())
         if args.method == "actmax":
             if args.images:
-                print("note: actmax starts from a gray image; the image arguments are ignored", file=sys.stderr)
+                logger.warning("note: actmax starts from a gray image; the image arguments are ignored")
             path = explain_actmax(loaded, out / f"{'+'.join(loaded)}.actmax.png", steps=args.steps,
                                   sources=list(sources.values()))
             print(f"activation maximization for {len(loaded)} model(s) -> {path}")

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import sys
 
+from ..logs import get_logger
+
+logger = get_logger(__name__)
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively for images)")
@@ -39,8 +43,10 @@ def run(args) -> int:
         return 2
     temperature = folded_temperature(classifier.model)
     if temperature != 1.0:
-        print(f"probabilities temperature-scaled with T = {temperature:.4g}", file=sys.stderr)
+        logger.info(f"probabilities temperature-scaled with T = {temperature:.4g}")
     predictions = predict_files(classifier, files, batch_size=args.batch_size)
     write_predictions(predictions, args.out)
-    print(summary_line(predictions) + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
+    failed = any(p.error for p in predictions)
+    (logger.warning if failed else logger.info)(summary_line(predictions) +
+                                                (f"; written to {args.out}" if args.out else ""))
     return 0 if any(not p.error for p in predictions) else 1

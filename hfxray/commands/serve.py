@@ -5,7 +5,9 @@ Exit status: 2 when a model cannot be loaded or an option is wrong; otherwise th
 
 from __future__ import annotations
 
-import sys
+from ..logs import get_logger
+
+logger = get_logger(__name__)
 
 
 def add_arguments(parser) -> None:
@@ -45,7 +47,7 @@ def run(args) -> int:
     else:
         examples = find_examples(Path(args.examples) if args.examples else sample_dir())
     for served in models:
-        print(f"serving {served.name} ({served.family}, {served.method}) from {served.run_dir}", file=sys.stderr)
+        logger.info(f"serving {served.name} ({served.family}, {served.method}) from {served.run_dir}")
     launch(build_app(models, examples, max_upload_mb=args.max_upload_mb), host=args.host, port=args.port,
            share=args.share)
     return 0

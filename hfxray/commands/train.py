@@ -2,6 +2,7 @@
 
 
 def run_argv(argv: list[str]) -> int:
+    from ..logs import quiet
     from ..workflow import main
 
-    return main(argv, prog="hfxray train")
+    return main(argv, prog="hfxray train", quiet=quiet())

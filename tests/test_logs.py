@@ -1,0 +1,79 @@
+"""`hfxray -q`: warnings, errors and a command's own results only, the libraries' progress bars included, in every
+command that loads a model or trains; lifting it restores the messages and bars (and a user's own switch)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from hfxray.cli import main as cli
+from hfxray.logs import ROOT, configure
+
+
+@pytest.fixture(autouse=True)
+def _not_quiet_afterwards():
+    yield
+    configure("INFO", quiet=False)
+
+
+def test_quiet_is_a_floor_that_later_configure_calls_keep_until_it_is_lifted():
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    configure("WARNING", quiet=True)
+    configure("INFO")  # what the training entry point does once its arguments are parsed
+    assert logging.getLogger(ROOT).level == logging.WARNING
+    assert hub_utils.are_progress_bars_disabled() and not transformers_logging.is_progress_bar_enabled()
+    configure("INFO", quiet=False)
+    assert logging.getLogger(ROOT).level == logging.INFO
+    assert not hub_utils.are_progress_bars_disabled() and transformers_logging.is_progress_bar_enabled()
+
+
+def test_lifting_quiet_keeps_a_users_own_progress_bar_switch(monkeypatch):
+    from huggingface_hub import utils as hub_utils
+
+    configure("WARNING", quiet=True)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    configure("INFO", quiet=False)
+    assert hub_utils.are_progress_bars_disabled()
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
+    hub_utils.enable_progress_bars()
+
+
+def test_quiet_predict_prints_only_its_results(tiny_runs, prepared_dir, tmp_path, capsys):
+    images = str(prepared_dir / "test" / "virus")
+    assert cli(["-q", "predict", "--model", str(tiny_runs["bit"]), images]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # no "Loading weights" or "predicting" bars, no info lines
+    assert captured.out.startswith("file,label,probability")
+    assert cli(["predict", "--model", str(tiny_runs["bit"]), "--out", str(tmp_path / "p.csv"), images]) == 0
+    assert "predicted" in capsys.readouterr().err  # the info line is back once -q is not given
+
+
+def test_quiet_evaluate_prints_only_its_json(tiny_runs, prepared_dir, tmp_path, capsys):
+    assert cli(["-q", "evaluate", "--model", str(tiny_runs["vit"]), "--data-dir", str(prepared_dir),
+                "--out", str(tmp_path / "eval"), "--n-resamples", "20"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.lstrip().startswith("{")
+
+
+def test_quiet_train_prints_only_the_final_summary(prepared_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["-q", "train", "--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data-dir",
+                str(prepared_dir), "--output-dir", str(out), "--num_train_epochs", "3", "--max_train_samples", "16",
+                "--logging_steps", "1", "--report_to", "none"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "", captured.err[-2000:]  # no step dicts, bars, plan or cache lines
+    assert str(out) in captured.out  # the summary: where the run is and what to do next
+    assert (out / "trainer_state.json").is_file() and "loss" in (out / "trainer_state.json").read_text()
+
+
+def test_quiet_explain_and_prepare_draw_no_bars(tiny_runs, prepared_dir, sample_dir, tmp_path, capsys):
+    image = next((prepared_dir / "test" / "virus").iterdir())
+    assert cli(["-q", "explain", "--model", str(tiny_runs["bit"]), "--method", "gradcam", "--out",
+                str(tmp_path / "maps"), str(image)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "explained 1 of 1" in captured.out
+    assert cli(["-q", "data", "prepare", "--source", str(sample_dir), "--out", str(tmp_path / "prepared")]) == 0
+    assert capsys.readouterr().err == ""  # the per-image bars (checking, hashing, writing) are off
