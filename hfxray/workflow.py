@@ -134,16 +134,16 @@ def connect_cpu_processes() -> None:
         os.environ["ACCELERATE_USE_CPU"] = "true"
 
 
-def main(argv: list[str] | None = None, prog: str = "scripts/train.py", quiet: bool = False) -> int:
+def main(argv: list[str] | None = None, prog: str = "scripts/train.py") -> int:
     """Entry point of scripts/train.py and `hfxray train`: one `error:` line and exit 2 for any HfxrayError.
 
-    `quiet` is `hfxray -q train`: warnings, errors and the final summary only.
+    Under `hfxray -q` (train, demo) it keeps to warnings, errors and the final summary.
     """
     from .arguments import ConfigError, parse_args
     from .compat import check_versions
     from .hub import prepare_push_to_hub
 
-    configure(quiet=quiet)
+    configure()
     connect_cpu_processes()
     try:
         check_versions()

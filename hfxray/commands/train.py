@@ -2,7 +2,6 @@
 
 
 def run_argv(argv: list[str]) -> int:
-    from ..logs import quiet
     from ..workflow import main
 
-    return main(argv, prog="hfxray train", quiet=quiet())
+    return main(argv, prog="hfxray train")
