@@ -6,6 +6,7 @@ Results a command exists to print (tables, summaries, JSON on request) still go 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -68,6 +69,21 @@ def quiet() -> bool:
 def progress_bar_disable() -> bool | None:
     """tqdm's `disable` for hfxray's own bars: off under -q, else tqdm's default of no bar outside a terminal."""
     return True if _quiet else None
+
+
+@contextlib.contextmanager
+def library_progress_bars_off(active: bool = True):
+    """Inside the block (when `active`) the libraries' progress bars are off; afterwards they are as they were."""
+    from huggingface_hub import utils as hub_utils
+
+    turn_off = active and not hub_utils.are_progress_bars_disabled()
+    if turn_off:
+        _library_progress_bars(show=False)
+    try:
+        yield
+    finally:
+        if turn_off and not _quiet:
+            _library_progress_bars(show=True)
 
 
 def _library_progress_bars(show: bool) -> None:

@@ -6,7 +6,6 @@ the optional push.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -16,7 +15,7 @@ import yaml
 
 from .arguments import ConfigError, DataArguments, ModelArguments, RecipeArguments, RunArguments, resolved_config
 from .data import DataError
-from .logs import get_logger, quiet
+from .logs import get_logger, library_progress_bars_off, quiet
 
 logger = get_logger(__name__)
 # The Trainer's pickled TrainingArguments (transformers.trainer.TRAINING_ARGS_NAME).
@@ -307,7 +306,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
 
     if trainer.is_world_process_zero():
         logger.info(_plan(trainer, spec, recipe_args, len(splits["train"])))
-    with _library_progress_bars(enabled=not training_args.disable_tqdm):
+    # --disable_tqdm reaches only the Trainer's bars; transformers 5.x's save_pretrained draws a "Writing model
+    # shards" bar at every checkpoint, one per epoch in a run that asked for none.
+    with library_progress_bars_off(training_args.disable_tqdm):
         train_result = trainer.train(resume_from_checkpoint=resume_from)
         if recipe_args.average_last_epochs > 1:
             _average_last_checkpoints(trainer, recipe_args.average_last_epochs)
@@ -323,25 +324,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return train_metrics
-
-
-@contextlib.contextmanager
-def _library_progress_bars(enabled: bool):
-    """transformers' own progress bars off while training when `--disable_tqdm` is set.
-
-    The flag reaches only the Trainer's bars; transformers 5.x's `save_pretrained` draws a "Writing model shards"
-    bar at every checkpoint, which would be one bar per epoch in a run that asked for none.
-    """
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if not enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _plain(value):

@@ -77,3 +77,20 @@ def test_quiet_explain_and_prepare_draw_no_bars(tiny_runs, prepared_dir, sample_
     assert captured.err == "" and "explained 1 of 1" in captured.out
     assert cli(["-q", "data", "prepare", "--source", str(sample_dir), "--out", str(tmp_path / "prepared")]) == 0
     assert capsys.readouterr().err == ""  # the per-image bars (checking, hashing, writing) are off
+
+
+def test_library_bars_are_off_only_inside_the_block():
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    from hfxray.logs import library_progress_bars_off
+
+    with library_progress_bars_off():
+        assert hub_utils.are_progress_bars_disabled() and not transformers_logging.is_progress_bar_enabled()
+    assert not hub_utils.are_progress_bars_disabled() and transformers_logging.is_progress_bar_enabled()
+    with library_progress_bars_off(active=False):
+        assert transformers_logging.is_progress_bar_enabled()
+    configure("WARNING", quiet=True)
+    with library_progress_bars_off():
+        pass
+    assert not transformers_logging.is_progress_bar_enabled()  # leaving the block does not lift -q
