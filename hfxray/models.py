@@ -227,17 +227,10 @@ def _check_config_keys(config_class, overrides: dict, spec: ModelSpec, preset_fi
                              f"{', '.join(preset_fields)}.")
 
 
-def _refuse_overrides(spec: ModelSpec, overrides: dict) -> None:
-    if overrides:
-        raise ModelSpecError(f"--config_overrides changes the architecture; {spec.tag} loads pretrained weights of a "
-                             "fixed one. To fix: use --preset small or tiny (models trained from scratch).")
-
-
 def _vit(spec: ModelSpec, checkpoint: str | None, overrides: dict):
     from transformers import ViTConfig, ViTForImageClassification
 
     if spec.preset == "full":
-        _refuse_overrides(spec, overrides)
         model = _from_pretrained(ViTForImageClassification.from_pretrained, checkpoint or spec.checkpoint, **_labels())
         if model.config.image_size != spec.image_size:
             resize_vit_position_embeddings(model, spec.image_size)
@@ -289,7 +282,6 @@ def _bit(spec: ModelSpec, checkpoint: str | None, overrides: dict):
     from transformers import BitConfig, BitForImageClassification
 
     if spec.preset == "full":
-        _refuse_overrides(spec, overrides)
         if checkpoint and Path(checkpoint).expanduser().is_dir():  # an already converted / fine-tuned folder
             return _from_pretrained(BitForImageClassification.from_pretrained, checkpoint, **_labels(),
                                     ignore_mismatched_sizes=True)
@@ -307,7 +299,6 @@ def _bit(spec: ModelSpec, checkpoint: str | None, overrides: dict):
 def _bit_in1k(spec: ModelSpec, checkpoint: str | None, overrides: dict):
     from transformers import BitForImageClassification
 
-    _refuse_overrides(spec, overrides)
     return _from_pretrained(BitForImageClassification.from_pretrained, checkpoint or spec.checkpoint, **_labels(),
                             ignore_mismatched_sizes=True)
 
@@ -316,7 +307,6 @@ def _hybrid(spec: ModelSpec, checkpoint: str | None, overrides: dict):
     from transformers import AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification
 
     if spec.preset == "full":
-        _refuse_overrides(spec, overrides)
         # The in21k hybrid ships no head: ignore_mismatched_sizes lets a fresh 2-class head be created.
         model = _from_pretrained(AutoModelForImageClassification.from_pretrained, checkpoint or spec.checkpoint,
                                  **_labels(), ignore_mismatched_sizes=True)
@@ -369,7 +359,11 @@ def create_model(name: str, preset: str = "full", image_size: int | None = None,
     """Build (model, processor, spec). `checkpoint` replaces the registry's Hub id (e.g. a downloaded folder);
     `config_overrides` (`parse_config_overrides`) changes a from-scratch preset's architecture."""
     spec = get_spec(name, preset, image_size)
-    model = spec.build(spec, checkpoint, parse_config_overrides(config_overrides))
+    overrides = parse_config_overrides(config_overrides)
+    if overrides and spec.checkpoint is not None:
+        raise ModelSpecError(f"--config_overrides changes the architecture; {spec.tag} loads pretrained weights of a "
+                             "fixed one. To fix: use --preset small or tiny (models trained from scratch).")
+    model = spec.build(spec, checkpoint, overrides)
     processor = build_processor(spec.image_size, resize_size)
     return model, processor, spec
 
