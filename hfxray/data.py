@@ -990,10 +990,16 @@ def check_classes(data_dir: str | os.PathLike) -> dict[str, Counter]:
     return counts
 
 
+def prepared_counts(data_dir: str | os.PathLike) -> dict[str, Counter]:
+    """`check_prepared` then `check_classes`: split -> label -> images on disk of a usable prepared folder, found
+    without listing it through `datasets` (training and evaluation with a warm decode cache need no more)."""
+    return check_classes(check_prepared(data_dir))
+
+
 def load_imagefolder(data_dir: str | os.PathLike):
     """The prepared folder as a datasets DatasetDict (`image`, `label` with names normal/virus)."""
-    data_dir = check_prepared(data_dir)
-    check_classes(data_dir)
+    prepared_counts(data_dir)
+    data_dir = Path(data_dir)
     from datasets import load_dataset
 
     dataset = load_dataset("imagefolder", data_dir=str(data_dir))

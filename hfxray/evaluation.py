@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CLASS_NAMES, SPLITS, DataError, read_manifest
+from .data import CLASS_NAMES, SPLITS, DataError, prepared_counts, read_manifest
 from .logs import get_logger, progress_bar_disable
 
 SHORTCUT_WARNING = 0.8  # separation (AUROC read both ways) from which the source shortcut check warns
@@ -112,20 +112,24 @@ def predict_logits(model, dataset, batch_size: int = 64, desc: str = "predicting
     return np.concatenate(chunks) if chunks else np.zeros((0, 2))
 
 
-def split_logits(model, processor, data_dir, split: str, dataset=None, cache_dir=None
+def split_logits(model, processor, data_dir, split: str, cache_dir=None, counts=None
                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(logits, labels, image paths relative to the prepared folder) of `model` on one split, in one row order
-    (images from the decode cache, `hfxray.cache`)."""
+    (images from the decode cache, `hfxray.cache`). `counts` is `prepared_counts`'s answer when the caller has it.
+
+    The split is found from the image folders, as training finds it: `datasets` lists the folder only when the
+    cache has no entry for it (a changed folder), not on every evaluation.
+    """
     from .cache import decoded_split
-    from .data import load_imagefolder
     from .transforms import Geometry, XrayTensorDataset
 
-    dataset = dataset if dataset is not None else load_imagefolder(data_dir)
-    if split not in dataset:
-        raise DataError(f"{data_dir}: no {split!r} split (has {', '.join(dataset)}). To fix: choose --split "
+    counts = counts if counts is not None else prepared_counts(data_dir)
+    present = [name for name in SPLITS if sum(counts[name].values())]
+    if split not in present:
+        raise DataError(f"{data_dir}: no {split!r} split (has {', '.join(present)}). To fix: choose --split "
                         "train, validation or test, or prepare with --val-fraction > 0.")
     geometry = Geometry.from_processor(processor)
-    images = decoded_split(data_dir, split, geometry.resize, cache_dir=cache_dir, split=dataset[split])
+    images = decoded_split(data_dir, split, geometry.resize, cache_dir=cache_dir)
     logits = predict_logits(model, XrayTensorDataset(images, images.labels, geometry), desc=f"predicting {split}")
     return logits, np.asarray(images.labels), images.files
 
@@ -140,15 +144,13 @@ def report_split(model, processor, data_dir, split: str = "test", out: str | Pat
     from .calibration import folded_temperature, unfolded_logits
     from .metrics import apply_temperature, evaluation_report, plot_reliability_diagram
 
-    from .data import load_imagefolder
-
-    dataset = load_imagefolder(data_dir)
-    logits, labels, files = split_logits(model, processor, data_dir, split, dataset=dataset, cache_dir=cache_dir)
+    counts = prepared_counts(data_dir)
+    logits, labels, files = split_logits(model, processor, data_dir, split, cache_dir=cache_dir, counts=counts)
     groups = patient_groups(data_dir, files)
     report = evaluation_report(labels, logits, groups=groups, n_resamples=n_resamples, seed=seed)
     sources_by_split = split_sources(data_dir)
     if len({s for counts in sources_by_split.values() for s in counts}) > 1:
-        report.update(_per_source(model, processor, data_dir, dataset, split, logits, labels, files, groups,
+        report.update(_per_source(model, processor, data_dir, counts, split, logits, labels, files, groups,
                                   sources_by_split, n_resamples, seed, cache_dir))
     temperature = folded_temperature(model)
     report.update(split=split, folded_temperature=temperature)
@@ -175,7 +177,7 @@ def report_split(model, processor, data_dir, split: str = "test", out: str | Pat
     return report
 
 
-def _per_source(model, processor, data_dir, dataset, split, logits, labels, files, groups, sources_by_split,
+def _per_source(model, processor, data_dir, counts, split, logits, labels, files, groups, sources_by_split,
                 n_resamples, seed, cache_dir=None) -> dict:
     """by_source metrics, the split's sources, and the source shortcut check on held-out images."""
     from .metrics import apply_temperature, evaluation_report
@@ -188,13 +190,13 @@ def _per_source(model, processor, data_dir, dataset, split, logits, labels, file
         by_source[name] = evaluation_report(labels[chosen], logits[chosen], groups=groups[chosen],
                                             n_resamples=n_resamples, seed=seed)
     probs, check_labels, check_sources, images = apply_temperature(logits, 1.0), labels, sources, f"{split} split"
-    others = [s for s in ("validation", "test") if s != split and s in dataset and len(dataset[s])]
+    others = [s for s in ("validation", "test") if s != split and sum(counts[s].values())]
     if split in ("validation", "test") and others and len(set(sources.tolist())) < len(
             {s for counts in sources_by_split.values() for s in counts}):
         # one source per split (--test-source): compare the held-out splits together, never the training images
         other = others[0]
-        more_logits, more_labels, more_files = split_logits(model, processor, data_dir, other, dataset=dataset,
-                                                            cache_dir=cache_dir)
+        more_logits, more_labels, more_files = split_logits(model, processor, data_dir, other, cache_dir=cache_dir,
+                                                            counts=counts)
         more_sources = np.asarray(manifest_values(data_dir, more_files, "source"))
         probs = np.concatenate([probs, apply_temperature(more_logits, 1.0)])
         check_labels = np.concatenate([labels, more_labels])

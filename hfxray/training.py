@@ -233,7 +233,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     from transformers import set_seed
 
     from .cache import decoded_split, pooled_split
-    from .data import check_classes, check_prepared
+    from .data import prepared_counts
     from .models import create_model
     from .transforms import Geometry, XrayTensorDataset
 
@@ -250,8 +250,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
                                           resize_size=recipe_args.resize_size, checkpoint=model_args.checkpoint,
                                           config_overrides=model_args.config_overrides)
     geometry = Geometry.from_processor(processor)
-    data_dir = check_prepared(data_args.data_dir)
-    counts = check_classes(data_dir)
+    data_dir = Path(data_args.data_dir)
+    counts = prepared_counts(data_dir)
     if select_splits is None and not sum(counts["validation"].values()):
         raise DataError(f"{data_args.data_dir}: no validation split. To fix: prepare with --val-fraction > 0.")
 
