@@ -215,6 +215,23 @@ def _yaml_flag_value(value) -> str:
 
 # --- one fold -----------------------------------------------------------------------------------------------
 
+def _base_flags(model: str, preset: str, recipe: str, data_dir, common: list[str]) -> list[str]:
+    return ["--model", model, "--preset", preset, "--recipe", recipe, "--data_dir", str(data_dir),
+            "--report_to", "none", "--disable_tqdm", "true", *common]
+
+
+def check_variants(base_flags: list[str], variants: list[Variant], out: Path) -> None:
+    """Refuse a variant whose flags, or whose architecture when it changes one, are wrong, before any fold trains:
+    a misspelt config field would otherwise stop the run only when that variant's turn comes, hours in."""
+    from .models import create_model
+
+    for variant in variants:
+        model_args, _, recipe_args, _, _ = _parse(base_flags, variant, out / variant.name / "check")
+        if model_args.config_overrides:  # a from-scratch model: building it costs a fraction of a second
+            create_model(model_args.model, model_args.preset, image_size=recipe_args.image_size,
+                         resize_size=recipe_args.resize_size, config_overrides=model_args.config_overrides)
+
+
 def _parse(base_flags: list[str], variant: Variant, output_dir: Path):
     from .arguments import parse_args
 
@@ -411,11 +428,8 @@ def cross_validate(model: str, preset: str, recipe: str, data_dir, out, n_folds:
     """
     out = Path(out)
     common, variants = build_variants(sets, variants_file)
-    base_flags = ["--model", model, "--preset", preset, "--recipe", recipe, "--data_dir", str(data_dir),
-                  "--report_to", "none", "--disable_tqdm", "true", *common]
-    # Every variant's flags are checked before the first fold trains.
-    for variant in variants:
-        _, _, recipe_args, _, _ = _parse(base_flags, variant, out / variant.name / "check")
+    base_flags = _base_flags(model, preset, recipe, data_dir, common)
+    check_variants(base_flags, variants, out)
     rows, folds = fold_plan(data_dir, out, n_folds, repeats, fold_seed)
     results: dict[str, list[dict]] = {}
     for variant in variants:
@@ -462,9 +476,8 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
         logger.info("refit: %s already trained and tested once; not repeated", run_dir)
         return json.loads((run_dir / REFIT_RESULTS).read_text())
     out_of_fold = out_of_fold_logits(out, chosen.name)
-    base_flags = ["--model", model, "--preset", preset, "--recipe", recipe, "--data_dir", str(data_dir),
-                  "--report_to", "none", "--disable_tqdm", "true", *common]
-    model_args, data_args, recipe_args, run_args, training_args = _parse(base_flags, chosen, run_dir)
+    model_args, data_args, recipe_args, run_args, training_args = _parse(
+        _base_flags(model, preset, recipe, data_dir, common), chosen, run_dir)
     files = [r["file"] for r in pool_rows(data_dir)]
     train_metrics = train(model_args, data_args, recipe_args, run_args, training_args,
                           select_splits=pool_selector(data_dir, files, None))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hfxray import cv
 from hfxray.cv import CVError, build_variants, make_folds, paired_comparison, pool_rows
+from hfxray.models import ModelSpecError
 
 
 def _check_folds(labels, groups, folds, n_folds):
@@ -71,6 +73,28 @@ def test_variants_from_set_grid_and_yaml(tmp_path):
         build_variants(["learning_rate"])
     with pytest.raises(CVError, match="To fix"):
         build_variants(["learning_rate=1e-3,2e-3"], str(path))
+
+
+
+def test_a_wrong_architecture_field_stops_the_run_before_any_fold_trains(fake_prepared, tmp_path, monkeypatch):
+    import hfxray.training
+
+    path = tmp_path / "variants.yaml"
+    path.write_text('today: {}\ndeeper:\n  config_overrides: "depthz=[2,2,2,2]"\n')
+    monkeypatch.setattr(hfxray.training, "train", lambda *a, **k: pytest.fail("a fold trained"))
+    with pytest.raises(ModelSpecError, match="depthz.*To fix"):
+        cv.cross_validate("bit", "small", "scratch", fake_prepared, tmp_path / "cv", n_folds=2,
+                          variants_file=str(path))
+    assert not (tmp_path / "cv" / "folds.json").exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "cv").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_variant_files_are_valid(path, fake_prepared, tmp_path):
+    common, variants = build_variants(None, str(path))
+    assert variants[0].name == "today" and not variants[0].flags  # the reference is the recipe as shipped
+    assert len(variants) > 1
+    cv.check_variants(cv._base_flags("bit", "small", "scratch", fake_prepared, common), variants, tmp_path)
 
 
 def test_paired_comparison_uses_the_same_folds():
