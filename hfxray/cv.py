@@ -457,6 +457,16 @@ def out_of_fold_logits(out, variant: str) -> tuple[np.ndarray, np.ndarray]:
             np.concatenate([r["labels"] for r in results]))
 
 
+def refit_names(requested: str, variants: list[Variant]) -> list[str]:
+    """The variants `--refit REQUESTED` trains: '' the first, 'all' every one, else the one named."""
+    names = [v.name for v in variants]
+    chosen = names if requested == "all" else [requested or names[0]]
+    if not set(chosen) <= set(names):
+        raise CVError(f"--refit {requested!r} is not a variant of this run ({', '.join(names)}). To fix: name one "
+                      "of them, or 'all'.")
+    return chosen
+
+
 def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: str, sets: list[str] | None = None,
           variants_file: str | None = None) -> dict:
     """Train the chosen variant on all of train + validation, calibrate from out-of-fold logits, test once."""
@@ -467,10 +477,7 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
 
     out = Path(out)
     common, variants = build_variants(sets, variants_file)
-    chosen = {v.name: v for v in variants}.get(variant_name_)
-    if chosen is None:
-        raise CVError(f"--refit {variant_name_!r} is not a variant of this run ({', '.join(v.name for v in variants)})."
-                      " To fix: name one of them.")
+    chosen = {v.name: v for v in variants}[refit_names(variant_name_, variants)[0]]
     run_dir = out / chosen.name / REFIT_DIR
     if (run_dir / REFIT_RESULTS).is_file():
         logger.info("refit: %s already trained and tested once; not repeated", run_dir)

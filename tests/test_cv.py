@@ -88,6 +88,23 @@ def test_a_wrong_architecture_field_stops_the_run_before_any_fold_trains(fake_pr
     assert not (tmp_path / "cv" / "folds.json").exists()
 
 
+
+def test_a_misspelt_refit_variant_stops_the_run_before_any_fold_trains(fake_prepared, tmp_path, monkeypatch, capsys):
+    import hfxray.training
+    from hfxray.cli import main
+
+    monkeypatch.setattr(hfxray.training, "train", lambda *a, **k: pytest.fail("a fold trained"))
+    out = tmp_path / "cv"
+    argv = ["cv", "--model", "bit", "--data-dir", str(fake_prepared), "--out", str(out), "--set", "seed=1,2"]
+    assert main([*argv, "--refit", "seed=3"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --refit 'seed=3' is not a variant of this run (seed=1, seed=2)")
+    assert "To fix" in error
+    assert not out.exists()
+    assert cv.refit_names("", build_variants(["seed=1,2"])[1]) == ["seed=1"]
+    assert cv.refit_names("all", build_variants(["seed=1,2"])[1]) == ["seed=1", "seed=2"]
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "cv").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_variant_files_are_valid(path, fake_prepared, tmp_path):

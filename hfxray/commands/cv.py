@@ -38,19 +38,15 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..cv import build_variants, cross_validate, refit
+    from ..cv import build_variants, cross_validate, refit, refit_names
 
+    # The variant to refit is named before the folds train, so a misspelt name fails now, not after them.
+    names = [] if args.refit is None else refit_names(args.refit, build_variants(args.set, args.variants)[1])
     cross_validate(args.model, args.preset, args.recipe, args.data_dir, args.out, args.folds, args.repeats,
-                             args.fold_seed, args.set, args.variants,
-                             train_missing=not args.summarise_only)
+                   args.fold_seed, args.set, args.variants, train_missing=not args.summarise_only)
     print(Path(args.out, "cv_table.md").read_text())
-    if args.refit is not None:
-        _, variants = build_variants(args.set, args.variants)
-        names = [v.name for v in variants] if args.refit == "all" else [args.refit or variants[0].name]
-        for name in names:
-            result = refit(args.model, args.preset, args.recipe, args.data_dir, args.out, name, args.set,
-                           args.variants)
-            print(json.dumps({"refit": name, "train_runtime": result["train_runtime"], "test": result["test"],
-                              "test_ci95": result["test_ci95"],
-                              "temperature_folded": result["calibration"]["folded"]}))
+    for name in names:
+        result = refit(args.model, args.preset, args.recipe, args.data_dir, args.out, name, args.set, args.variants)
+        print(json.dumps({"refit": name, "train_runtime": result["train_runtime"], "test": result["test"],
+                          "test_ci95": result["test_ci95"], "temperature_folded": result["calibration"]["folded"]}))
     return 0
