@@ -221,13 +221,16 @@ def _base_flags(model: str, preset: str, recipe: str, data_dir, common: list[str
 
 
 def check_variants(base_flags: list[str], variants: list[Variant], out: Path) -> None:
-    """Refuse a variant whose flags, or whose architecture when it changes one, are wrong, before any fold trains:
-    a misspelt config field would otherwise stop the run only when that variant's turn comes, hours in."""
-    from .models import create_model
+    """Refuse a variant whose flags or model are wrong before any fold trains: a misspelt config field, or an input
+    size the architecture cannot take, would otherwise stop the run only when that variant's turn comes, hours in."""
+    from .models import create_model, get_spec
 
     for variant in variants:
         model_args, _, recipe_args, _, _ = _parse(base_flags, variant, out / variant.name / "check")
-        if model_args.config_overrides:  # a from-scratch model: building it costs a fraction of a second
+        # A from-scratch model is built in a fraction of a second; a pretrained one is not downloaded here, and
+        # create_model refuses its --config_overrides before loading anything.
+        from_scratch = get_spec(model_args.model, model_args.preset, recipe_args.image_size).checkpoint is None
+        if from_scratch or model_args.config_overrides:
             create_model(model_args.model, model_args.preset, image_size=recipe_args.image_size,
                          resize_size=recipe_args.resize_size, config_overrides=model_args.config_overrides)
 

@@ -251,9 +251,10 @@ def _from_scratch(model_class, config_class, spec: ModelSpec, values: dict):
     try:
         return model_class(config_class(**values))
     except (ValueError, TypeError, AssertionError, RuntimeError, KeyError, StrictDataclassError) as err:
-        raise ModelSpecError(f"cannot build {spec.tag} with these --config_overrides ({type(err).__name__}: "
-                             f"{one_line(err)[:200]}). To fix: check the names and values against the "
-                             "model's configuration (e.g. one hidden size per stage depth).") from None
+        raise ModelSpecError(f"cannot build {spec.tag} for {spec.image_size} px inputs with this configuration "
+                             f"({type(err).__name__}: {one_line(err)[:200]}). To fix: check --image_size and any "
+                             "--config_overrides against the model's configuration (e.g. one hidden size per stage "
+                             "depth).") from None
 
 
 def resize_vit_position_embeddings(model, image_size: int) -> None:

@@ -86,6 +86,12 @@ def test_a_wrong_architecture_field_stops_the_run_before_any_fold_trains(fake_pr
         cv.cross_validate("bit", "small", "scratch", fake_prepared, tmp_path / "cv", n_folds=2,
                           variants_file=str(path))
     assert not (tmp_path / "cv" / "folds.json").exists()
+    # The same for an input size the architecture cannot take, without any --config_overrides.
+    path.write_text("today: {}\nlarger:\n  image_size: 150\n  resize_size: 160\n")
+    with pytest.raises(ModelSpecError, match="cannot build hybrid.small for 150 px.*To fix"):
+        cv.cross_validate("hybrid", "small", "scratch", fake_prepared, tmp_path / "cv", n_folds=2,
+                          variants_file=str(path))
+    assert not (tmp_path / "cv" / "folds.json").exists()
 
 
 
