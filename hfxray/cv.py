@@ -480,7 +480,10 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
 
     out = Path(out)
     common, variants = build_variants(sets, variants_file)
-    chosen = {v.name: v for v in variants}[refit_names(variant_name_, variants)[0]]
+    names = refit_names(variant_name_, variants)
+    if len(names) != 1:  # 'all' is the command's loop over this function, one variant per call
+        raise CVError(f"refit trains one variant, not {variant_name_!r}. To fix: name one of {', '.join(names)}.")
+    chosen = next(v for v in variants if v.name == names[0])
     run_dir = out / chosen.name / REFIT_DIR
     if (run_dir / REFIT_RESULTS).is_file():
         logger.info("refit: %s already trained and tested once; not repeated", run_dir)

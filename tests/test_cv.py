@@ -75,7 +75,6 @@ def test_variants_from_set_grid_and_yaml(tmp_path):
         build_variants(["learning_rate=1e-3,2e-3"], str(path))
 
 
-
 def test_a_wrong_architecture_field_stops_the_run_before_any_fold_trains(fake_prepared, tmp_path, monkeypatch):
     import hfxray.training
 
@@ -92,7 +91,6 @@ def test_a_wrong_architecture_field_stops_the_run_before_any_fold_trains(fake_pr
         cv.cross_validate("hybrid", "small", "scratch", fake_prepared, tmp_path / "cv", n_folds=2,
                           variants_file=str(path))
     assert not (tmp_path / "cv" / "folds.json").exists()
-
 
 
 def test_a_misspelt_refit_variant_stops_the_run_before_any_fold_trains(fake_prepared, tmp_path, monkeypatch, capsys):
