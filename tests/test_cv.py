@@ -107,6 +107,10 @@ def test_a_misspelt_refit_variant_stops_the_run_before_any_fold_trains(fake_prep
     assert not out.exists()
     assert cv.refit_names("", build_variants(["seed=1,2"])[1]) == ["seed=1"]
     assert cv.refit_names("all", build_variants(["seed=1,2"])[1]) == ["seed=1", "seed=2"]
+    # refit itself trains one variant: 'all' is the command's loop over it, never the first variant alone.
+    with pytest.raises(CVError, match="refit trains one variant, not 'all'. To fix: name one of seed=1, seed=2"):
+        cv.refit("bit", "small", "scratch", fake_prepared, out, "all", ["seed=1,2"])
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "cv").glob("*.yaml")),
