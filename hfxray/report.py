@@ -54,6 +54,8 @@ def _events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def load_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"{run_dir}: no such folder. To fix: pass the --output_dir of a finished training run.")
     missing = [n for n in ("args.yaml", "test_results.json") if not (run_dir / n).is_file()]
     if missing:
         raise ReportError(f"{run_dir}: missing {', '.join(missing)}. To fix: pass folders written by "
@@ -78,6 +80,11 @@ def _hyperparameter(args: dict, key: str) -> str:
     value = args.get(key)
     if key == "pretrained_checkpoint" and not value:
         return "random init"
+    steps_set = (args.get("max_steps") or -1) > 0
+    if key == "num_train_epochs" and steps_set:
+        return "—"  # the Trainer ignores num_train_epochs when max_steps is set
+    if key == "max_steps" and not steps_set:
+        return "—"
     if key == "schedule":
         from .hub import schedule_text
 

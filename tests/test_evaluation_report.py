@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from hfxray.cli import main as cli_main
 from hfxray.data import read_manifest
-from hfxray.report import comparison_paragraph, load_run
+from hfxray.report import _hyperparameter, comparison_paragraph, load_run
 
 
 def _independent_test_predictions(run_dir: Path, prepared_dir: Path):
@@ -96,3 +96,18 @@ def test_report_tables_figures_and_curves_from_real_event_files(tiny_runs, prepa
 def test_report_names_a_missing_file(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "args.yaml" in capsys.readouterr().err
+
+
+def test_report_names_a_folder_that_does_not_exist(tmp_path, capsys):
+    assert cli_main(["report", str(tmp_path / "runs" / "bit-seed"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "bit-seed: no such folder" in err and "missing" not in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("max_steps, epochs_cell, steps_cell", [(500, "—", "500"), (-1, "3", "—"), (0, "3", "—")])
+def test_hyperparameter_table_shows_the_length_the_trainer_used(max_steps, epochs_cell, steps_cell):
+    # The Trainer ignores num_train_epochs when max_steps > 0: the table must not show an unused epoch count.
+    args = {"num_train_epochs": 3.0, "max_steps": max_steps}
+    assert _hyperparameter(args, "num_train_epochs") == epochs_cell
+    assert _hyperparameter(args, "max_steps") == steps_cell
