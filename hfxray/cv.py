@@ -40,6 +40,7 @@ import numpy as np
 from .data import CLASS_NAMES, POOL_SPLITS, DataError, read_manifest
 from .errors import HfxrayError
 from .logs import get_logger
+from .outputs import check_output_folder
 
 logger = get_logger(__name__)
 FOLDS_FILE = "folds.json"
@@ -429,7 +430,7 @@ def cross_validate(model: str, preset: str, recipe: str, data_dir, out, n_folds:
     With `train_missing` false nothing trains: the summary covers the folds already finished (the table's `folds`
     column says how many), e.g. to look at a long run while it goes on.
     """
-    out = Path(out)
+    out = check_output_folder(out, "--out", [("the --data-dir", data_dir)])
     common, variants = build_variants(sets, variants_file)
     base_flags = _base_flags(model, preset, recipe, data_dir, common)
     check_variants(base_flags, variants, out)
@@ -478,7 +479,7 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
     from .training import train
     from .workflow import CALIBRATION_FILE, evaluate_run
 
-    out = Path(out)
+    out = check_output_folder(out, "--out", [("the --data-dir", data_dir)])
     common, variants = build_variants(sets, variants_file)
     names = refit_names(variant_name_, variants)
     if len(names) != 1:  # 'all' is the command's loop over this function, one variant per call

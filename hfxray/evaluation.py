@@ -134,6 +134,11 @@ def split_logits(model, processor, data_dir, split: str, cache_dir=None, counts=
     return logits, np.asarray(images.labels), images.files
 
 
+def reliability_path(out: Path) -> Path:
+    """The reliability diagram written beside a report's JSON (`test_results.json` -> `test_reliability.png`)."""
+    return out.with_name(out.stem.removesuffix("_results") + "_reliability.png")
+
+
 def report_split(model, processor, data_dir, split: str = "test", out: str | Path | None = None,
                  n_resamples: int = 1000, seed: int = 0, title: str | None = None, prefix: str = "",
                  cache_dir: str | None = None) -> dict:
@@ -162,7 +167,7 @@ def report_split(model, processor, data_dir, split: str = "test", out: str | Pat
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        diagram = out.with_name(out.stem.removesuffix("_results") + "_reliability.png")
+        diagram = reliability_path(out)
         shipped = apply_temperature(logits, 1.0)
         if before is None:
             plot_reliability_diagram(labels, shipped, diagram, title or f"Reliability ({split} split, as shipped: "

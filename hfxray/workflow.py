@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None, prog: str = "scripts/train.py") -> int:
     from .arguments import ConfigError, parse_args
     from .compat import check_versions
     from .hub import prepare_push_to_hub
+    from .outputs import check_run_folder
 
     configure()
     connect_cpu_processes()
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None, prog: str = "scripts/train.py") -> int:
         configure("INFO" if passive else training_args.get_process_log_level())
         if training_args.output_dir in (None, "trainer_output"):
             raise ConfigError("--output_dir is required. To fix: pass --output_dir OUT")
+        check_run_folder(training_args.output_dir, data_args.data_dir, model_args.checkpoint)
         # Hub access is checked before any model or data work. The upload itself is hfxray's curated one (model
         # card, safetensors, processor, results): the Trainer's would add TensorBoard runs/ and replace the card.
         hub_repo = prepare_push_to_hub(training_args)

@@ -19,12 +19,15 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..data import check_prepared
-    from ..evaluation import report_split, shortcut_message
+    from ..evaluation import reliability_path, report_split, shortcut_message
+    from ..outputs import check_output_file
     from ..models import load_trained
 
     check_prepared(args.data_dir)
-    model, processor = load_trained(args.model)
     out = Path(args.out) if args.out else Path(args.model) / f"{args.split}_evaluation.json"
+    check_output_file(out, "--out" if args.out else "the default --out")
+    check_output_file(reliability_path(out), "the reliability diagram")
+    model, processor = load_trained(args.model)
     report = report_split(model, processor, args.data_dir, args.split, out, args.n_resamples, args.seed)
     keys = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1", "ece",
             "folded_temperature", "ece_before_folding")

@@ -32,8 +32,9 @@ def run(args) -> int:
 
     from ..explain import ExplainError, NotApplicable, check_applicable, expand_paths, explain_actmax, \
         explain_images, load_model
+    from ..outputs import check_output_folder
 
-    out = Path(args.out)
+    out = check_output_folder(args.out, "--out")
     try:
         loaded, sources = {}, {}
         for model_dir in args.model:

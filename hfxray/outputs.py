@@ -1,0 +1,115 @@
+"""Where hfxray writes: each command's output folder or file is checked here before any work.
+
+hfxray writes only under the folder or file a user names (and the decode cache). A link planted there would carry
+a write to a file elsewhere: writing to a symbolic link writes its target, and writing into a hard-linked file
+changes every name of it (a prepared ImageFolder holds hard links to the source images). transformers' Trainer and
+matplotlib open paths as they are, so the checks come first: an output folder that is a link, a file, holds a link,
+or is, holds or lies inside one of the command's inputs is refused with one line, before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import HfxrayError, printable
+
+
+class OutputError(HfxrayError):
+    """An output folder or file cannot be written safely; the message names it and what to do."""
+
+
+def link_kind(path: Path) -> str | None:
+    """'a symbolic link' / 'a hard link' (a file with more than one name) / None."""
+    if path.is_symlink():
+        return "a symbolic link"
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    if not os.path.isdir(path) and info.st_nlink > 1:
+        return "a hard link"
+    return None
+
+
+def first_link(folder: Path) -> tuple[Path, str] | None:
+    """The first symbolic or hard link under `folder` (links are reported, never followed)."""
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in sorted(dirs) + sorted(files):
+            path = Path(root, name)
+            kind = link_kind(path)
+            if kind:
+                return path, kind
+    return None
+
+
+def _relation(out: Path, other: Path) -> str | None:
+    if out == other:
+        return "is"
+    if out in other.parents:
+        return "holds"
+    if other in out.parents:
+        return "lies inside"
+    return None
+
+
+def check_output_folder(out: str | os.PathLike, flag: str = "--out",
+                        inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
+    """Refuse an output folder that is a link or a file, that holds a link, or that is, holds or lies inside an input.
+
+    `inputs` are (what, path) pairs such as ("the --data_dir", data_dir); missing paths are ignored. The folder
+    itself may be missing (it is created later) or an earlier run's (it is resumed or replaced file by file).
+    """
+    out = Path(out)
+    shown = printable(str(out))
+    if out.is_symlink():
+        raise OutputError(f"{flag} {shown} is a symbolic link; hfxray writes only into a real folder. To fix: pass "
+                          "the folder it points to, or a new folder.")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{flag} {shown} is a file. To fix: pass a folder name (a missing folder is created).")
+    resolved = out.resolve()
+    for what, path in inputs:
+        if not path or not Path(path).exists():
+            continue
+        relation = _relation(resolved, Path(path).resolve())
+        if relation:
+            raise OutputError(f"{flag} {shown} {relation} {what} ({printable(str(path))}): results would mix with "
+                              "the data they came from. To fix: write to a folder of its own, outside it.")
+    if out.is_dir():
+        found = first_link(out)
+        if found:
+            path, kind = found
+            raise OutputError(f"{flag} {shown}: {printable(str(path))} is {kind}, so writing there would change a "
+                              f"file outside {flag}. To fix: remove the link, or write to a new folder.")
+    return out
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse an output file that is a folder or a link (an earlier plain file of that name is replaced)."""
+    path = Path(path)
+    shown = printable(str(path))
+    kind = link_kind(path)
+    if kind:
+        raise OutputError(f"{flag} {shown} is {kind}, so writing it would change a file elsewhere. To fix: remove "
+                          "it, or pass another file name.")
+    if path.is_dir():
+        raise OutputError(f"{flag} {shown} is a folder. To fix: pass a file name.")
+    if not path.parent.is_dir():
+        raise OutputError(f"{flag} {shown}: folder {printable(str(path.parent))} does not exist. To fix: create it "
+                          "first.")
+    return path
+
+
+def check_run_folder(output_dir: str | os.PathLike, data_dir=None, checkpoint=None) -> Path:
+    """`train`'s --output_dir: the checks above, and no folder of other files (the run would replace a user's
+    README.md or config.json by its own): it must be new, empty, or an earlier run's (args.yaml, checkpoints)."""
+    out = check_output_folder(output_dir, "--output_dir",
+                              [("the --data_dir", data_dir), ("the --checkpoint folder", checkpoint)])
+    if out.is_dir():
+        entries = sorted(p.name for p in out.iterdir())
+        is_run = "args.yaml" in entries or any(name.startswith("checkpoint-") for name in entries)
+        if entries and not is_run:
+            raise OutputError(f"--output_dir {printable(str(out))} holds files that are not a training run's (e.g. "
+                              f"{printable(entries[0])}). To fix: pass a new or empty folder.")
+    return out
