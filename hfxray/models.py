@@ -369,10 +369,25 @@ def create_model(name: str, preset: str = "full", image_size: int | None = None,
     return model, processor, spec
 
 
+def check_labels(config, name: str) -> None:
+    """Refuse a model whose outputs are not labelled as hfxray's (0 normal, 1 virus).
+
+    Evaluation, calibration and explanations read output 1 as the probability of virus; a model labelled otherwise
+    (swapped, other names, more classes) would get another model's metrics, so it is refused rather than guessed.
+    """
+    found = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    if found != ID2LABEL:
+        raise ModelLoadError(f"{printable(str(name))}: its outputs are labelled {found}, not {ID2LABEL} as hfxray's "
+                             "models are, so its scores cannot be read as normal/virus. To fix: use a model trained "
+                             "by hfxray (or, if its outputs do mean 0 normal and 1 virus, set id2label and label2id "
+                             "in its config.json).")
+
+
 def load_trained(model_dir: str, **model_kwargs):
     """(model, processor) of a trained run folder or Hub id, with one clear error when it cannot be loaded."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     model = _from_pretrained(AutoModelForImageClassification.from_pretrained, model_dir, **model_kwargs)
+    check_labels(model.config, model_dir)
     processor = _from_pretrained(AutoImageProcessor.from_pretrained, model_dir, weights=False)
     return model, processor

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .env import hub_offline
-from .errors import HfxrayError, one_line
+from .errors import HfxrayError, one_line, printable
 from .imaging import ImageProblem, load_rgb
 from .logs import progress_bar_disable
 
@@ -43,8 +43,9 @@ def load_classifier(model: str, device: str | None = None):
     """`pipeline("image-classification")` for a run folder or Hub id; raises PredictError with what to change."""
     from transformers import pipeline
 
-    from .models import ModelLoadError, check_model_folder, load_errors
+    from .models import ModelLoadError, check_labels, check_model_folder, load_errors
 
+    check_device(device)
     try:
         folder = check_model_folder(model)
     except ModelLoadError as err:
@@ -57,7 +58,27 @@ def load_classifier(model: str, device: str | None = None):
         hint = "; HF_HUB_OFFLINE is set, so a Hub id works only if already cached" if hub_offline() else ""
         raise PredictError(f"cannot load {model!r} ({type(err).__name__}: {one_line(err)[:200]}). To fix: check "
                            f"the folder or Hub id{hint}.") from None
+    try:
+        check_labels(classifier.model.config, model)
+    except ModelLoadError as err:
+        raise PredictError(str(err)) from None
     return classifier
+
+
+def check_device(device: str | None) -> None:
+    """A --device torch cannot parse or does not have is named as such, not blamed on the model folder."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise PredictError(f"--device {printable(str(device))}: not a device torch knows. To fix: pass cpu, cuda, "
+                           "cuda:0 or mps (or leave it out).") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise PredictError(f"--device {device}: torch sees {torch.cuda.device_count()} GPU(s) here. To fix: pass "
+                           "cpu, or another GPU index.")
 
 
 def predict_files(classifier, files: list[Path], batch_size: int = 16, progress: bool = True) -> list[Prediction]:

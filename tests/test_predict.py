@@ -126,3 +126,44 @@ def test_predict_model_and_output_errors_are_clear(model_dirs, tmp_path, capsys)
     assert "no such folder. To fix" in capsys.readouterr().err
     assert main(["predict", "--model", str(model_dirs["vit"]), str(image_path), "--out", "preds.txt"]) == 2
     assert "To fix: end the name with .csv or .json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labels", [{"0": "virus", "1": "normal"}, {"0": "cat", "1": "dog"},
+                                    {"0": "normal", "1": "virus", "2": "bacteria"}])
+@pytest.mark.parametrize("command", ["predict", "evaluate", "explain"])
+def test_a_model_labelled_otherwise_is_refused_not_scored(command, labels, tiny_models, prepared_dir, tmp_path,
+                                                          capsys):
+    import json
+    import shutil
+
+    from hfxray.cli import main as cli_main
+
+    model = tmp_path / "relabelled"
+    shutil.copytree(tiny_models / "vit", model)
+    config = json.loads((model / "config.json").read_text())
+    config["id2label"], config["label2id"] = labels, {v: int(k) for k, v in labels.items()}
+    (model / "config.json").write_text(json.dumps(config))
+    image = next((prepared_dir / "test" / "virus").iterdir())
+    argv = {"predict": ["predict", "--model", str(model), str(image)],
+            "evaluate": ["evaluate", "--model", str(model), "--data-dir", str(prepared_dir), "--out",
+                         str(tmp_path / "e.json")],
+            "explain": ["explain", "--model", str(model), "--method", "gradcam", "--out", str(tmp_path / "m"),
+                        str(image)]}[command]
+    code = cli_main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "labelled" in err and "To fix" in err, err
+    assert not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.parametrize("device, says", [("banana", "not a device torch knows"), ("cuda:7", "GPU(s) here")])
+def test_a_bad_device_is_named_not_blamed_on_the_model(device, says, tiny_models, prepared_dir, capsys):
+    import torch
+
+    from hfxray.cli import main as cli_main
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a GPU 7")
+    image = next((prepared_dir / "test" / "virus").iterdir())
+    assert cli_main(["predict", "--model", str(tiny_models / "vit"), str(image), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert f"--device {device}" in err and says in err
