@@ -9,6 +9,7 @@ work starts.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -382,6 +383,22 @@ def validate(model_args, data_args, recipe_args, training_args, explicit: set[st
         get_spec(model_args.model, model_args.preset)
     except ModelSpecError as err:
         raise ConfigError(str(err)) from None
+    # NaN passes every `<` check below and infinity reaches int(): refuse both for every number at once.
+    for arguments in (model_args, data_args, recipe_args, training_args):
+        for item in fields(arguments):
+            value = getattr(arguments, item.name, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{item.name} {value}: not a finite number. To fix: pass a number (the default "
+                                  f"is {item.default}).")
+    ranges = {"onecycle_pct_start": (recipe_args.onecycle_pct_start, 0.0, 1.0, "between 0 and 1, e.g. 0.3"),
+              "lr_decay_gamma": (recipe_args.lr_decay_gamma, 0.0, math.inf, "a positive factor, e.g. 0.9"),
+              "weight_decay": (training_args.weight_decay, -1e-12, math.inf, "0 or more")}
+    for name, (value, low, high, hint) in ranges.items():
+        if not low < value < high:
+            raise ConfigError(f"--{name} {value}. To fix: pass {hint}.")
+    if recipe_args.average_last_epochs < 0:
+        raise ConfigError(f"--average_last_epochs {recipe_args.average_last_epochs}. To fix: pass 0 (off) or the "
+                          "number of last epochs to average.")
     if recipe_args.schedule not in (TRAINER_SCHEDULE, *SCHEDULES):
         raise ConfigError(f"--schedule {recipe_args.schedule!r}. To fix: use one of {TRAINER_SCHEDULE}, "
                           f"{', '.join(SCHEDULES)}")

@@ -162,3 +162,37 @@ def _installed(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+FLOAT_FLAGS = ["max_zoom", "onecycle_pct_start", "lr_decay_gamma", "learning_rate", "weight_decay", "num_train_epochs",
+               "max_grad_norm", "label_smoothing_factor", "adam_beta1", "adam_epsilon"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("name", FLOAT_FLAGS)
+def test_a_number_that_is_not_finite_is_refused_naming_its_flag(name, value, fake_prepared, tmp_path):
+    with pytest.raises(ConfigError, match=rf"--{name} .*To fix"):
+        parse_args(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data_dir", str(fake_prepared),
+                    "--output_dir", str(tmp_path), f"--{name}={value}"])
+
+
+@pytest.mark.parametrize("flag", [("--onecycle_pct_start", "2"), ("--onecycle_pct_start", "0"),
+                                  ("--lr_decay_gamma", "0"), ("--weight_decay", "-0.1"),
+                                  ("--average_last_epochs", "-1")])
+def test_a_number_out_of_its_range_is_refused(flag, fake_prepared, tmp_path):
+    with pytest.raises(ConfigError, match=rf"{flag[0]} .*To fix"):
+        parse_args(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data_dir", str(fake_prepared),
+                    "--output_dir", str(tmp_path), *flag])
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "--model", "m", "--data-dir", "d", "--n-resamples", "0"],
+                                  ["explain", "--model", "m", "--method", "actmax", "--out", "o", "--steps", "-1"],
+                                  ["demo", "--epochs", "0"]])
+def test_a_count_below_one_is_one_line(argv, tmp_path, monkeypatch, capsys):
+    from hfxray.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --") and "at least 1" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())

@@ -1,1 +1,14 @@
 """One module per `hfxray` subcommand: `add_arguments(parser)` and `run(args) -> int` (see hfxray/cli.py)."""
+
+from ..errors import HfxrayError
+
+
+class UsageError(HfxrayError):
+    """A command-line value out of its range; the message names the flag."""
+
+
+def require_positive(**flags: int) -> None:
+    """`require_positive(steps=args.steps)`: one line naming the first flag below 1."""
+    for name, value in flags.items():
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {value}. To fix: pass a whole number of at least 1.")

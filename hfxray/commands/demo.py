@@ -16,6 +16,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import os
 
+    from . import require_positive
+
+    require_positive(epochs=args.epochs)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..demo import run_demo
 

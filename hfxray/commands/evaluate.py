@@ -21,8 +21,10 @@ def run(args) -> int:
     from ..data import check_prepared
     from ..evaluation import reliability_path, report_split, shortcut_message
     from ..outputs import check_output_file
+    from . import require_positive
     from ..models import load_trained
 
+    require_positive(n_resamples=args.n_resamples)
     check_prepared(args.data_dir)
     out = Path(args.out) if args.out else Path(args.model) / f"{args.split}_evaluation.json"
     check_output_file(out, "--out" if args.out else "the default --out")

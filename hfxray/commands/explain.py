@@ -33,7 +33,9 @@ def run(args) -> int:
     from ..explain import ExplainError, NotApplicable, check_applicable, expand_paths, explain_actmax, \
         explain_images, load_model
     from ..outputs import check_output_folder
+    from . import require_positive
 
+    require_positive(steps=args.steps)
     out = check_output_folder(args.out, "--out")
     try:
         loaded, sources = {}, {}
