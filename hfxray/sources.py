@@ -217,6 +217,9 @@ def read_cohen(root: Path, echo) -> list[SourceRecord]:
         elif folder != COHEN_IMAGES:
             first_by_name[name] = record
             record.reason = f"image folder {printable(folder)!r} is not read (only {COHEN_IMAGES}/)"
+        elif not patient:  # a group per file could put one patient's images in two splits
+            first_by_name[name] = record
+            record.reason = f"{COHEN_CSV} row {row_number}: empty patientid (cannot be split by patient)"
         else:
             first_by_name[name] = record
             record.label, record.reason = label, label_reason

@@ -257,12 +257,14 @@ def test_cohen_bad_inputs_are_reported(cohen_dir, tmp_path, capsys):
     odd = dict(row, finding="Martian flu", filename="martian.jpeg", patientid="900")
     bad = dict(row, finding="COVID-19", filename="notes.jpeg", patientid="901")
     unsafe = dict(row, finding="COVID-19", filename="../escape.jpeg", patientid="902")
+    anonymous = dict(row, finding="COVID-19", filename="anonymous.jpeg", patientid="")
+    (root / "images" / "anonymous.jpeg").write_bytes((root / "images" / row["filename"]).read_bytes())
     (root / "images" / "martian.jpeg").write_bytes((root / "images" / row["filename"]).read_bytes())
     (root / "images" / "notes.jpeg").write_text("not an image")
     (root / "images" / "unlisted.png").write_bytes(b"\x89PNG")
     with (root / "metadata.csv").open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[h for h in header])
-        for extra in (odd, bad, unsafe):
+        for extra in (odd, bad, unsafe, anonymous):
             writer.writerow({k: extra.get(k, "") for k in header})
     out = tmp_path / "out"
     summary = data.prepare(root, out, **QUIET)
@@ -271,6 +273,8 @@ def test_cohen_bad_inputs_are_reported(cohen_dir, tmp_path, capsys):
     assert rows["notes.jpeg"]["status"] == "skipped" and rows["notes.jpeg"]["reason"]
     assert rows["../escape.jpeg"]["reason"].startswith("unsafe file name")
     assert rows["unlisted.png"]["reason"] == "not listed in metadata.csv"
+    # no patient id: skipped and counted, not given a group of its own (it could share a patient with another split)
+    assert rows["anonymous.jpeg"]["status"] == "skipped" and "empty patientid" in rows["anonymous.jpeg"]["reason"]
     # a missing column is one line with what to do
     (root / "metadata.csv").write_text("\n".join([lines[0].replace("finding", "diagnosis"), *lines[1:]]) + "\n")
     assert cli_main(["data", "prepare", "--source", str(root), "--out", str(tmp_path / "o2")]) == 2
