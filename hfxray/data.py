@@ -183,7 +183,17 @@ def read_csv_rows(csv_path: Path, required: tuple[str, ...], folder: str, origin
                 raise DataError(f"{shown}: missing column(s) {', '.join(missing)} (found: "
                                 f"{printable(', '.join(c for c in columns if c)) or 'none'}). To fix: use {original}, "
                                 "whose header names these columns.")
-            return [{k: (v or "").strip() for k, v in row.items() if k} for row in reader]
+            rows, start = [], reader.line_num + 1
+            for row in reader:
+                # A required field over several lines is a quote left open: it swallows the rows after it.
+                runaway = next((c for c in required if "\n" in (row.get(c) or "") or "\r" in (row.get(c) or "")), None)
+                if runaway:
+                    raise DataError(f"{shown}: the {runaway!r} field that starts on line {start} runs to line "
+                                    f"{reader.line_num}: a quote (\") opened there is not closed, and the rows after it "
+                                    f"would be read as part of it. To fix: remove the stray quote, or use {original}.")
+                rows.append({k: (v or "").strip() for k, v in row.items() if k})
+                start = reader.line_num + 1
+            return rows
     except csv.Error as err:
         raise DataError(f"{shown}: malformed CSV ({err}). To fix: re-download {original}.") from None
 

@@ -529,3 +529,19 @@ def test_property_nothing_outside_out_changes_and_every_row_is_accounted_for(fil
                 assert written.read_bytes() == origin.read_bytes()
         written_files = [p for p in out.rglob("*") if p.is_file() and p.parent != out]
         assert len(written_files) == len(kept)
+
+
+@pytest.mark.parametrize("line", [2, 5, 9])
+def test_an_unclosed_quote_in_the_csv_stops_prepare_naming_its_line(source, tmp_path, capsys, line):
+    # Python's csv reads a quote left open up to the end of the file: the rows after it would vanish into one field.
+    source.add_good()
+    root = source.write_csv()
+    lines = (root / data.CSV_NAME).read_text().splitlines()
+    number, name, *rest = lines[line - 1].split(",")
+    lines[line - 1] = ",".join([number, '"' + name, *rest])
+    (root / data.CSV_NAME).write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert cli_main(["data", "prepare", "--source", str(root), "--out", str(out)]) == 2
+    message = _one_error_line(capsys.readouterr().err)
+    assert f"starts on line {line}" in message and "quote" in message
+    assert not out.exists()
