@@ -185,9 +185,10 @@ def read_csv_rows(csv_path: Path, required: tuple[str, ...], folder: str, origin
                                 "whose header names these columns.")
             rows, start = [], reader.line_num + 1
             for row in reader:
-                # A required field over several lines is a quote left open: it swallows the rows after it.
+                # A quote left open swallows the rows after it into one field, which then runs over several lines
+                # and leaves the row short of columns (a closed quoted name with a newline is a row like any other).
                 runaway = next((c for c in required if "\n" in (row.get(c) or "") or "\r" in (row.get(c) or "")), None)
-                if runaway:
+                if runaway and None in row.values():
                     raise DataError(f"{shown}: the {runaway!r} field that starts on line {start} runs to line "
                                     f"{reader.line_num}: a quote (\") opened there is not closed, and the rows after it "
                                     f"would be read as part of it. To fix: remove the stray quote, or use {original}.")
@@ -777,6 +778,30 @@ def _check_replaceable(out: Path) -> None:
         raise DataError(f"--out {printable(str(out))} holds files and no {MARKER_NAME} marker, so it was not "
                         "written by `hfxray data prepare`; refusing to replace it. To fix: choose a new or empty "
                         "--out folder (an output of an older hfxray: delete it yourself first).")
+    if out.is_dir() and (foreign := _first_foreign(out)):
+        raise DataError(f"--out {printable(str(out))} is an earlier output of `hfxray data prepare`, but "
+                        f"{printable(str(foreign))} in it is not (a training run or notes written into it?); "
+                        "replacing the folder would delete it. To fix: move it out of --out, or choose a new --out.")
+
+
+def _first_foreign(out: Path) -> Path | None:
+    """The first entry of a marked output that `prepare` did not write: only the marker, the manifest, the split
+    and class folders and the images the manifest lists belong to it."""
+    try:
+        listed = {row["file"] for row in read_manifest(out) if row.get("file")}
+    except (DataError, OSError, KeyError):
+        listed = set()
+    for root, dirs, files in os.walk(out):
+        relative = Path(root).relative_to(out)
+        depth = len(relative.parts)
+        for name in sorted(dirs):
+            if not ((depth == 0 and name in SPLITS) or (depth == 1 and name in CLASS_NAMES)):
+                return relative / name
+        for name in sorted(files):
+            path = relative / name
+            if not ((depth == 0 and name in (MARKER_NAME, MANIFEST_NAME)) or (depth == 2 and str(path) in listed)):
+                return path
+    return None
 
 
 def prepare(

@@ -239,8 +239,12 @@ def test_an_earlier_output_is_replaced_and_an_empty_folder_is_used(source, tmp_p
     assert json.loads((out / data.MARKER_NAME).read_text())["complete"] is True
     (out / "stale.txt").write_text("written by hand into the output")
     source.add("IM-0500-0001.jpeg", format="JPEG")
+    with pytest.raises(data.DataError, match="stale.txt in it is not"):  # a file prepare did not write is kept
+        data.prepare(source.write_csv(), out, **QUIET)
+    assert (out / "stale.txt").read_text() == "written by hand into the output"
+    (out / "stale.txt").unlink()
     data.prepare(source.write_csv(), out, **QUIET)
-    assert not (out / "stale.txt").exists() and "IM-0500-0001.jpeg" in _manifest_by_source(out)
+    assert "IM-0500-0001.jpeg" in _manifest_by_source(out)
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # readable like any folder the user makes
@@ -545,3 +549,20 @@ def test_an_unclosed_quote_in_the_csv_stops_prepare_naming_its_line(source, tmp_
     message = _one_error_line(capsys.readouterr().err)
     assert f"starts on line {line}" in message and "quote" in message
     assert not out.exists()
+
+
+@pytest.mark.parametrize("planted", ["MY_NOTES.txt", "runs/bit/config.json", "train/normal/mine.jpeg",
+                                     "validation/extra/a.png"])
+def test_re_preparing_keeps_what_prepare_did_not_write(source, tmp_path, capsys, planted):
+    source.add_good()
+    root = source.write_csv()
+    out = tmp_path / "prepared"
+    assert cli_main(["data", "prepare", "--source", str(root), "--out", str(out)]) == 0
+    (out / planted).parent.mkdir(parents=True, exist_ok=True)
+    (out / planted).write_text("a user's work")
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert cli_main(["data", "prepare", "--source", str(root), "--out", str(out)]) == 2
+    message = _one_error_line(capsys.readouterr().err)
+    assert planted.split("/")[0] in message
+    assert _snapshot(out) == before
