@@ -173,5 +173,23 @@ def _images_under(folder: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add((info.st_dev, info.st_ino))
-        found += (Path(root) / name for name in names if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
+        for name in names:
+            extension = os.path.splitext(name)[1].lower()
+            if extension in IMAGE_EXTENSIONS or (not extension and _looks_like_an_image(Path(root) / name)):
+                found.append(Path(root) / name)
     return sorted(found)
+
+
+# Leading bytes of the formats hfxray reads. PACS exports often name DICOM files without an extension (IM0001),
+# so a file without one is listed when its content says it is an image; named files go by their extension.
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_an_image(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    return head.startswith(_MAGIC) or webp or (len(head) == 132 and head[128:] == b"DICM")

@@ -191,7 +191,12 @@ def test_dicom_magic_without_extension_and_folder_listing(tmp_path):
     make_dicom(tmp_path / "noext", RAMP_12)
     make_dicom(tmp_path / "b.dicom", RAMP_12)
     assert load_rgb(tmp_path / "noext").mode == "RGB"
-    assert {p.name for p in expand_paths([tmp_path])} == {"b.dicom"}  # folders list by extension only
+    (tmp_path / "NOTES").write_text("not an image")
+    make_dicom(tmp_path / "export.txt", RAMP_12)
+    (tmp_path / "sub").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "sub" / "IM0002", format="JPEG")
+    # In a folder: a named file goes by its extension; a file without one (PACS exports) by its leading bytes
+    assert {p.name for p in expand_paths([tmp_path])} == {"b.dicom", "noext", "IM0002"}
 
 
 def test_prepare_converts_dicom_and_records_the_window(sample_dir, tmp_path):
