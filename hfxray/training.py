@@ -15,6 +15,7 @@ import yaml
 
 from .arguments import ConfigError, DataArguments, ModelArguments, RecipeArguments, RunArguments, resolved_config
 from .data import DataError
+from .errors import one_line, printable
 from .logs import get_logger, library_progress_bars_off, quiet
 
 logger = get_logger(__name__)
@@ -218,6 +219,42 @@ def _start_over(training_args, resume: bool, overwrite: bool) -> str | None:
     return None
 
 
+def check_resumable(checkpoint: str | os.PathLike, model) -> None:
+    """Refuse, before any data work, a checkpoint the Trainer would fail on deep inside: a damaged trainer state or
+    weights file, or weights of another model (other --model, --preset or --config_overrides than the run's)."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(checkpoint)
+    shown = printable(str(folder))
+    again = ("To fix: resume from an earlier checkpoint (delete this one), or start over with "
+             "--overwrite_output_dir.")
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--resume: {shown}/trainer_state.json cannot be read ({type(err).__name__}: "
+                          f"{one_line(err)[:120]}). {again}") from None
+    weights = folder / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            saved = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (OSError, SafetensorError) as err:
+        raise ConfigError(f"--resume: {printable(str(weights))} cannot be read ({type(err).__name__}: "
+                          f"{one_line(err)[:120]}). {again}") from None
+    # transformers 5 saves some models under their earlier key names (ViT: attention.attention.query, in memory
+    # q_proj), so the tensors are compared by shape, not by name: another kind, preset or width changes the shapes.
+    expected = sorted(tuple(value.shape) for key, value in model.state_dict().items()
+                      if not key.endswith("num_batches_tracked"))
+    found = sorted(shape for key, shape in saved.items() if not key.endswith("num_batches_tracked"))
+    if expected != found:
+        count = sum(math.prod(shape) for shape in found)
+        raise ConfigError(f"--resume: {shown} holds the weights of another model ({len(found)} tensors, {count:,} "
+                          f"values; this run's model has {len(expected)}, {sum(math.prod(s) for s in expected):,}). "
+                          "To fix: resume with the run's own --model, --preset and --config_overrides (its "
+                          "args.yaml), or start over with --overwrite_output_dir.")
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: RecipeArguments,
           run_args: RunArguments, training_args, select_splits=None) -> dict:
     """Fine-tune one model and save it with its processor in --output_dir; returns the training metrics.
@@ -249,6 +286,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     model, processor, spec = create_model(model_args.model, model_args.preset, image_size=recipe_args.image_size,
                                           resize_size=recipe_args.resize_size, checkpoint=model_args.checkpoint,
                                           config_overrides=model_args.config_overrides)
+    if resume_from is not None:
+        check_resumable(resume_from, model)
     geometry = Geometry.from_processor(processor)
     data_dir = Path(data_args.data_dir)
     counts = prepared_counts(data_dir)

@@ -256,3 +256,29 @@ def test_processes_that_are_not_connected_are_refused(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="not connected.*To fix: .*configs/accelerate/"):
         check_processes_connected(SimpleNamespace(world_size=1))
     check_processes_connected(SimpleNamespace(world_size=2))
+
+
+@pytest.mark.parametrize("kind", ["vit", "bit", "hybrid"])
+def test_a_checkpoint_that_cannot_be_resumed_is_one_line_before_any_data_work(kind, tmp_path):
+    from hfxray.arguments import ConfigError
+    from hfxray.models import create_model
+    from hfxray.training import check_resumable
+
+    model = create_model(kind, "tiny")[0]
+    checkpoint = tmp_path / "checkpoint-4"
+    model.save_pretrained(checkpoint)  # as the Trainer saves it
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 4}')
+    check_resumable(checkpoint, create_model(kind, "tiny")[0])  # its own run resumes
+    other = "bit" if kind != "bit" else "vit"
+    with pytest.raises(ConfigError, match="weights of another model.*To fix"):
+        check_resumable(checkpoint, create_model(other, "tiny")[0])
+    with pytest.raises(ConfigError, match="weights of another model"):
+        check_resumable(checkpoint, create_model(kind, "small")[0])
+    weights = (checkpoint / "model.safetensors").read_bytes()
+    (checkpoint / "model.safetensors").write_bytes(weights[:100])
+    with pytest.raises(ConfigError, match="model.safetensors cannot be read.*To fix"):
+        check_resumable(checkpoint, model)
+    (checkpoint / "model.safetensors").write_bytes(weights)
+    (checkpoint / "trainer_state.json").write_text('{"global_st')
+    with pytest.raises(ConfigError, match="trainer_state.json cannot be read.*To fix"):
+        check_resumable(checkpoint, model)
