@@ -70,10 +70,11 @@ class RecipeArguments:
         "help": "Steps after which bit_hyperrule divides the learning rate by 10."})
     onecycle_pct_start: float = field(default=0.3, metadata={"help": "Fraction of steps rising, for onecycle."})
     image_size: int | None = field(default=None, metadata={
-        "help": "Crop size fed to the model (default: the recipe's for --preset full, else the preset's: 128 small, "
-                "64 tiny)."})
+        "help": "Crop size fed to the model (default: the recipe's, at most 128 px for the random-init presets "
+                "small and tiny)."})
     resize_size: int | None = field(default=None, metadata={
-        "help": "Shortest edge before cropping (default: the recipe's for --preset full, else 9/8 of the crop)."})
+        "help": "Shortest edge before cropping (default: the recipe's; with --image_size, the recipe's resize:crop "
+                "ratio applied to it)."})
     max_zoom: float = field(default=1.0, metadata={"help": "Training augmentation: random zoom in [1, max_zoom]."})
     hflip: bool = field(default=False, metadata={"help": "Training augmentation: random horizontal flips."})
     bit_hyperrule: bool = field(default=False, metadata={
@@ -315,6 +316,14 @@ def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
     except ValueError as err:  # TrainingArguments.__post_init__ checks (e.g. bf16 without a GPU): no traceback
         raise ConfigError(f"{' '.join(str(err).split())} (from transformers' TrainingArguments). To fix: change the "
                           "flag it names.") from None
+    if {"image_size"} & explicit and not {"resize_size"} & explicit and recipe_values.get("image_size") \
+            and recipe_values.get("resize_size") and recipe_args.image_size:
+        # A crop chosen by flag keeps the recipe's resize:crop ratio: the recipe's resize alone would turn a
+        # smaller crop into a zoom into the middle of the chest (64 px crops of a 144 px resize).
+        recipe_args.resize_size = round(recipe_args.image_size * recipe_values["resize_size"]
+                                        / recipe_values["image_size"])
+        notes.append(f"resize {recipe_args.resize_size} px for the {recipe_args.image_size} px crop (the recipe's "
+                     f"ratio, {recipe_values['resize_size']}:{recipe_values['image_size']})")
     validate(model_args, data_args, recipe_args, training_args, explicit)
     recipe_args.preset_notes = notes
     return model_args, data_args, recipe_args, run_args, training_args

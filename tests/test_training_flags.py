@@ -196,3 +196,13 @@ def test_a_count_below_one_is_one_line(argv, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --") and "at least 1" in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("flags, crop, resize", [(["--image_size", "64"], 64, 72),
+                                                 (["--image_size", "96", "--resize_size", "100"], 96, 100),
+                                                 ([], 128, 144)])
+def test_an_explicit_crop_keeps_the_recipes_resize_ratio(flags, crop, resize, fake_prepared, tmp_path):
+    # scratch.yaml: 128 px crops of a 144 px resize; its resize alone would make 64 px crops a 2.25x zoom
+    _, _, recipe_args, _, _ = parse_args(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data_dir",
+                                          str(fake_prepared), "--output_dir", str(tmp_path), *flags])
+    assert (recipe_args.image_size, recipe_args.resize_size) == (crop, resize)
