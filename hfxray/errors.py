@@ -18,6 +18,16 @@ def one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
+def excerpt(message: object, limit: int = 160) -> str:
+    """A library message shortened for an error line: one line, cut at a sentence or word end, never mid-word."""
+    text = one_line(message)
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    end = cut.rfind(". ")
+    return cut[:end + 1] if end > limit // 3 else cut.rsplit(" ", 1)[0] + " ..."
+
+
 def printable(text: str) -> str:
     """`text` with undecodable bytes and control characters escaped (\\xNN), so that it fits one UTF-8 line."""
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

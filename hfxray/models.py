@@ -19,7 +19,7 @@ from typing import Callable
 
 from .data import CLASS_NAMES
 from .env import hub_offline, looks_local
-from .errors import HfxrayError, one_line, printable
+from .errors import HfxrayError, excerpt, one_line, printable
 
 ID2LABEL = dict(enumerate(CLASS_NAMES))
 LABEL2ID = {name: index for index, name in ID2LABEL.items()}
@@ -153,8 +153,9 @@ def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs)
         raise ModelLoadError(
             f"cannot load {checkpoint!r}: there is no such local folder, and as a Hub id it needs the Hugging Face "
             f"Hub{' (HF_HUB_OFFLINE is set)' if hub_offline() else ''} ({type(err).__name__}: "
-            f"{one_line(err)[:120]}). To fix: check the folder name, or run once with network access, or download "
-            f"the Hub repo beforehand with `hf download {checkpoint}` and pass the local folder."
+            f"{excerpt(err)}). To fix: check the folder name, or run once with network access, or download the Hub "
+            f"repo beforehand with `hf download {checkpoint} --local-dir DIR` and pass DIR (--checkpoint DIR when "
+            "training, --model DIR elsewhere)."
         ) from None
 
 

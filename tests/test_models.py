@@ -7,6 +7,8 @@ import shutil
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import torch
 
 from hfxray.cli import main as cli_main
@@ -166,3 +168,25 @@ def test_config_overrides_that_cannot_apply_say_how_to_fix(kind, preset, overrid
 
     with pytest.raises(ModelSpecError, match=message):
         create_model(kind, preset, config_overrides=overrides)
+
+
+def test_a_checkpoint_neither_local_nor_reachable_names_the_flag_to_pass_a_download(tmp_path):
+    from hfxray.models import ModelLoadError, create_model
+
+    with pytest.raises(ModelLoadError) as caught:  # the suite runs with HF_HUB_OFFLINE=1
+        create_model("vit", "full")
+    message = str(caught.value)
+    assert "HF_HUB_OFFLINE is set" in message and "--checkpoint DIR" in message and "--local-dir" in message
+
+
+@given(st.lists(st.text(alphabet="abcdefgh ", min_size=1, max_size=12), min_size=1, max_size=60).map(". ".join))
+def test_an_excerpt_of_a_library_message_is_short_and_ends_at_a_word(text):
+    from hfxray.errors import excerpt, one_line
+
+    short = excerpt(text, 80)
+    flat = one_line(text)
+    assert len(short) <= 84
+    if short == flat:
+        return
+    body = short.removesuffix(" ...")
+    assert flat.startswith(body) and (len(body) == len(flat) or flat[len(body)] == " " or body.endswith("."))
