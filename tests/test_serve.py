@@ -289,3 +289,11 @@ def test_serve_refuses_a_bad_model_folder(tmp_path, capsys):
     assert "To fix" in capsys.readouterr().err
     with pytest.raises(ServeError):
         build_app([])
+
+
+def test_examples_asked_for_by_name_and_not_found_stop_before_serving(tmp_path, capsys):
+    from hfxray.cli import main as cli_main
+
+    code = cli_main(["serve", "--model", str(tmp_path / "never-loaded"), "--examples", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--examples" in err and "To fix" in err and len(err.strip().splitlines()) == 1

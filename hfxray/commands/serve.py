@@ -41,11 +41,14 @@ def run(args) -> int:
         raise ServeError(f"--port {args.port}. To fix: pass a port between 1 and 65535.")
     if not args.max_upload_mb > 0:
         raise ServeError(f"--max-upload-mb {args.max_upload_mb}. To fix: pass a positive size.")
-    models = [load_served_model(run_dir, device=args.device) for run_dir in args.model]
     if args.examples and args.examples.lower() == "none":
         examples = []
     else:
         examples = find_examples(Path(args.examples) if args.examples else sample_dir())
+        if args.examples and not examples:  # asked for by name: say so rather than serve without them
+            raise ServeError(f"--examples {args.examples}: no test image of a CoronaHack download found there (its "
+                             "metadata CSV and test folder). To fix: pass the unzipped CoronaHack folder, or 'none'.")
+    models = [load_served_model(run_dir, device=args.device) for run_dir in args.model]
     for served in models:
         logger.info(f"serving {served.name} ({served.family}, {served.method}) from {served.run_dir}")
     launch(build_app(models, examples, max_upload_mb=args.max_upload_mb), host=args.host, port=args.port,
