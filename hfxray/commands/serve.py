@@ -51,6 +51,8 @@ def run(args) -> int:
     models = [load_served_model(run_dir, device=args.device) for run_dir in args.model]
     for served in models:
         logger.info(f"serving {served.name} ({served.family}, {served.method}) from {served.run_dir}")
-    launch(build_app(models, examples, max_upload_mb=args.max_upload_mb), host=args.host, port=args.port,
-           share=args.share)
+    app = build_app(models, examples, max_upload_mb=args.max_upload_mb)
+    if not args.share:  # gradio's own lines would tell a command-line user to edit launch() for a public link
+        print(f"serving at http://{args.host}:{args.port} (Ctrl+C stops it; --share adds a public link)", flush=True)
+    launch(app, host=args.host, port=args.port, share=args.share, quiet=not args.share)
     return 0
