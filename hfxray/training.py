@@ -197,6 +197,12 @@ def _last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
+# The files a finished run leaves beside its checkpoints (TensorBoard's runs/ keeps one folder per run).
+RUN_FILES = ("args.yaml", "config.json", "model.safetensors", "preprocessor_config.json", "calibration.json",
+             "train_results.json", "test_results.json", "test_reliability.png", "README.md", "all_results.json",
+             "eval_results.json", "trainer_state.json", TRAINING_ARGS_NAME)
+
+
 def _start_over(training_args, resume: bool, overwrite: bool) -> str | None:
     """The checkpoint to resume from, after refusing or clearing an earlier run's checkpoints."""
     output_dir = training_args.output_dir
@@ -216,6 +222,10 @@ def _start_over(training_args, resume: bool, overwrite: bool) -> str | None:
         if training_args.process_index == 0:
             for folder in earlier:
                 shutil.rmtree(folder)
+            if earlier:  # and its results, which a new run that fails would otherwise seem to have written
+                for name in RUN_FILES:
+                    if (Path(output_dir) / name).is_file():
+                        (Path(output_dir) / name).unlink()
     return None
 
 

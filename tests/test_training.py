@@ -282,3 +282,23 @@ def test_a_checkpoint_that_cannot_be_resumed_is_one_line_before_any_data_work(ki
     (checkpoint / "trainer_state.json").write_text('{"global_st')
     with pytest.raises(ConfigError, match="trainer_state.json cannot be read.*To fix"):
         check_resumable(checkpoint, model)
+
+
+def test_overwrite_output_dir_removes_the_earlier_runs_results_too(tmp_path):
+    import contextlib
+    from types import SimpleNamespace
+
+    from hfxray.training import RUN_FILES, _start_over
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "runs").mkdir()  # TensorBoard: one sub-folder per run, kept
+    for name in RUN_FILES:
+        (tmp_path / name).write_text("the earlier run's")
+    args = SimpleNamespace(output_dir=str(tmp_path), process_index=0,
+                           main_process_first=lambda desc: contextlib.nullcontext())
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        _start_over(args, resume=False, overwrite=False)
+    assert (tmp_path / "test_results.json").exists()
+    assert _start_over(args, resume=False, overwrite=True) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
