@@ -185,10 +185,8 @@ def read_csv_rows(csv_path: Path, required: tuple[str, ...], folder: str, origin
                                 "whose header names these columns.")
             rows, start = [], reader.line_num + 1
             for row in reader:
-                # A quote left open swallows the rows after it into one field, which then runs over several lines
-                # and leaves the row short of columns (a closed quoted name with a newline is a row like any other).
-                runaway = next((c for c in required if "\n" in (row.get(c) or "") or "\r" in (row.get(c) or "")), None)
-                if runaway and None in row.values():
+                runaway = _runaway_field(row, len(columns))
+                if runaway:
                     raise DataError(f"{shown}: the {runaway!r} field that starts on line {start} runs to line "
                                     f"{reader.line_num}: a quote (\") opened there is not closed, and the rows after it "
                                     f"would be read as part of it. To fix: remove the stray quote, or use {original}.")
@@ -197,6 +195,23 @@ def read_csv_rows(csv_path: Path, required: tuple[str, ...], folder: str, origin
             return rows
     except csv.Error as err:
         raise DataError(f"{shown}: malformed CSV ({err}). To fix: re-download {original}.") from None
+
+
+def _runaway_field(row: dict, n_columns: int) -> str | None:
+    """The column whose field a quote left open ran away with, swallowing the rows after it, or None.
+
+    Such a field runs over several lines and leaves the row short of columns, or (in the last column) holds lines
+    that are whole rows of the file. A quoted field that closes, such as a note or a name over two lines, is a
+    row like any other.
+    """
+    short = None in row.values()
+    for column, value in row.items():
+        if not isinstance(value, str) or ("\n" not in value and "\r" not in value):
+            continue
+        swallowed = any(line.count(",") >= n_columns - 1 for line in value.splitlines()[1:])
+        if short or swallowed:
+            return column or "unnamed first"
+    return None
 
 
 def read_metadata(csv_path: Path) -> list[dict[str, str]]:

@@ -182,14 +182,18 @@ def _images_under(folder: Path) -> list[Path]:
 
 # Leading bytes of the formats hfxray reads. PACS exports often name DICOM files without an extension (IM0001),
 # so a file without one is listed when its content says it is an image; named files go by their extension.
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 
 
 def _looks_like_an_image(path: Path) -> bool:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO or a device would block or read forever
+            return False
         with path.open("rb") as handle:
             head = handle.read(132)
     except OSError:
         return False
     webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
-    return head.startswith(_MAGIC) or webp or (len(head) == 132 and head[128:] == b"DICM")
+    # "BM" alone starts many a text file: a BMP's info header size (byte 14) is one of a few values
+    bmp = head[:2] == b"BM" and len(head) > 14 and head[14] in (12, 40, 52, 56, 64, 108, 124)
+    return head.startswith(_MAGIC) or webp or bmp or (len(head) == 132 and head[128:] == b"DICM")

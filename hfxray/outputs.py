@@ -33,14 +33,16 @@ def link_kind(path: Path) -> str | None:
     return None
 
 
-def first_link(folder: Path) -> tuple[Path, str] | None:
-    """The first symbolic or hard link under `folder` (links are reported, never followed)."""
+def first_link(folder: Path, recursive: bool = True) -> tuple[Path, str] | None:
+    """The first symbolic or hard link in `folder`, or anywhere under it when `recursive` (never followed)."""
     for root, dirs, files in os.walk(folder, followlinks=False):
         for name in sorted(dirs) + sorted(files):
             path = Path(root, name)
             kind = link_kind(path)
             if kind:
                 return path, kind
+        if not recursive:
+            break
     return None
 
 
@@ -55,11 +57,14 @@ def _relation(out: Path, other: Path) -> str | None:
 
 
 def check_output_folder(out: str | os.PathLike, flag: str = "--out",
-                        inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
+                        inputs: Iterable[tuple[str, str | os.PathLike | None]] = (), recursive: bool = True) -> Path:
     """Refuse an output folder that is a link or a file, that holds a link, or that is, holds or lies inside an input.
 
     `inputs` are (what, path) pairs such as ("the --data_dir", data_dir); missing paths are ignored. The folder
     itself may be missing (it is created later) or an earlier run's (it is resumed or replaced file by file).
+    `recursive`: links are looked for in the whole tree (a run or CV folder, all of it written by hfxray), or only
+    among the folder's own entries (report and explain write only there, so a project folder with a virtual
+    environment or a prepared data folder in it stays usable).
     """
     out = Path(out)
     shown = printable(str(out))
@@ -77,7 +82,7 @@ def check_output_folder(out: str | os.PathLike, flag: str = "--out",
             raise OutputError(f"{flag} {shown} {relation} {what} ({printable(str(path))}): results would mix with "
                               "the data they came from. To fix: write to a folder of its own, outside it.")
     if out.is_dir():
-        found = first_link(out)
+        found = first_link(out, recursive)
         if found:
             path, kind = found
             raise OutputError(f"{flag} {shown}: {printable(str(path))} is {kind}, so writing there would change a "
@@ -85,8 +90,10 @@ def check_output_folder(out: str | os.PathLike, flag: str = "--out",
     return out
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Refuse an output file that is a folder or a link (an earlier plain file of that name is replaced)."""
+def check_output_file(path: str | os.PathLike, flag: str = "--out",
+                      inputs: Iterable[tuple[str, str | os.PathLike | None]] = ()) -> Path:
+    """Refuse an output file that is a folder or a link, or that would lie inside an input (an earlier plain file
+    of that name is replaced; a missing folder above it is created by the writer)."""
     path = Path(path)
     shown = printable(str(path))
     kind = link_kind(path)
@@ -95,9 +102,11 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
                           "it, or pass another file name.")
     if path.is_dir():
         raise OutputError(f"{flag} {shown} is a folder. To fix: pass a file name.")
-    if not path.parent.is_dir():
-        raise OutputError(f"{flag} {shown}: folder {printable(str(path.parent))} does not exist. To fix: create it "
-                          "first.")
+    resolved = path.resolve()
+    for what, other in inputs:
+        if other and Path(other).exists() and Path(other).resolve() in resolved.parents:
+            raise OutputError(f"{flag} {shown} lies inside {what} ({printable(str(other))}): results would mix "
+                              "with the data they came from. To fix: write it outside that folder.")
     return path
 
 
@@ -108,7 +117,8 @@ def check_run_folder(output_dir: str | os.PathLike, data_dir=None, checkpoint=No
                               [("the --data_dir", data_dir), ("the --checkpoint folder", checkpoint)])
     if out.is_dir():
         entries = sorted(p.name for p in out.iterdir())
-        is_run = "args.yaml" in entries or any(name.startswith("checkpoint-") for name in entries)
+        # args.yaml is written as training starts; TensorBoard's runs/ is all a run stopped before it may leave
+        is_run = bool({"args.yaml", "runs"} & set(entries)) or any(n.startswith("checkpoint-") for n in entries)
         if entries and not is_run:
             raise OutputError(f"--output_dir {printable(str(out))} holds files that are not a training run's (e.g. "
                               f"{printable(entries[0])}). To fix: pass a new or empty folder.")

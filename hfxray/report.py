@@ -265,7 +265,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     runs = [load_run(d) for d in run_dirs]
     if not runs:
         raise ReportError("no run folder given. To fix: hfxray report RUN_DIR [RUN_DIR ...] --out DIR")
-    out_dir = check_output_folder(out_dir, "--out")
+    out_dir = check_output_folder(out_dir, "--out", recursive=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dirs = sorted({str(r.args.get("data_dir")) for r in runs if r.args.get("data_dir")})
     data_dir = next((Path(d) for d in data_dirs if (Path(d) / "manifest.csv").is_file()), None)

@@ -203,6 +203,16 @@ RUN_FILES = ("args.yaml", "config.json", "model.safetensors", "preprocessor_conf
              "eval_results.json", "trainer_state.json", TRAINING_ARGS_NAME)
 
 
+def _run_files(output_dir: str | os.PathLike) -> list[Path]:
+    """The earlier run's result files in `output_dir` (RUN_FILES and `hfxray evaluate`'s default outputs)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    named = [folder / name for name in RUN_FILES]
+    evaluations = [*folder.glob("*_evaluation.json"), *folder.glob("*_evaluation_reliability.png")]
+    return [path for path in named + evaluations if path.is_file() and not path.is_symlink()]
+
+
 def _start_over(training_args, resume: bool, overwrite: bool) -> str | None:
     """The checkpoint to resume from, after refusing or clearing an earlier run's checkpoints."""
     output_dir = training_args.output_dir
@@ -222,10 +232,9 @@ def _start_over(training_args, resume: bool, overwrite: bool) -> str | None:
         if training_args.process_index == 0:
             for folder in earlier:
                 shutil.rmtree(folder)
-            if earlier:  # and its results, which a new run that fails would otherwise seem to have written
-                for name in RUN_FILES:
-                    if (Path(output_dir) / name).is_file():
-                        (Path(output_dir) / name).unlink()
+            # and its results, which a new run that fails would otherwise seem to have written
+            for path in _run_files(output_dir) if overwrite else ():
+                path.unlink()
     return None
 
 

@@ -535,14 +535,16 @@ def test_property_nothing_outside_out_changes_and_every_row_is_accounted_for(fil
         assert len(written_files) == len(kept)
 
 
+@pytest.mark.parametrize("column", [0, 1, 5])
 @pytest.mark.parametrize("line", [2, 5, 9])
-def test_an_unclosed_quote_in_the_csv_stops_prepare_naming_its_line(source, tmp_path, capsys, line):
+def test_an_unclosed_quote_in_the_csv_stops_prepare_naming_its_line(source, tmp_path, capsys, line, column):
     # Python's csv reads a quote left open up to the end of the file: the rows after it would vanish into one field.
     source.add_good()
     root = source.write_csv()
     lines = (root / data.CSV_NAME).read_text().splitlines()
-    number, name, *rest = lines[line - 1].split(",")
-    lines[line - 1] = ",".join([number, '"' + name, *rest])
+    fields = lines[line - 1].split(",")
+    fields[column] = '"' + fields[column]
+    lines[line - 1] = ",".join(fields)
     (root / data.CSV_NAME).write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     assert cli_main(["data", "prepare", "--source", str(root), "--out", str(out)]) == 2
@@ -566,3 +568,14 @@ def test_re_preparing_keeps_what_prepare_did_not_write(source, tmp_path, capsys,
     message = _one_error_line(capsys.readouterr().err)
     assert planted.split("/")[0] in message
     assert _snapshot(out) == before
+
+
+def test_a_quoted_field_over_two_lines_that_closes_is_an_ordinary_row(source, tmp_path):
+    source.add_good()
+    root = source.write_csv()
+    lines = (root / data.CSV_NAME).read_text().splitlines()
+    fields = lines[2].split(",")
+    fields[-1] = '"a note\nover two lines"'
+    lines[2] = ",".join(fields)
+    (root / data.CSV_NAME).write_text("\n".join(lines) + "\n")
+    assert data.prepare(root, tmp_path / "out", **QUIET).kept_total > 0

@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import os
+
 import pytest
 from PIL import Image
 
@@ -191,7 +193,8 @@ def test_dicom_magic_without_extension_and_folder_listing(tmp_path):
     make_dicom(tmp_path / "noext", RAMP_12)
     make_dicom(tmp_path / "b.dicom", RAMP_12)
     assert load_rgb(tmp_path / "noext").mode == "RGB"
-    (tmp_path / "NOTES").write_text("not an image")
+    (tmp_path / "NOTES").write_text("BMI of the patient: 22")  # starts like a BMP, is not one
+    os.mkfifo(tmp_path / "PIPE")  # opening it to read its first bytes would block
     make_dicom(tmp_path / "export.txt", RAMP_12)
     (tmp_path / "sub").mkdir()
     Image.new("L", (8, 8)).save(tmp_path / "sub" / "IM0002", format="JPEG")

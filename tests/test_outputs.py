@@ -149,3 +149,31 @@ def test_training_into_the_data_folder_is_refused(command, tmp_path, prepared_di
     assert "is the --data" in capsys.readouterr().err
     assert not tiny_path.exists() and sorted(p.name for p in data.iterdir()) == sorted(
         p.name for p in prepared_dir.iterdir())
+
+
+def test_report_and_explain_look_for_links_only_where_they_write(tmp_path, tiny_runs, capsys):
+    # a project folder with a virtual environment (symlinks) and prepared data (hard links) in sub-folders
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "lib64").symlink_to(tmp_path / ".venv")
+    data = tmp_path / "data"
+    data.mkdir()
+    os.link(victim(tmp_path), data / "image.jpeg")
+    assert cli_main(["report", str(tiny_runs["vit"]), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").is_file()
+    with pytest.raises(OutputError, match="is a (symbolic|hard) link"):  # train and cv own their whole tree
+        check_output_folder(tmp_path)
+
+
+def test_evaluate_writes_into_a_new_folder_but_never_into_the_data(tmp_path, prepared_dir, tiny_models, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models / "vit", model)
+    out = tmp_path / "new" / "folder" / "eval.json"
+    assert cli_main(["evaluate", "--model", str(model), "--data-dir", str(prepared_dir), "--out", str(out),
+                     "--n-resamples", "5"]) == 0
+    assert out.is_file() and (out.parent / "eval_reliability.png").is_file()
+    inside = prepared_dir / "test" / "eval.json"
+    assert cli_main(["evaluate", "--model", str(model), "--data-dir", str(prepared_dir), "--out", str(inside),
+                     "--n-resamples", "5"]) == 2
+    assert "lies inside the --data-dir" in capsys.readouterr().err and not inside.exists()
+    assert cli_main(["evaluate", "--model", "someone/hfxray-vit", "--data-dir", str(prepared_dir)]) == 2
+    assert "To fix: pass --out" in capsys.readouterr().err

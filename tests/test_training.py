@@ -300,5 +300,14 @@ def test_overwrite_output_dir_removes_the_earlier_runs_results_too(tmp_path):
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         _start_over(args, resume=False, overwrite=False)
     assert (tmp_path / "test_results.json").exists()
+    (tmp_path / "test_evaluation.json").write_text("{}")  # hfxray evaluate's default output
     assert _start_over(args, resume=False, overwrite=True) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    # a run stopped before it wrote args.yaml leaves runs/ alone: still a run folder, to train into again
+    from hfxray.outputs import check_run_folder
+
+    check_run_folder(tmp_path)
+    # results without checkpoints go too when --overwrite_output_dir is asked for
+    (tmp_path / "test_results.json").write_text("old")
+    _start_over(args, resume=False, overwrite=True)
+    assert not (tmp_path / "test_results.json").exists()

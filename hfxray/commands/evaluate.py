@@ -21,14 +21,18 @@ def run(args) -> int:
     from ..data import check_prepared
     from ..evaluation import reliability_path, report_split, shortcut_message
     from ..outputs import check_output_file
-    from . import require_positive
+    from . import UsageError, require_positive
     from ..models import load_trained
 
     require_positive(n_resamples=args.n_resamples)
     check_prepared(args.data_dir)
+    if args.out is None and not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model} is not a local folder, so there is none to write the evaluation "
+                         "into. To fix: pass --out FILE.json.")
     out = Path(args.out) if args.out else Path(args.model) / f"{args.split}_evaluation.json"
-    check_output_file(out, "--out" if args.out else "the default --out")
-    check_output_file(reliability_path(out), "the reliability diagram")
+    data = [("the --data-dir", args.data_dir)]
+    check_output_file(out, "--out" if args.out else "the default --out", data)
+    check_output_file(reliability_path(out), "the reliability diagram", data)
     model, processor = load_trained(args.model)
     report = report_split(model, processor, args.data_dir, args.split, out, args.n_resamples, args.seed)
     keys = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1", "ece",

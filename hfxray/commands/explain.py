@@ -36,7 +36,7 @@ def run(args) -> int:
     from . import require_positive
 
     require_positive(steps=args.steps)
-    out = check_output_folder(args.out, "--out")
+    out = check_output_folder(args.out, "--out", recursive=False)
     try:
         loaded, sources = {}, {}
         for model_dir in args.model:
