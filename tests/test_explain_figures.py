@@ -146,6 +146,12 @@ def test_a_rerun_replaces_its_own_figures_and_refuses_anothers(model_dirs, image
     assert "written by something else" in capsys.readouterr().err
     assert not (out / "two.vit.gradcam.png").exists()
 
+    # The summary CSV is checked itself, not only through its .json twin: a user's file of that name is kept.
+    (out / "bit.gradcam.csv").write_text("my own notes\n")
+    assert explain(model_dirs / "bit") == 2
+    assert "bit.gradcam.csv exists and was written by something else" in capsys.readouterr().err
+    assert (out / "bit.gradcam.csv").read_text() == "my own notes\n"
+
 
 def test_the_api_takes_the_same_care(model_dirs, images, tmp_path):
     model_dir = model_dirs / "bit"

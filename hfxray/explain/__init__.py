@@ -116,7 +116,16 @@ def _summary_origin(path: Path) -> dict[str, str] | None:
     import json
 
     if path.suffix == ".csv":
-        path = path.with_suffix(".json")  # the CSV's twin holds the origin
+        # The CSV's twin holds the origin; the CSV itself must also be one hfxray wrote (its header), or a user's
+        # file of that name would be replaced whenever the .json beside it is hfxray's.
+        try:
+            with path.open(encoding="utf-8") as handle:
+                header = handle.readline().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        if header != ",".join(SUMMARY_FIELDS):
+            return None
+        path = path.with_suffix(".json")
     try:
         data = json.loads(path.read_text())
         return _origin(data["model"], data["method"])
