@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from .data import DataError, check_prepared
-from .errors import HfxrayError
+from .errors import HfxrayError, excerpt
 from .models import MODEL_NAMES, PRESETS
 from .recipes import SCHEDULES, TRAINER_SCHEDULE
 
@@ -212,7 +212,7 @@ def _read_yaml(path: Path, known: dict[str, str]) -> dict:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: cannot read YAML ({' '.join(str(err).split())[:200]}). To fix: correct the "
+        raise ConfigError(f"{path}: cannot read YAML ({excerpt(err, 200)}). To fix: correct the "
                           "file.") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of argument names to values. To fix: write `name: value` "
@@ -399,11 +399,13 @@ def validate(model_args, data_args, recipe_args, training_args, explicit: set[st
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"--{item.name} {value}: not a finite number. To fix: pass a number (the default "
                                   f"is {item.default}).")
-    ranges = {"onecycle_pct_start": (recipe_args.onecycle_pct_start, 0.0, 1.0, "between 0 and 1, e.g. 0.3"),
-              "lr_decay_gamma": (recipe_args.lr_decay_gamma, 0.0, math.inf, "a positive factor, e.g. 0.9"),
-              "weight_decay": (training_args.weight_decay, -1e-12, math.inf, "0 or more")}
-    for name, (value, low, high, hint) in ranges.items():
-        if not low < value < high:
+    ranges = {"onecycle_pct_start": (recipe_args.onecycle_pct_start, 0 < recipe_args.onecycle_pct_start < 1,
+                                     "between 0 and 1, e.g. 0.3"),
+              "lr_decay_gamma": (recipe_args.lr_decay_gamma, recipe_args.lr_decay_gamma > 0,
+                                 "a positive factor, e.g. 0.9"),
+              "weight_decay": (training_args.weight_decay, training_args.weight_decay >= 0, "0 or more")}
+    for name, (value, in_range, hint) in ranges.items():
+        if not in_range:
             raise ConfigError(f"--{name} {value}. To fix: pass {hint}.")
     if recipe_args.average_last_epochs < 0:
         raise ConfigError(f"--average_last_epochs {recipe_args.average_last_epochs}. To fix: pass 0 (off) or the "
@@ -427,7 +429,7 @@ def validate(model_args, data_args, recipe_args, training_args, explicit: set[st
     for name, value in positive.items():
         if value < 1:
             raise ConfigError(f"--{name} {value}. To fix: pass a whole number of at least 1.")
-    if not training_args.learning_rate > 0 or training_args.learning_rate != training_args.learning_rate:
+    if not training_args.learning_rate > 0:
         raise ConfigError(f"--learning_rate {training_args.learning_rate}. To fix: pass a positive number.")
     if training_args.max_steps <= 0 and not training_args.num_train_epochs > 0:
         raise ConfigError("neither --max_steps nor --num_train_epochs is positive. To fix: set one of them.")

@@ -37,7 +37,7 @@ from transformers.models.bit.modeling_bit import get_padding_value
 
 from .data import CLASS_NAMES
 from .env import hub_offline
-from .errors import HfxrayError, one_line
+from .errors import HfxrayError, excerpt
 
 BIT_IN21K_CHECKPOINT = "timm/resnetv2_50x1_bit.goog_in21k"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "hfxray" / "bit"
@@ -277,7 +277,7 @@ def _download(checkpoint: str, factory: Callable[[str], nn.Module], folder: Path
         offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
         raise HubDownloadError(
             f"cannot load timm checkpoint '{checkpoint}': converting it needs network access to the Hugging Face "
-            f"Hub{offline} ({type(err).__name__}: {one_line(err)[:200]}). To fix: run once with network (the converted "
+            f"Hub{offline} ({type(err).__name__}: {excerpt(err, 200)}). To fix: run once with network (the converted "
             f"model is then cached in {folder}), or download it beforehand with `hf download {checkpoint}` and pass "
             "the local folder with --checkpoint; --preset tiny or small trains without pretrained weights."
         ) from err

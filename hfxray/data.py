@@ -30,6 +30,7 @@ from pathlib import Path
 from .errors import HfxrayError, printable
 from .imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageProblem, check_image, load_standard_image
 from .logs import progress_bar_disable
+from .outputs import relation
 
 CLASS_NAMES = ("normal", "virus")
 SPLITS = ("train", "validation", "test")
@@ -188,8 +189,9 @@ def read_csv_rows(csv_path: Path, required: tuple[str, ...], folder: str, origin
                 runaway = _runaway_field(row, len(columns))
                 if runaway:
                     raise DataError(f"{shown}: the {runaway!r} field that starts on line {start} runs to line "
-                                    f"{reader.line_num}: a quote (\") opened there is not closed, and the rows after it "
-                                    f"would be read as part of it. To fix: remove the stray quote, or use {original}.")
+                                    f"{reader.line_num}: a quote (\") opened there is not closed, and the rows after "
+                                    f"it would be read as part of it. To fix: remove the stray quote, or use "
+                                    f"{original}.")
                 rows.append({k: (v or "").strip() for k, v in row.items() if k})
                 start = reader.line_num + 1
             return rows
@@ -767,9 +769,9 @@ def _check_paths(sources: list[Path], out: Path) -> None:
     protected = [path.resolve() for source in sources
                  for path in [source, *(source / f for folder in _read_folders(source) for f in [folder])]]
     for real in protected:
-        if real_out == real or real_out in real.parents or real in real_out.parents:
-            relation = ("is" if real_out == real else "contains" if real_out in real.parents else "lies inside")
-            raise DataError(f"--out {shown} {relation} the source data ({printable(str(real))}); the source is never "
+        if found := relation(real_out, real):
+            found = {"holds": "contains"}.get(found, found)
+            raise DataError(f"--out {shown} {found} the source data ({printable(str(real))}); the source is never "
                             "written to. To fix: pass an --out folder outside --source, e.g. next to it.")
     try:
         cwd = Path.cwd().resolve()

@@ -52,7 +52,12 @@ def is_dicom(path: str | os.PathLike) -> bool:
             head = handle.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:] == b"DICM"
+    return has_dicom_magic(head)
+
+
+def has_dicom_magic(head: bytes) -> bool:
+    """True when a file's first 132 bytes are a DICOM preamble: 128 bytes, then 'DICM'."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
 
 
 def _problem(message: str):

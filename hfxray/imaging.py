@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .dicom import is_dicom, read_dicom
+from .dicom import has_dicom_magic, is_dicom, read_dicom
 from .errors import HfxrayError
 
 # Chest X-rays are at most ~4,000 x 4,000 px; anything far beyond is a decompression bomb, not a radiograph.
@@ -196,4 +196,4 @@ def _looks_like_an_image(path: Path) -> bool:
     webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
     # "BM" alone starts many a text file: a BMP's info header size (byte 14) is one of a few values
     bmp = head[:2] == b"BM" and len(head) > 14 and head[14] in (12, 40, 52, 56, 64, 108, 124)
-    return head.startswith(_MAGIC) or webp or bmp or (len(head) == 132 and head[128:] == b"DICM")
+    return head.startswith(_MAGIC) or webp or bmp or has_dicom_magic(head)

@@ -19,7 +19,7 @@ from typing import Callable
 
 from .data import CLASS_NAMES
 from .env import hub_offline, looks_local
-from .errors import HfxrayError, excerpt, one_line, printable
+from .errors import HfxrayError, excerpt, printable
 
 ID2LABEL = dict(enumerate(CLASS_NAMES))
 LABEL2ID = {name: index for index, name in ID2LABEL.items()}
@@ -107,7 +107,7 @@ def check_model_folder(checkpoint: str | os.PathLike, *, weights: bool = True) -
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ModelLoadError(f"{folder / 'config.json'}: not valid JSON ({one_line(err)[:120]}). To fix: restore "
+        raise ModelLoadError(f"{folder / 'config.json'}: not valid JSON ({excerpt(err, 120)}). To fix: restore "
                              "the file from the run folder or the Hub.") from None
     if not isinstance(config, dict):
         raise ModelLoadError(f"{folder / 'config.json'}: not a JSON object. To fix: restore the file.")
@@ -147,7 +147,7 @@ def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs)
         return loader(str(folder) if folder else checkpoint, **kwargs)
     except load_errors() as err:
         if folder is not None:
-            raise ModelLoadError(f"cannot load {checkpoint} ({type(err).__name__}: {one_line(err)[:200]}). To fix: "
+            raise ModelLoadError(f"cannot load {checkpoint} ({type(err).__name__}: {excerpt(err, 200)}). To fix: "
                                  "the folder's files are damaged or incomplete; copy the run folder again or "
                                  "retrain.") from None
         raise ModelLoadError(
@@ -253,7 +253,7 @@ def _from_scratch(model_class, config_class, spec: ModelSpec, values: dict):
         return model_class(config_class(**values))
     except (ValueError, TypeError, AssertionError, RuntimeError, KeyError, StrictDataclassError) as err:
         raise ModelSpecError(f"cannot build {spec.tag} for {spec.image_size} px inputs with this configuration "
-                             f"({type(err).__name__}: {one_line(err)[:200]}). To fix: check --image_size and any "
+                             f"({type(err).__name__}: {excerpt(err, 200)}). To fix: check --image_size and any "
                              "--config_overrides against the model's configuration (e.g. one hidden size per stage "
                              "depth).") from None
 

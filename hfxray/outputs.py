@@ -10,6 +10,7 @@ or is, holds or lies inside one of the command's inputs is refused with one line
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,14 +22,14 @@ class OutputError(HfxrayError):
 
 
 def link_kind(path: Path) -> str | None:
-    """'a symbolic link' / 'a hard link' (a file with more than one name) / None."""
-    if path.is_symlink():
-        return "a symbolic link"
+    """'a symbolic link' / 'a hard link' (a file with more than one name) / None, from one lstat."""
     try:
-        info = path.stat()
+        info = path.lstat()
     except OSError:
         return None
-    if not os.path.isdir(path) and info.st_nlink > 1:
+    if stat.S_ISLNK(info.st_mode):
+        return "a symbolic link"
+    if not stat.S_ISDIR(info.st_mode) and info.st_nlink > 1:
         return "a hard link"
     return None
 
@@ -46,7 +47,8 @@ def first_link(folder: Path, recursive: bool = True) -> tuple[Path, str] | None:
     return None
 
 
-def _relation(out: Path, other: Path) -> str | None:
+def relation(out: Path, other: Path) -> str | None:
+    """How resolved path `out` stands to resolved path `other`: "is", "holds", "lies inside" or None."""
     if out == other:
         return "is"
     if out in other.parents:
@@ -77,9 +79,9 @@ def check_output_folder(out: str | os.PathLike, flag: str = "--out",
     for what, path in inputs:
         if not path or not Path(path).exists():
             continue
-        relation = _relation(resolved, Path(path).resolve())
-        if relation:
-            raise OutputError(f"{flag} {shown} {relation} {what} ({printable(str(path))}): results would mix with "
+        found = relation(resolved, Path(path).resolve())
+        if found:
+            raise OutputError(f"{flag} {shown} {found} {what} ({printable(str(path))}): results would mix with "
                               "the data they came from. To fix: write to a folder of its own, outside it.")
     if out.is_dir():
         found = first_link(out, recursive)
@@ -104,7 +106,7 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out",
         raise OutputError(f"{flag} {shown} is a folder. To fix: pass a file name.")
     resolved = path.resolve()
     for what, other in inputs:
-        if other and Path(other).exists() and Path(other).resolve() in resolved.parents:
+        if other and Path(other).exists() and relation(resolved, Path(other).resolve()) == "lies inside":
             raise OutputError(f"{flag} {shown} lies inside {what} ({printable(str(other))}): results would mix "
                               "with the data they came from. To fix: write it outside that folder.")
     return path

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .env import hub_offline
-from .errors import HfxrayError, one_line, printable
+from .errors import HfxrayError, excerpt, printable
 from .imaging import ImageProblem, load_rgb
 from .logs import progress_bar_disable
 
@@ -56,7 +56,7 @@ def load_classifier(model: str, device: str | None = None):
                               trust_remote_code=False, model_kwargs={"use_safetensors": True})
     except load_errors() as err:
         hint = "; HF_HUB_OFFLINE is set, so a Hub id works only if already cached" if hub_offline() else ""
-        raise PredictError(f"cannot load {model!r} ({type(err).__name__}: {one_line(err)[:200]}). To fix: check "
+        raise PredictError(f"cannot load {model!r} ({type(err).__name__}: {excerpt(err, 200)}). To fix: check "
                            f"the folder or Hub id{hint}.") from None
     try:
         check_labels(classifier.model.config, model)

@@ -150,8 +150,7 @@ def load_served_model(run_dir: str | os.PathLike, device: str | None = None) -> 
     try:
         family = model_family(classifier.model)
     except HfxrayError as err:
-        raise ServeError(f"{run_dir}: {err}" if "To fix" in str(err) else
-                         f"{run_dir}: {err}. To fix: serve a model trained with hfxray") from None
+        raise ServeError(f"{run_dir}: {err}") from None  # UnsupportedModelError says what to use instead
     path = Path(run_dir)
     return ServedModel(name=path.name or str(run_dir), run_dir=path, classifier=classifier, family=family,
                        test_results=read_test_results(path))

@@ -15,7 +15,7 @@ import yaml
 
 from .arguments import ConfigError, DataArguments, ModelArguments, RecipeArguments, RunArguments, resolved_config
 from .data import DataError
-from .errors import one_line, printable
+from .errors import excerpt, printable
 from .logs import get_logger, library_progress_bars_off, quiet
 
 logger = get_logger(__name__)
@@ -197,20 +197,24 @@ def _last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
-# The files a finished run leaves beside its checkpoints (TensorBoard's runs/ keeps one folder per run).
+# The files a finished run leaves beside its checkpoints (TensorBoard's runs/ keeps one folder per run); each
+# results JSON also has its reliability diagram beside it (evaluation.reliability_path).
 RUN_FILES = ("args.yaml", "config.json", "model.safetensors", "preprocessor_config.json", "calibration.json",
-             "train_results.json", "test_results.json", "test_reliability.png", "README.md", "all_results.json",
-             "eval_results.json", "trainer_state.json", TRAINING_ARGS_NAME)
+             "train_results.json", "test_results.json", "README.md", "all_results.json", "eval_results.json",
+             "trainer_state.json", TRAINING_ARGS_NAME)
 
 
 def _run_files(output_dir: str | os.PathLike) -> list[Path]:
-    """The earlier run's result files in `output_dir` (RUN_FILES and `hfxray evaluate`'s default outputs)."""
+    """The earlier run's result files in `output_dir`: RUN_FILES, `hfxray evaluate`'s default outputs
+    (`SPLIT_evaluation.json`) and the reliability diagram beside each results JSON."""
+    from .evaluation import reliability_path
+
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    named = [folder / name for name in RUN_FILES]
-    evaluations = [*folder.glob("*_evaluation.json"), *folder.glob("*_evaluation_reliability.png")]
-    return [path for path in named + evaluations if path.is_file() and not path.is_symlink()]
+    results = [folder / "test_results.json", *folder.glob("*_evaluation.json")]
+    candidates = [folder / name for name in RUN_FILES] + results + [reliability_path(path) for path in results]
+    return [path for path in dict.fromkeys(candidates) if path.is_file() and not path.is_symlink()]
 
 
 def _start_over(training_args, resume: bool, overwrite: bool) -> str | None:
@@ -253,14 +257,14 @@ def check_resumable(checkpoint: str | os.PathLike, model) -> None:
         json.loads((folder / "trainer_state.json").read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"--resume: {shown}/trainer_state.json cannot be read ({type(err).__name__}: "
-                          f"{one_line(err)[:120]}). {again}") from None
+                          f"{excerpt(err, 120)}). {again}") from None
     weights = folder / "model.safetensors"
     try:
         with safe_open(str(weights), framework="pt") as handle:
             saved = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except (OSError, SafetensorError) as err:
         raise ConfigError(f"--resume: {printable(str(weights))} cannot be read ({type(err).__name__}: "
-                          f"{one_line(err)[:120]}). {again}") from None
+                          f"{excerpt(err, 120)}). {again}") from None
     # transformers 5 saves some models under their earlier key names (ViT: attention.attention.query, in memory
     # q_proj), so the tensors are compared by shape, not by name: another kind, preset or width changes the shapes.
     expected = sorted(tuple(value.shape) for key, value in model.state_dict().items()

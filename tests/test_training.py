@@ -301,6 +301,8 @@ def test_overwrite_output_dir_removes_the_earlier_runs_results_too(tmp_path):
         _start_over(args, resume=False, overwrite=False)
     assert (tmp_path / "test_results.json").exists()
     (tmp_path / "test_evaluation.json").write_text("{}")  # hfxray evaluate's default output
+    for diagram in ("test_reliability.png", "test_evaluation_reliability.png"):
+        (tmp_path / diagram).write_bytes(b"png")
     assert _start_over(args, resume=False, overwrite=True) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     # a run stopped before it wrote args.yaml leaves runs/ alone: still a run folder, to train into again

@@ -27,9 +27,9 @@ def run(args) -> int:
     from ..predict import PredictError, check_output_path, load_classifier, predict_files, summary_line, \
         write_predictions
 
-    if args.batch_size < 1:
-        print(f"error: --batch-size {args.batch_size}. To fix: pass a positive number.", file=sys.stderr)
-        return 2
+    from . import require_positive
+
+    require_positive(batch_size=args.batch_size)
     files = expand_paths(args.paths)
     if not files:
         print(f"error: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {', '.join(args.paths)}. To fix: pass "
