@@ -5,7 +5,7 @@ TEST, a source without a test split has one carved by patient, and the validatio
 patient group (`patient_group`). Every source row ends up in `manifest.csv`, kept or skipped with its reason, so
 that no data disappears silently. The layouts (CoronaHack CSV, Cohen collection, Kermany folders) are read by
 `hfxray.sources`; several sources make one set whose manifest names each row's `source`, with the images that two
-sources share found (`hfxray.duplicates`) and kept once.
+sources share, or one source holds under two names, found (`hfxray.duplicates`) and kept once.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import HfxrayError, printable
+from .errors import HfxrayError, excerpt, printable
 from .imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageProblem, check_image, load_standard_image
 from .logs import progress_bar_disable
 from .outputs import relation
@@ -160,8 +160,8 @@ class PrepareSummary:
     warnings: list[str]
     by_source: dict[str, Counter] = field(default_factory=dict)  # source -> (split, label) -> kept images
     skipped_by_source: dict[str, Counter] = field(default_factory=dict)  # source -> reason kind -> images
-    merged: int = 0  # kept images dropped because another source holds the same picture
-    shared: int = 0  # images found in two sources (kept, or excluded by their class in both)
+    merged: int = 0  # kept images dropped because another copy of the same picture is kept
+    shared: int = 0  # copies found of a picture held twice (dropped, or excluded by their class)
 
     @property
     def kept_total(self) -> int:
@@ -260,7 +260,7 @@ def _check_files(records: list[SourceRecord], min_side: int, max_pixels: int, pr
             info = None  # check_image says why
         if info is not None:
             # One image under two names (a link) would count twice, and could sit in train and test at once.
-            # (Two sources sharing a file are found, with re-encoded copies, by `_merge_across_sources`.)
+            # (Copies under other names and re-encoded copies are found by `_merge_duplicates`.)
             first = first_by_inode.setdefault((record.source, info.st_dev, info.st_ino), record.source_file)
             if first != record.source_file:
                 record.reason = f"duplicate: the same file as {printable(first)} (a link)"
@@ -341,67 +341,53 @@ class _Union:
         return members
 
 
-def _merge_across_sources(records: list[SourceRecord], order: list[str], test_source: str | None,
-                          max_pixels: int, progress) -> tuple[int, int]:
-    """Keep once each picture that two sources hold: identical bytes, or perceptual hashes at most
-    `PHASH_THRESHOLD` bits apart. The copy kept is the held-out test source's (`test_source`), else the first
-    source's in `order`; the others are skipped as duplicates, and their patient groups join the kept one's, so
+def _merge_duplicates(records: list[SourceRecord], order: list[str], test_source: str | None,
+                      max_pixels: int, progress) -> tuple[int, int]:
+    """Keep once each picture held twice, by two sources or by one under two names (`hfxray.duplicates`: identical
+    bytes, or a close perceptual hash confirmed by the thumbnails' correlation). The copy kept is the held-out test
+    source's (`test_source`), else the first source's in `order`, and within a source the one in its test split,
+    else the first listed; the others are skipped as duplicates, and their patient groups join the kept one's, so
     that the picture and its patients never sit in two splits. Images excluded by their class are compared too,
-    so that the manifest lists every shared image; a picture kept by one source and excluded (or labelled
-    otherwise) by another is a conflict and skipped in both. Returns (kept copies dropped, copies found)."""
-    from .duplicates import PHASH_THRESHOLD, distance_matrix, fingerprint
+    so that the manifest lists every copy; a picture kept once and excluded (or labelled otherwise) elsewhere is a
+    conflict and skipped everywhere. Returns (kept copies dropped, copies found)."""
+    from .duplicates import fingerprint, find_same_pictures
 
     kept = [r for r in records if r.kept or (r.reason.startswith(("excluded class", "excluded finding"))
                                              and r.source_dir is not None)]
-    digests: list[str] = []
-    hashes: list[int] = []
+    prints = []
     for record in progress(kept, desc="hashing images", unit="img"):
         path = _source_path(record)
         try:
             if problem := _link_problem(path, path.parent):  # excluded files were not checked by _check_files
                 raise ImageProblem(problem)
             print_ = fingerprint(path, max_pixels)
-        except (ImageProblem, OSError) as problem:
+        except ImageProblem as problem:  # what decoding the full image finds (NaN pixels...), as writing it would
             if record.kept:
-                record.reason = f"unreadable while hashing: {problem}"
+                record.reason = str(problem)
             print_ = None
-        digests.append(print_.sha256 if print_ else "")
-        hashes.append(print_.phash if print_ else 0)
+        except OSError as problem:
+            if record.kept:
+                record.reason = f"unreadable while hashing: {excerpt(problem)}"
+            print_ = None
+        prints.append(print_)
         record.phash = f"{print_.phash:016x}" if print_ else ""
     union = _Union()
     evidence: dict[tuple[int, int], str] = {}
-    by_source: dict[str, list[int]] = defaultdict(list)
-    for index, record in enumerate(kept):
-        if record.phash:
-            by_source[record.source].append(index)
-    sources = [name for name in order if name in by_source]
-    for a_position, first in enumerate(sources):
-        for second in sources[a_position + 1:]:
-            left, right = by_source[first], by_source[second]
-            distances = distance_matrix([hashes[i] for i in left], [hashes[j] for j in right])
-            for i, j in zip(*(distances <= PHASH_THRESHOLD).nonzero()):
-                a, b = left[int(i)], right[int(j)]
-                same_bytes = digests[a] == digests[b]
-                evidence[(a, b)] = evidence[(b, a)] = ("identical bytes" if same_bytes else
-                                                       f"perceptual hash {int(distances[i, j])} bits apart")
-                union.union(a, b)
-            digest_index = {digests[i]: i for i in left}
-            for j in right:  # identical bytes always match, whatever their hashes
-                if (a := digest_index.get(digests[j])) is not None and (a, j) not in evidence:
-                    evidence[(a, j)] = evidence[(j, a)] = "identical bytes"
-                    union.union(a, j)
+    for (a, b), why in find_same_pictures(prints).items():
+        evidence[(a, b)] = evidence[(b, a)] = why
+        union.union(a, b)
     dropped = 0
     rank = {name: position for position, name in enumerate(order)}
     for members in union.classes().values():
         if len(members) < 2:
             continue
-        members.sort(key=lambda i: (kept[i].source != test_source, rank[kept[i].source], i))
+        members.sort(key=lambda i: (kept[i].source != test_source, rank[kept[i].source], kept[i].split != "test", i))
         keeper = kept[members[0]]
         if len({kept[i].label for i in members}) > 1:
             shown = ", ".join(f"{printable(kept[i].source)}/{printable(kept[i].source_file)}" for i in members)
             for i in members:
                 if kept[i].kept:
-                    kept[i].reason = f"duplicate with conflicting labels across sources ({shown})"
+                    kept[i].reason = f"duplicate with conflicting labels ({shown})"
             continue
         for i in members[1:]:
             record = kept[i]
@@ -553,8 +539,10 @@ def _print_tables(summary: PrepareSummary, echo) -> None:
         for name, row in summary.by_source.items():
             cells = "  ".join(f"{split} {row[(split, 'normal')]}/{row[(split, 'virus')]}" for split in SPLITS)
             echo(f"  {printable(name):<16} {cells}  skipped {sum(summary.skipped_by_source[name].values())}")
-        echo(f"Images found in two sources: {summary.shared} (manifest: duplicate_of, merged_with); "
-             f"{summary.merged} of them usable and kept once, the others excluded by their class in both")
+    if summary.shared:
+        echo(f"Copies of a picture found (in two sources, or under two names): {summary.shared} (manifest: "
+             f"duplicate_of, merged_with); {summary.merged} of them usable and dropped, the picture kept once; "
+             "the others excluded by their class")
     echo("Binary classes per split (kept images):")
     echo(f"  {'split':<11} " + " ".join(f"{c:>7}" for c in CLASS_NAMES) + f" {'total':>7}")
     for split in SPLITS:
@@ -916,9 +904,8 @@ def _prepare_locked(specs, out: Path, val_fraction: float, test_fraction: float,
     if shared:
         warnings_list.append(f"{len(shared)} patient group(s) appear in both TRAIN and TEST of the source "
                              f"(e.g. {printable(', '.join(shared[:5]))}); the source split leaks these patients")
-    merged = shared_images = 0
-    if len(specs) > 1:
-        merged, shared_images = _merge_across_sources(records, [spec.name for spec in specs], test_source, max_pixels, progress)
+    merged, shared_images = _merge_duplicates(records, [spec.name for spec in specs], test_source, max_pixels,
+                                              progress)
     _join_groups(records)
     small = sum(1 for r in records if r.kept and min(r.width, r.height) < TYPICAL_CROP)
     if small:

@@ -135,7 +135,7 @@ def test_a_sub_folder_and_undecodable_names_on_disk_are_reported(source, tmp_pat
 def test_same_stem_never_writes_into_the_source_nor_loses_an_image(source, tmp_path, order):
     source.add_good()
     for name in order:  # x.png is kept as it is (hard link), x.tif is converted to PNG
-        seed, kind = (1, "PNG") if name == "x.png" else (2, "TIFF")
+        seed, kind = (101, "PNG") if name == "x.png" else (102, "TIFF")  # pictures no other row holds
         source.add(name, image=_gray(seed=seed), format=kind)
     source.write_csv()
     before = _snapshot(source.root)

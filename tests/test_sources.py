@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hfxray import data, duplicates, sources
+from hfxray import data, sources
 from hfxray.cli import main as cli_main
 
 QUIET = {"echo": lambda *_: None, "progress": lambda items, **_: items}
@@ -214,18 +214,86 @@ def test_reencoded_copy_in_another_source_is_found_by_perceptual_hash(kermany_tr
     assert rows[("kermany", picked[0].name)]["merged_with"] == "cohen/copy.png"
 
 
-def test_phash_separates_copies_from_different_xrays(sample_dir):
-    paths = sorted((sample_dir / data.IMAGE_ROOT / "test").iterdir())[:6]
-    hashes = [duplicates.phash_image(Image.open(p)) for p in paths]
-    for path, original in zip(paths, hashes):
-        image = Image.open(path).convert("L")
-        image.thumbnail((200, 200))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=60)
-        assert duplicates.hamming(duplicates.phash_image(Image.open(buffer)), original) <= duplicates.PHASH_THRESHOLD
-    matrix = duplicates.distance_matrix(hashes, hashes)
-    assert all(matrix[i, j] > duplicates.PHASH_THRESHOLD for i in range(6) for j in range(6) if i != j)
-    assert all(matrix[i, j] == duplicates.hamming(hashes[i], hashes[j]) for i in range(6) for j in range(6))
+def _kermany(root, files: dict[str, Path | bytes]) -> Path:
+    """A Kermany-layout source: {"train/NORMAL/name.jpeg": source path or bytes}."""
+    for relative, content in files.items():
+        target = root / "chest_xray" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content if isinstance(content, bytes) else content.read_bytes())
+    for split in ("train", "test"):
+        for label in ("NORMAL", "PNEUMONIA"):
+            (root / "chest_xray" / split / label).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _sample_file(sample_dir, name: str) -> Path:
+    return next((sample_dir / data.IMAGE_ROOT).glob(f"*/{name}"))
+
+
+def test_similar_childrens_xrays_in_two_sources_are_not_merged(sample_dir, tmp_path):
+    """Four CoronaHack files also in a Kermany-layout source. The hash puts other children's X-rays of the sample
+    within 2-4 bits of them (IM-0476 of IM-0286; the viral person597 of the normal IM-0304): only the four true
+    copies may be dropped, and no different X-ray, nor a label conflict, may come of the closeness."""
+    names = {"IM-0286-0001.jpeg": "train/NORMAL", "IM-0304-0001.jpeg": "train/NORMAL",
+             "IM-0266-0001.jpeg": "train/NORMAL", "person597_virus_1150.jpeg": "train/PNEUMONIA"}
+    kermany = _kermany(tmp_path / "kermany", {f"{folder}/{name}": _sample_file(sample_dir, name)
+                                              for name, folder in names.items()})
+    out = tmp_path / "out"
+    data.prepare([sample_dir, kermany], out, **QUIET)
+    rows = data.read_manifest(out)
+    duplicated = {(r["source"], r["source_file"]) for r in rows if r["duplicate_of"]}
+    assert duplicated == {("kermany", name) for name in names}
+    assert not [r for r in rows if "conflicting" in r["reason"]]
+    alone = tmp_path / "alone"
+    data.prepare(sample_dir, alone, **QUIET)
+    assert ({r["source_file"] for r in kept(data.read_manifest(alone))}
+            == {r["source_file"] for r in kept(rows) if r["source"] == "coronahack"})
+
+
+def test_one_source_holding_a_picture_under_two_names_keeps_it_once_in_test(sample_dir, tmp_path):
+    original = _sample_file(sample_dir, "IM-0286-0001.jpeg")
+    image = Image.open(original).convert("L")
+    image.thumbnail((300, 300))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=60)
+    kermany = _kermany(tmp_path / "kermany", {
+        "train/NORMAL/IM-0286-0001.jpeg": original,
+        "test/NORMAL/IM-0900-0001.jpeg": buffer.getvalue(),  # the same picture, re-encoded, another patient number
+        "train/NORMAL/IM-0476-0001.jpeg": _sample_file(sample_dir, "IM-0476-0001.jpeg"),  # 2 bits away, different
+        "train/PNEUMONIA/person597_virus_1150.jpeg": _sample_file(sample_dir, "person597_virus_1150.jpeg"),
+        "test/PNEUMONIA/person1_virus_1.jpeg": _sample_file(sample_dir, "person1021_virus_1711.jpeg"),
+    })
+    out = tmp_path / "out"
+    data.prepare(kermany, out, **QUIET)
+    rows = {r["source_file"]: r for r in data.read_manifest(out)}
+    copy = rows["IM-0286-0001.jpeg"]
+    assert copy["status"] == "skipped" and copy["duplicate_of"] == "kermany/IM-0900-0001.jpeg"
+    assert re.search(r"perceptual hash \d bits apart, thumbnails correlate (0\.9\d\d|1\.000)\)", copy["reason"])
+    keeper = rows["IM-0900-0001.jpeg"]
+    assert keeper["status"] == "kept" and keeper["split"] == "test"
+    assert keeper["merged_with"] == "kermany/IM-0286-0001.jpeg"
+    assert keeper["patient_group"] == "im0286+im0900"
+    assert rows["IM-0476-0001.jpeg"]["status"] == "kept" and not rows["IM-0476-0001.jpeg"]["duplicate_of"]
+
+
+def test_one_source_labelling_one_picture_twice_differently_skips_both(sample_dir, tmp_path):
+    picture = _sample_file(sample_dir, "IM-0286-0001.jpeg").read_bytes()
+    kermany = _kermany(tmp_path / "kermany", {
+        "train/NORMAL/IM-0286-0001.jpeg": picture, "train/PNEUMONIA/person2_virus_2.jpeg": picture,
+        "train/NORMAL/IM-0476-0001.jpeg": _sample_file(sample_dir, "IM-0476-0001.jpeg"),
+        "train/PNEUMONIA/person597_virus_1150.jpeg": _sample_file(sample_dir, "person597_virus_1150.jpeg"),
+        "test/NORMAL/IM-0304-0001.jpeg": _sample_file(sample_dir, "IM-0304-0001.jpeg"),
+        "test/PNEUMONIA/person1_virus_1.jpeg": _sample_file(sample_dir, "person1021_virus_1711.jpeg"),
+    })
+    out = tmp_path / "out"
+    lines: list[str] = []
+    data.prepare(kermany, out, echo=lines.append, progress=QUIET["progress"])
+    rows = {r["source_file"]: r for r in data.read_manifest(out)}
+    for name in ("IM-0286-0001.jpeg", "person2_virus_2.jpeg"):
+        assert rows[name]["status"] == "skipped"
+        assert rows[name]["reason"].startswith("duplicate with conflicting labels (kermany/")
+    assert all(rows[n]["status"] == "kept" for n in ("IM-0476-0001.jpeg", "person597_virus_1150.jpeg"))
+    assert any(re.fullmatch(r"\s+2\s+duplicate with conflicting labels", line) for line in lines), lines
 
 
 # --- bad inputs of the new layouts ------------------------------------------------------------------------------
