@@ -31,7 +31,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .errors import HfxrayError, printable
+from .errors import HfxrayError, excerpt, printable
 from .logs import get_logger
 
 logger = get_logger(__name__)
@@ -107,7 +107,7 @@ def _decode_batch(batch: dict, resize: int, threads: int, root: str, folder: str
             return transforms.decode_resized(feature.decode_example(value), resize).numpy()
         except (OSError, ValueError, SyntaxError) as err:  # PIL: unreadable, truncated or vanished image
             raise CacheError(f"{printable(str(value.get('path')))}: cannot decode it for the cache "
-                             f"({type(err).__name__}: {printable(str(err))[:160]}). To fix: re-run "
+                             f"({type(err).__name__}: {excerpt(printable(str(err)))}). To fix: re-run "
                              "`hfxray data prepare` "
                              "(the prepared image changed or was removed since).") from None
 

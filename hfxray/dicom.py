@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .errors import excerpt
+
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 # Projection radiography: computed (CR) and digital (DX) radiography; "DR" is written by some vendors for DX.
 PROJECTION_MODALITIES = {"CR", "DX", "DR"}
@@ -155,12 +157,12 @@ def read_dicom(path: str | os.PathLike, max_pixels: int) -> tuple[Image.Image, s
     except InvalidDicomError:
         raise _problem("not a DICOM file (no DICM preamble) though named like one. To fix: check the file") from None
     except Exception as err:  # pydicom raises many types on hostile headers; each becomes one line
-        raise _problem(f"corrupt or truncated DICOM ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})") from None
+        raise _problem(f"corrupt or truncated DICOM ({type(err).__name__}: {excerpt(err, 120)})") from None
     _header_checks(dataset, max_pixels)
     try:
         stored = dataset.pixel_array
     except Exception as err:  # missing decoder plugin, truncated pixel data, bad fragments...
-        reason = (str(err).splitlines() or [""])[0][:160]
+        reason = excerpt(err)
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax)) if syntax is not None else "unknown transfer syntax"
         raise _problem(f"cannot decode DICOM pixel data ({name}: {reason}). To fix: check the file is complete; "

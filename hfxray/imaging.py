@@ -91,8 +91,23 @@ def _open_checked(path: str | os.PathLike, max_pixels: int) -> Image.Image:
 def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
     """Fully decode `path` and describe it; raises ImageProblem with a short reason when unusable."""
     with _open_checked(path, max_pixels) as image:
+        _refuse_blank(image, to_standard_mode(image))
         return ImageCheck(width=image.width, height=image.height, mode=image.mode, format=image.format,
                           window=image.info.get("window", ""))
+
+
+def _refuse_blank(original: Image.Image, standard: Image.Image) -> None:
+    """An image whose pixels all have one value holds no radiograph (a failed export, an empty frame): there is
+    nothing to learn from or to classify, and a 16-bit one would silently become black under the min-max window."""
+    extrema = standard.getextrema()
+    bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
+    if any(low != high for low, high in bands):
+        return
+    raw = original.getextrema() if original.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F", "L"} else None
+    value = f"{raw[0]:g} ({original.mode})" if raw else ", ".join(f"{low:g}" for low, _ in bands)
+    if original.info.get("window"):
+        value += f", DICOM window {original.info['window']}"
+    raise ImageProblem(f"blank image: every pixel has the value {value}")
 
 
 def to_standard_mode(image: Image.Image) -> Image.Image:
@@ -130,7 +145,12 @@ def to_standard_mode(image: Image.Image) -> Image.Image:
 def load_standard_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open, fully decode and convert to 8-bit L/RGB; raises ImageProblem with the reason when unusable."""
     image = _open_checked(path, max_pixels)
-    converted = to_standard_mode(image)
+    try:
+        converted = to_standard_mode(image)
+        _refuse_blank(image, converted)
+    except BaseException:
+        image.close()
+        raise
     if converted is not image:
         image.close()
     return converted

@@ -150,7 +150,9 @@ def test_exotic_modes_are_converted_not_skipped(source, tmp_path):
     source.add("rgba.png", image=rgba, format="PNG")
     gradient = np.tile(np.linspace(0, 4095, 80), (80, 1)).astype(np.uint16)  # 12-bit data in a 16-bit file
     source.add("sixteen.png", image=Image.fromarray(gradient).convert("I;16"), format="PNG")
-    source.add("cmyk.jpeg", image=Image.new("CMYK", (80, 80), (0, 0, 0, 128)), format="JPEG")
+    black_ink = np.tile(np.arange(80, dtype=np.uint8) * 3, (80, 1))  # a grey ramp printed in K
+    cmyk = Image.fromarray(np.dstack([np.zeros((80, 80), np.uint8)] * 3 + [black_ink]), "CMYK")
+    source.add("cmyk.jpeg", image=cmyk, format="JPEG")
     source.add("palette.png", image=_gray((80, 80)).convert("P"), format="PNG")
     out = tmp_path / "out"
     data.prepare(source.write_csv(), out, **QUIET)

@@ -350,6 +350,37 @@ def test_float_images_with_nan_or_inf_are_skipped_not_black(source, tmp_path, va
     assert _manifest_by_source(tmp_path / "out")["float.tif"]["reason"].startswith("NaN or infinite pixel values")
 
 
+BLANK = {  # every pixel one value, in each kind of file prepare converts
+    "16bit.png": (Image.fromarray(np.full((80, 80), 1000, np.uint16)), "PNG", "1000 (I;16)"),
+    "black.jpeg": (Image.new("L", (80, 80), 0), "JPEG", "0 (L)"),
+    "grey.png": (Image.new("L", (80, 80), 128), "PNG", "128 (L)"),
+    "colour.png": (Image.new("RGB", (80, 80), (10, 20, 30)), "PNG", "10, 20, 30"),
+    "float.tif": (Image.fromarray(np.full((80, 80), 3.5, np.float32), mode="F"), "TIFF", "3.5 (F)"),
+    "transparent.png": (Image.new("RGBA", (80, 80), (0, 0, 0, 0)), "PNG", "0, 0, 0"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLANK))
+def test_blank_images_are_skipped_not_windowed_or_kept(source, tmp_path, name):
+    """A 16-bit image of one value used to become a black 8-bit one and be trained on as a radiograph."""
+    image, kind, value = BLANK[name]
+    source.add_good()
+    path = source.add(name, image=image, format=kind)
+    with pytest.raises(ImageProblem, match="blank image"):
+        load_rgb(path)  # what predict and serve open
+    data.prepare(source.write_csv(), tmp_path / "out", **QUIET)
+    row = _manifest_by_source(tmp_path / "out")[name]
+    assert row["status"] == "skipped" and row["reason"] == f"blank image: every pixel has the value {value}"
+
+
+def test_an_image_with_one_varying_band_is_not_blank(source, tmp_path):
+    pixels = np.dstack([np.full((80, 80), 200, np.uint8)] * 3 + [np.tile(np.arange(80, dtype=np.uint8), (80, 1))])
+    source.add_good()
+    source.add("faded.png", image=Image.fromarray(pixels, "RGBA"), format="PNG")  # alpha varies: composite varies
+    data.prepare(source.write_csv(), tmp_path / "out", **QUIET)
+    assert _manifest_by_source(tmp_path / "out")["faded.png"]["status"] == "kept"
+
+
 @pytest.mark.parametrize("split", ["test", "validation"])
 def test_a_split_with_one_class_is_refused_before_training(source, tmp_path, split):
     for i in range(6):

@@ -239,3 +239,11 @@ def test_prepare_converts_dicom_and_records_the_window(sample_dir, tmp_path):
     assert np.abs(png.astype(int) - gray.astype(int)).max() <= 1
     others = [r for r in read_manifest(out) if r["status"] == "kept" and r["source_file"] != dicom_name]
     assert others and all(r["window"] == "" for r in others)
+
+
+@pytest.mark.parametrize("window", [{}, {"WindowCenter": 500, "WindowWidth": 400}])
+def test_a_blank_dicom_is_refused(tmp_path, window):
+    """One stored value everywhere: min-max would give black, a window a flat grey; neither is a radiograph."""
+    path = make_dicom(tmp_path / "blank.dcm", np.full((64, 64), 700, np.uint16), **window)
+    with pytest.raises(ImageProblem, match=r"^blank image: every pixel has the value \d+ \(L\), DICOM window "):
+        check_image(path)
