@@ -384,6 +384,13 @@ def _check_report_to(report_to) -> None:
                               f"{package.split('.')[0]}, or pass --report_to none (or tensorboard).")
 
 
+# TrainingArguments counts and the smallest value that means what it says.
+COUNT_MINIMUMS = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
+                  "gradient_accumulation_steps": 1, "eval_accumulation_steps": 1, "save_total_limit": 1,
+                  "seed": 0, "data_seed": 0, "dataloader_num_workers": 0}
+STEP_INTERVALS = ("logging_steps", "eval_steps", "save_steps")
+
+
 def validate(model_args, data_args, recipe_args, training_args, explicit: set[str] = frozenset()) -> None:
     """Fail before any model or data work, with what to change."""
     from .models import ModelSpecError, get_spec
@@ -423,12 +430,22 @@ def validate(model_args, data_args, recipe_args, training_args, explicit: set[st
     if not 0.0 <= training_args.label_smoothing_factor < 1.0:
         raise ConfigError(f"--label_smoothing_factor {training_args.label_smoothing_factor} must lie in [0, 1). "
                           "To fix: pass a value such as 0.1.")
-    positive = {"per_device_train_batch_size": training_args.per_device_train_batch_size,
-                "per_device_eval_batch_size": training_args.per_device_eval_batch_size,
-                "gradient_accumulation_steps": training_args.gradient_accumulation_steps}
-    for name, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"--{name} {value}. To fix: pass a whole number of at least 1.")
+    # transformers 5.24 accepts these out of range and then reads them as something else (a max_steps of 0 or
+    # -5 as "train by epochs") or fails inside torch or numpy once training starts (a negative seed or worker count).
+    for name, minimum in COUNT_MINIMUMS.items():
+        value = getattr(training_args, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"--{name} {value}. To fix: pass a whole number of at least {minimum}.")
+    for name in STEP_INTERVALS:  # a number of steps, or a fraction of the run when below 1
+        value = getattr(training_args, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{name} {value}. To fix: pass a number of steps, or a fraction of the run "
+                              "between 0 and 1.")
+    if training_args.max_steps == 0 or training_args.max_steps < -1:
+        raise ConfigError(f"--max_steps {training_args.max_steps}: transformers would ignore it and train for "
+                          "--num_train_epochs. To fix: pass a positive number of steps, or -1 to train by epochs.")
+    if training_args.num_train_epochs < 0:
+        raise ConfigError(f"--num_train_epochs {training_args.num_train_epochs}. To fix: pass a positive number.")
     if not training_args.learning_rate > 0:
         raise ConfigError(f"--learning_rate {training_args.learning_rate}. To fix: pass a positive number.")
     if training_args.max_steps <= 0 and not training_args.num_train_epochs > 0:

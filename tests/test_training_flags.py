@@ -178,7 +178,12 @@ def test_a_number_that_is_not_finite_is_refused_naming_its_flag(name, value, fak
 
 @pytest.mark.parametrize("flag", [("--onecycle_pct_start", "2"), ("--onecycle_pct_start", "0"),
                                   ("--lr_decay_gamma", "0"), ("--weight_decay", "-0.1"),
-                                  ("--average_last_epochs", "-1")])
+                                  ("--average_last_epochs", "-1"), ("--max_steps", "-5"), ("--max_steps", "0"),
+                                  ("--num_train_epochs", "-3"), ("--seed", "-1"), ("--data_seed", "-2"),
+                                  ("--dataloader_num_workers", "-1"), ("--save_total_limit", "0"),
+                                  ("--eval_accumulation_steps", "0"), ("--logging_steps", "-5"),
+                                  ("--save_steps", "-3"), ("--save_steps", "0"), ("--eval_steps", "-1"),
+                                  ("--per_device_eval_batch_size", "0"), ("--gradient_accumulation_steps", "0")])
 def test_a_number_out_of_its_range_is_refused(flag, fake_prepared, tmp_path):
     with pytest.raises(ConfigError, match=rf"{flag[0]} .*To fix"):
         parse_args(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data_dir", str(fake_prepared),
@@ -206,3 +211,22 @@ def test_an_explicit_crop_keeps_the_recipes_resize_ratio(flags, crop, resize, fa
     _, _, recipe_args, _, _ = parse_args(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data_dir",
                                           str(fake_prepared), "--output_dir", str(tmp_path), *flags])
     assert (recipe_args.image_size, recipe_args.resize_size) == (crop, resize)
+
+
+def test_every_count_transformers_would_misread_is_checked():
+    """The integer TrainingArguments fields that transformers 5.24 accepts below their meaningful range: each is in
+    the range table, so a new field of the same kind shows up here rather than as a silently ignored flag."""
+    from hfxray.arguments import COUNT_MINIMUMS, STEP_INTERVALS
+
+    probes = {"max_steps": -5, "num_train_epochs": -3, "logging_steps": -5, "save_steps": -3, "seed": -1,
+              "data_seed": -1, "dataloader_num_workers": -1, "save_total_limit": 0, "eval_accumulation_steps": 0}
+    for name, value in probes.items():
+        TrainingArguments(output_dir="unused", **{name: value})  # accepted by transformers itself
+        assert name in COUNT_MINIMUMS or name in STEP_INTERVALS or name in ("max_steps", "num_train_epochs")
+
+
+@pytest.mark.parametrize("flag", [("--max_steps", "-1"), ("--seed", "0"), ("--dataloader_num_workers", "0"),
+                                  ("--logging_steps", "0.5"), ("--save_total_limit", "9")])
+def test_the_edge_of_each_range_is_accepted(flag, fake_prepared, tmp_path):
+    parse_args(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data_dir", str(fake_prepared),
+                "--output_dir", str(tmp_path), *flag])
