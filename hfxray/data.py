@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .errors import HfxrayError, excerpt, printable
 from .imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageProblem, check_image, load_standard_image
-from .logs import progress_bar_disable
+from .logs import get_logger, library_progress_bars_off, progress_bar_disable
 from .outputs import relation
 
 CLASS_NAMES = ("normal", "virus")
@@ -1037,11 +1037,16 @@ def prepared_counts(data_dir: str | os.PathLike) -> dict[str, Counter]:
 
 def load_imagefolder(data_dir: str | os.PathLike):
     """The prepared folder as a datasets DatasetDict (`image`, `label` with names normal/virus)."""
-    prepared_counts(data_dir)
+    counts = prepared_counts(data_dir)
     data_dir = Path(data_dir)
     from datasets import load_dataset
 
-    dataset = load_dataset("imagefolder", data_dir=str(data_dir))
+    # datasets 5.2 labels its bar for listing local files "Downloading data": nothing is downloaded, and a user
+    # who was promised that their X-rays stay on this machine should not read that. One line says what happens.
+    get_logger(__name__).info("Reading the prepared images in %s (%s)", printable(str(data_dir)),
+                              ", ".join(f"{split} {sum(counts[split].values())}" for split in counts))
+    with library_progress_bars_off():
+        dataset = load_dataset("imagefolder", data_dir=str(data_dir))
     names = dataset["train"].features["label"].names
     if tuple(names) != CLASS_NAMES:
         raise DataError(f"{data_dir}: label folders are {names}, expected {list(CLASS_NAMES)}. To fix: re-run "

@@ -274,3 +274,16 @@ def test_real_sample_counts_splits_and_imagefolder(prepared_dir):
 def test_check_prepared_names_the_fix(tmp_path):
     with pytest.raises(data.DataError, match="hfxray data prepare"):
         data.check_prepared(tmp_path)
+
+
+def test_reading_a_prepared_folder_never_says_downloading(prepared_dir, capfd, tmp_path, monkeypatch):
+    """datasets labels its bar for listing local files "Downloading data"; hfxray says what it does instead."""
+    from hfxray import logs
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))  # a cold cache: the listing really runs
+    logs.configure(quiet=False)
+    capfd.readouterr()
+    dataset = data.load_imagefolder(prepared_dir)
+    err = capfd.readouterr().err
+    assert "ownload" not in err
+    assert f"Reading the prepared images in {prepared_dir} (train {dataset['train'].num_rows}, " in err
