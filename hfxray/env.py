@@ -4,7 +4,9 @@ id, where is the real sample.
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
 from pathlib import Path
 
 SAMPLE_ENV = "HFXRAY_SAMPLE_DIR"
@@ -20,6 +22,42 @@ def hub_offline() -> bool:
 
     # huggingface_hub reads the variable once, at import; a later change of the environment counts too.
     return bool(constants.HF_HUB_OFFLINE) or _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE")
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+@functools.lru_cache(maxsize=None)
+def hub_unreachable(timeout: float = 5.0) -> str:
+    """Why the Hub endpoint cannot be reached ("" when it can, or when that cannot be told: behind a proxy).
+
+    Without a network huggingface_hub 2.4 retries each request five times with back-off, about 25 s and ten
+    warning lines before the error; one TCP connection to the endpoint tells the same in a moment. Asked once per
+    process.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return ""  # the proxy, not this machine, reaches the Hub
+    endpoint = urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname or "", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{host}:{port}: {getattr(err, 'strerror', None) or err}"
+    return ""
+
+
+def cached_snapshot(repo_id: str) -> str | None:
+    """The folder of the local Hugging Face cache's copy of a Hub repo (its main revision), or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not cached, or not a valid repo id: either way there is no local copy
+        return None
 
 
 def _truthy(variable: str) -> bool:

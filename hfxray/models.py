@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .data import CLASS_NAMES
-from .env import hub_offline, looks_local
+from .env import cached_snapshot, hub_offline, hub_unreachable, looks_local
 from .errors import HfxrayError, excerpt, printable
 
 ID2LABEL = dict(enumerate(CLASS_NAMES))
@@ -143,20 +143,37 @@ def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs)
     kwargs["trust_remote_code"] = False
     if weights:
         kwargs["use_safetensors"] = True
+    source = str(folder) if folder else cached_if_unreachable(checkpoint)
     try:
-        return loader(str(folder) if folder else checkpoint, **kwargs)
+        return loader(source, **kwargs)
     except load_errors() as err:
         if folder is not None:
             raise ModelLoadError(f"cannot load {checkpoint} ({type(err).__name__}: {excerpt(err, 200)}). To fix: "
                                  "the folder's files are damaged or incomplete; copy the run folder again or "
                                  "retrain.") from None
-        raise ModelLoadError(
-            f"cannot load {checkpoint!r}: there is no such local folder, and as a Hub id it needs the Hugging Face "
-            f"Hub{' (HF_HUB_OFFLINE is set)' if hub_offline() else ''} ({type(err).__name__}: "
-            f"{excerpt(err)}). To fix: check the folder name, or run once with network access, or download the Hub "
-            f"repo beforehand with `hf download {checkpoint} --local-dir DIR` and pass DIR (--checkpoint DIR when "
-            "training, --model DIR elsewhere)."
-        ) from None
+        raise ModelLoadError(_hub_message(checkpoint, f" ({type(err).__name__}: {excerpt(err)})")) from None
+
+
+def _hub_message(checkpoint: str, why: str) -> str:
+    return (f"cannot load {checkpoint!r}: there is no such local folder, and as a Hub id it needs the Hugging Face "
+            f"Hub{' (HF_HUB_OFFLINE is set)' if hub_offline() else ''}{why}. To fix: check the folder name, or run "
+            f"once with network access, or download the Hub repo beforehand with `hf download {checkpoint} "
+            "--local-dir DIR` and pass DIR (--checkpoint DIR when training, --model DIR elsewhere).")
+
+
+def cached_if_unreachable(checkpoint: str) -> str:
+    """A Hub id as it is, or, when the Hub cannot be reached, the folder of its copy in the local Hugging Face
+    cache: huggingface_hub would otherwise retry for about 25 s before failing. ModelLoadError when not cached."""
+    if hub_offline():
+        return checkpoint  # huggingface_hub itself reads only the cache
+    unreachable = hub_unreachable()
+    if not unreachable:
+        return checkpoint
+    local = cached_snapshot(checkpoint)
+    if local is None:
+        raise ModelLoadError(_hub_message(checkpoint, f": it cannot be reached ({unreachable}), and the repo is "
+                                                      "not in the local Hugging Face cache"))
+    return local
 
 
 def split_top_level(text: str) -> list[str]:

@@ -43,16 +43,17 @@ def load_classifier(model: str, device: str | None = None):
     """`pipeline("image-classification")` for a run folder or Hub id; raises PredictError with what to change."""
     from transformers import pipeline
 
-    from .models import ModelLoadError, check_labels, check_model_folder, load_errors
+    from .models import ModelLoadError, cached_if_unreachable, check_labels, check_model_folder, load_errors
 
     check_device(device)
     try:
         folder = check_model_folder(model)
+        source = str(folder) if folder else cached_if_unreachable(model)
     except ModelLoadError as err:
         raise PredictError(str(err)) from None
     try:
         # Never the folder's own code, never pickled weights: a model folder is data, not a program.
-        classifier = pipeline("image-classification", model=str(folder) if folder else model, device=device,
+        classifier = pipeline("image-classification", model=source, device=device,
                               trust_remote_code=False, model_kwargs={"use_safetensors": True})
     except load_errors() as err:
         hint = "; HF_HUB_OFFLINE is set, so a Hub id works only if already cached" if hub_offline() else ""
