@@ -143,6 +143,7 @@ class SourceRecord:
     view: str = ""
     also_groups: list[str] = field(default_factory=list)  # patient groups that share this image
     phash: str = ""
+    fingerprint: object = None  # hfxray.duplicates.Fingerprint of a checked image (excluded ones get it later)
     duplicate_of: str = ""  # "source/file" of the copy that was kept
     merged_with: list[str] = field(default_factory=list)  # "source/file" of the copies that were dropped
 
@@ -266,13 +267,14 @@ def _check_files(records: list[SourceRecord], min_side: int, max_pixels: int, pr
                 record.reason = f"duplicate: the same file as {printable(first)} (a link)"
                 continue
         try:
-            check = check_image(path, max_pixels=max_pixels)
+            check = check_image(path, max_pixels=max_pixels, with_fingerprint=True)
         except ImageProblem as problem:
             record.reason = str(problem)
             continue
         record.width, record.height, record.mode = check.width, check.height, check.mode
         record.format, record.needs_conversion = check.format, check.needs_conversion
         record.window = check.window
+        record.fingerprint = check.fingerprint
         if min(check.width, check.height) < min_side:
             record.reason = f"too small: {check.width}x{check.height} px, under --min-side {min_side}"
 
@@ -360,7 +362,7 @@ def _merge_duplicates(records: list[SourceRecord], order: list[str], test_source
         try:
             if problem := _link_problem(path, path.parent):  # excluded files were not checked by _check_files
                 raise ImageProblem(problem)
-            print_ = fingerprint(path, max_pixels)
+            print_ = record.fingerprint or fingerprint(path, max_pixels)
         except ImageProblem as problem:  # what decoding the full image finds (NaN pixels...), as writing it would
             if record.kept:
                 record.reason = str(problem)

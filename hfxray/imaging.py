@@ -41,6 +41,7 @@ class ImageCheck:
     mode: str
     format: str | None
     window: str = ""  # DICOM only: how stored values became 8-bit (see hfxray.dicom)
+    fingerprint: object = None  # hfxray.duplicates.Fingerprint, when asked for (from the same decode)
 
     @property
     def needs_conversion(self) -> bool:
@@ -88,12 +89,22 @@ def _open_checked(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     return image
 
 
-def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
-    """Fully decode `path` and describe it; raises ImageProblem with a short reason when unusable."""
+def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
+                with_fingerprint: bool = False) -> ImageCheck:
+    """Fully decode `path` and describe it; raises ImageProblem with a short reason when unusable.
+
+    `with_fingerprint` adds the duplicate finder's fingerprint, computed from this decode rather than a second one.
+    """
     with _open_checked(path, max_pixels) as image:
-        _refuse_blank(image, to_standard_mode(image))
+        standard = to_standard_mode(image)
+        _refuse_blank(image, standard)
+        fingerprint = None
+        if with_fingerprint:
+            from .duplicates import fingerprint_image
+
+            fingerprint = fingerprint_image(standard, Path(path).read_bytes())
         return ImageCheck(width=image.width, height=image.height, mode=image.mode, format=image.format,
-                          window=image.info.get("window", ""))
+                          window=image.info.get("window", ""), fingerprint=fingerprint)
 
 
 def _refuse_blank(original: Image.Image, standard: Image.Image) -> None:
