@@ -436,6 +436,12 @@ def validate(model_args, data_args, recipe_args, training_args, explicit: set[st
         value = getattr(training_args, name)
         if value is not None and value < minimum:
             raise ConfigError(f"--{name} {value}. To fix: pass a whole number of at least {minimum}.")
+    from .commands import SEED_MAX
+
+    for name in ("seed", "data_seed"):
+        value = getattr(training_args, name)
+        if value is not None and value > SEED_MAX:
+            raise ConfigError(f"--{name} {value}. To fix: pass a whole number from 0 to {SEED_MAX}.")
     for name in STEP_INTERVALS:  # a number of steps, or a fraction of the run when below 1
         value = getattr(training_args, name)
         if value is not None and not value > 0:

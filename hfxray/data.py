@@ -393,7 +393,10 @@ def _merge_duplicates(records: list[SourceRecord], order: list[str], test_source
             continue
         for i in members[1:]:
             record = kept[i]
-            how = evidence.get((members[0], i)) or next(evidence[(i, j)] for j in members if (i, j) in evidence)
+            how = evidence.get((members[0], i))
+            if how is None:  # a copy of a copy: name the link that was found
+                j = next(j for j in members if (i, j) in evidence)
+                how = f"{evidence[(i, j)]} with {printable(kept[j].source)}/{printable(kept[j].source_file)}"
             record.duplicate_of = f"{keeper.source}/{keeper.source_file}"
             keeper.merged_with.append(f"{record.source}/{record.source_file}")
             keeper.also_groups.append(record.group)
@@ -902,10 +905,6 @@ def _prepare_locked(specs, out: Path, val_fraction: float, test_fraction: float,
     _check_files(records, min_side, max_pixels, progress)
 
     warnings_list: list[str] = []
-    shared = _patients_in_train_and_test(records)
-    if shared:
-        warnings_list.append(f"{len(shared)} patient group(s) appear in both TRAIN and TEST of the source "
-                             f"(e.g. {printable(', '.join(shared[:5]))}); the source split leaks these patients")
     merged, shared_images = _merge_duplicates(records, [spec.name for spec in specs], test_source, max_pixels,
                                               progress)
     _join_groups(records)
@@ -914,6 +913,12 @@ def _prepare_locked(specs, out: Path, val_fraction: float, test_fraction: float,
         warnings_list.append(f"{small} kept image(s) are smaller than a {TYPICAL_CROP} px crop; the processors "
                              "upscale them (see `width`/`height` in the manifest)")
     assign_splits(records, val_fraction, test_fraction, seed, test_source)
+    # Checked on the final splits: a source's own TEST split stands, so a patient it puts on both sides, or two
+    # patients joined by one picture held under two names in TRAIN and TEST, stay on both sides.
+    if shared := _patients_in_train_and_test(records):
+        warnings_list.append(f"{len(shared)} patient group(s) appear in both TRAIN and TEST of the source, directly "
+                             f"or through a picture it holds twice (e.g. {printable(', '.join(shared[:5]))}); the "
+                             "source split stands, so these patients leak into the test split")
     assign_output_names(records)
 
     staging = _new_sibling(out, "partial")

@@ -24,27 +24,34 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE")
 
 
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+HUB_CONNECT_TIMEOUT = 5.0  # seconds for the one connection that tells whether the Hub can be reached
 
 
 @functools.lru_cache(maxsize=None)
-def hub_unreachable(timeout: float = 5.0) -> str:
-    """Why the Hub endpoint cannot be reached ("" when it can, or when that cannot be told: behind a proxy).
+def hub_unreachable() -> str:
+    """Why the Hub endpoint cannot be reached ("" when it can, or when that cannot be told here: behind a proxy,
+    or an endpoint that is not a plain URL, which huggingface_hub then reports itself).
 
     Without a network huggingface_hub 2.4 retries each request five times with back-off, about 25 s and ten
     warning lines before the error; one TCP connection to the endpoint tells the same in a moment. Asked once per
     process.
     """
     from urllib.parse import urlsplit
+    from urllib.request import getproxies
 
     from huggingface_hub import constants
 
-    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+    if getproxies():  # the variables, and the system's settings on Windows and macOS, as httpx reads them
         return ""  # the proxy, not this machine, reaches the Hub
     endpoint = urlsplit(constants.ENDPOINT)
-    host, port = endpoint.hostname or "", endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number, or out of range
+        return ""
+    if not host:
+        return ""
+    try:
+        socket.create_connection((host, port), timeout=HUB_CONNECT_TIMEOUT).close()
     except OSError as err:
         return f"{host}:{port}: {getattr(err, 'strerror', None) or err}"
     return ""

@@ -114,8 +114,10 @@ def _refuse_blank(original: Image.Image, standard: Image.Image) -> None:
     bands = extrema if isinstance(extrema[0], tuple) else (extrema,)
     if any(low != high for low, high in bands):
         return
-    raw = original.getextrema() if original.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F", "L"} else None
-    value = f"{raw[0]:g} ({original.mode})" if raw else ", ".join(f"{low:g}" for low, _ in bands)
+    raw = None
+    if original.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F", "L"}:  # one band: name the stored value
+        raw = float(np.asarray(original).flat[0])  # (getextrema refuses "I;16B")
+    value = f"{raw:g} ({original.mode})" if raw is not None else ", ".join(f"{low:g}" for low, _ in bands)
     if original.info.get("window"):
         value += f", DICOM window {original.info['window']}"
     raise ImageProblem(f"blank image: every pixel has the value {value}")

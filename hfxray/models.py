@@ -151,7 +151,16 @@ def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs)
             raise ModelLoadError(f"cannot load {checkpoint} ({type(err).__name__}: {excerpt(err, 200)}). To fix: "
                                  "the folder's files are damaged or incomplete; copy the run folder again or "
                                  "retrain.") from None
-        raise ModelLoadError(_hub_message(checkpoint, f" ({type(err).__name__}: {excerpt(err)})")) from None
+        raise ModelLoadError(hub_load_message(checkpoint, source, err)) from None
+
+
+def hub_load_message(checkpoint: str, source: str, err: BaseException) -> str:
+    """The one line for a Hub id that failed to load from `source` (the id, or its cached copy when unreachable)."""
+    if source != checkpoint:
+        return _hub_message(checkpoint, f": it cannot be reached ({hub_unreachable()}), and its copy in the local "
+                                        f"Hugging Face cache ({source}) is incomplete ({type(err).__name__}: "
+                                        f"{excerpt(err)})")
+    return _hub_message(checkpoint, f" ({type(err).__name__}: {excerpt(err)})")
 
 
 def _hub_message(checkpoint: str, why: str) -> str:

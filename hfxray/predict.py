@@ -43,7 +43,8 @@ def load_classifier(model: str, device: str | None = None):
     """`pipeline("image-classification")` for a run folder or Hub id; raises PredictError with what to change."""
     from transformers import pipeline
 
-    from .models import ModelLoadError, cached_if_unreachable, check_labels, check_model_folder, load_errors
+    from .models import (ModelLoadError, cached_if_unreachable, check_labels, check_model_folder, hub_load_message,
+                         load_errors)
 
     check_device(device)
     try:
@@ -56,6 +57,8 @@ def load_classifier(model: str, device: str | None = None):
         classifier = pipeline("image-classification", model=source, device=device,
                               trust_remote_code=False, model_kwargs={"use_safetensors": True})
     except load_errors() as err:
+        if folder is None and source != model:
+            raise PredictError(hub_load_message(model, source, err)) from None
         hint = "; HF_HUB_OFFLINE is set, so a Hub id works only if already cached" if hub_offline() else ""
         raise PredictError(f"cannot load {model!r} ({type(err).__name__}: {excerpt(err, 200)}). To fix: check "
                            f"the folder or Hub id{hint}.") from None

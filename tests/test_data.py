@@ -280,7 +280,10 @@ def test_reading_a_prepared_folder_never_says_downloading(prepared_dir, capfd, t
     """datasets labels its bar for listing local files "Downloading data"; hfxray says what it does instead."""
     from hfxray import logs
 
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))  # a cold cache: the listing really runs
+    import datasets
+
+    # A cold cache, so that the listing really runs (the variable is read when datasets is imported).
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
     logs.configure(quiet=False)
     capfd.readouterr()
     dataset = data.load_imagefolder(prepared_dir)

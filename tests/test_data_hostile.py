@@ -352,6 +352,8 @@ def test_float_images_with_nan_or_inf_are_skipped_not_black(source, tmp_path, va
 
 BLANK = {  # every pixel one value, in each kind of file prepare converts
     "16bit.png": (Image.fromarray(np.full((80, 80), 1000, np.uint16)), "PNG", "1000 (I;16)"),
+    "16bit-big-endian.tif": (Image.frombytes("I;16B", (80, 80), np.full((80, 80), 3000, ">u2").tobytes()), "TIFF",
+                             "3000 (I;16B)"),  # PIL's getextrema refuses this mode
     "black.jpeg": (Image.new("L", (80, 80), 0), "JPEG", "0 (L)"),
     "grey.png": (Image.new("L", (80, 80), 128), "PNG", "128 (L)"),
     "colour.png": (Image.new("RGB", (80, 80), (10, 20, 30)), "PNG", "10, 20, 30"),

@@ -16,6 +16,8 @@ def hub_online(monkeypatch):
     """HF_HUB_OFFLINE lifted (the suite sets it), and the reachability answer asked afresh."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
     check = env.hub_unreachable
     check.cache_clear()
     yield
@@ -54,6 +56,22 @@ def test_behind_a_proxy_reachability_is_left_to_the_proxy(hub_online, monkeypatc
     assert env.hub_unreachable() == ""
 
 
+@pytest.mark.parametrize("endpoint", ["http://localhost:99999", "http://localhost:abc", "hf-mirror.com"])
+def test_an_endpoint_that_is_no_plain_url_is_left_to_huggingface_hub(hub_online, monkeypatch, endpoint):
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    assert env.hub_unreachable() == ""
+
+
+def test_a_refused_connection_is_named(hub_online, monkeypatch):
+    import socket
+
+    with socket.socket() as server:  # a port that was free a moment ago: nothing listens there now
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    assert env.hub_unreachable().startswith(f"127.0.0.1:{port}: ")
+
+
 def test_cached_snapshot_finds_the_cached_copy_and_nothing_else(hub_cache):
     assert env.cached_snapshot("someone/tiny-vit") == str(hub_cache)
     assert env.cached_snapshot("someone/not-cached") is None
@@ -90,3 +108,14 @@ def test_without_network_the_timm_bit_checkpoint_fails_in_one_line(no_network, t
 
     with pytest.raises(HubDownloadError, match="cannot be reached.*not in the local Hugging Face cache.*To fix"):
         load_bit_in21k(cache_dir=tmp_path)
+
+
+def test_without_network_an_incomplete_cached_copy_is_named(no_network, hub_cache):
+    from hfxray.models import ModelLoadError, load_trained
+    from hfxray.predict import PredictError, load_classifier
+
+    (hub_cache / "model.safetensors").unlink()  # only part of the repo was ever downloaded
+    for load, error in ((load_trained, ModelLoadError), (load_classifier, PredictError)):
+        with pytest.raises(error, match=r"cannot be reached \(huggingface.co:443: .*\), and its copy in the local "
+                                        r"Hugging Face cache \(.*\) is incomplete .*To fix"):
+            load("someone/tiny-vit")

@@ -276,6 +276,31 @@ def test_one_source_holding_a_picture_under_two_names_keeps_it_once_in_test(samp
     assert rows["IM-0476-0001.jpeg"]["status"] == "kept" and not rows["IM-0476-0001.jpeg"]["duplicate_of"]
 
 
+def test_a_picture_held_in_train_and_test_of_one_source_is_kept_in_test_and_its_patients_leak_is_warned(
+        sample_dir, tmp_path):
+    """The source's TEST split stands: the test copy is kept, the patient's other train images stay in train, and
+    prepare says so, as it does for a patient the source itself puts on both sides."""
+    original = _sample_file(sample_dir, "person597_virus_1150.jpeg")
+    image = Image.open(original).convert("L")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=70)
+    kermany = _kermany(tmp_path / "kermany", {
+        "train/PNEUMONIA/person900_virus_1.jpeg": original,
+        "train/PNEUMONIA/person900_virus_2.jpeg": _sample_file(sample_dir, "person1021_virus_1711.jpeg"),
+        "test/PNEUMONIA/person901_virus_3.jpeg": buffer.getvalue(),
+        "train/NORMAL/IM-0476-0001.jpeg": _sample_file(sample_dir, "IM-0476-0001.jpeg"),
+        "test/NORMAL/IM-0304-0001.jpeg": _sample_file(sample_dir, "IM-0304-0001.jpeg"),
+    })
+    summary = data.prepare(kermany, tmp_path / "out", **QUIET)
+    rows = {r["source_file"]: r for r in data.read_manifest(tmp_path / "out")}
+    assert rows["person900_virus_1.jpeg"]["duplicate_of"] == "kermany/person901_virus_3.jpeg"
+    assert rows["person901_virus_3.jpeg"]["split"] == "test"
+    assert rows["person900_virus_2.jpeg"]["split"] in ("train", "validation")
+    assert rows["person900_virus_2.jpeg"]["patient_group"] == rows["person901_virus_3.jpeg"]["patient_group"]
+    assert any("both TRAIN and TEST of the source, directly or through a picture it holds twice" in w
+               and "person900+person901" in w for w in summary.warnings), summary.warnings
+
+
 def test_one_source_labelling_one_picture_twice_differently_skips_both(sample_dir, tmp_path):
     picture = _sample_file(sample_dir, "IM-0286-0001.jpeg").read_bytes()
     kermany = _kermany(tmp_path / "kermany", {

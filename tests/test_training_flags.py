@@ -213,16 +213,45 @@ def test_an_explicit_crop_keeps_the_recipes_resize_ratio(flags, crop, resize, fa
     assert (recipe_args.image_size, recipe_args.resize_size) == (crop, resize)
 
 
-def test_every_count_transformers_would_misread_is_checked():
-    """The integer TrainingArguments fields that transformers 5.24 accepts below their meaningful range: each is in
-    the range table, so a new field of the same kind shows up here rather than as a silently ignored flag."""
-    from hfxray.arguments import COUNT_MINIMUMS, STEP_INTERVALS
+# Integer TrainingArguments fields that may stay unchecked, and why; every other one must refuse -5.
+UNCHECKED_COUNTS = {"local_rank": "set by the launcher, -1 means no distributed run",
+                    "ddp_timeout": "a multi-node setting of torch.distributed, not a count of hfxray's",
+                    "ddp_bucket_cap_mb": "a multi-node setting of torch.distributed, not a count of hfxray's",
+                    "eval_delay": "a negative delay is no delay"}
 
-    probes = {"max_steps": -5, "num_train_epochs": -3, "logging_steps": -5, "save_steps": -3, "seed": -1,
-              "data_seed": -1, "dataloader_num_workers": -1, "save_total_limit": 0, "eval_accumulation_steps": 0}
-    for name, value in probes.items():
-        TrainingArguments(output_dir="unused", **{name: value})  # accepted by transformers itself
-        assert name in COUNT_MINIMUMS or name in STEP_INTERVALS or name in ("max_steps", "num_train_epochs")
+
+def _integer_fields() -> list[str]:
+    names = []
+    for item in fields(TrainingArguments):
+        text = str(item.type)
+        if type(item.default) is int or (item.default is None and "int" in text and not any(
+                other in text for other in ("str", "float", "dict", "list"))):
+            names.append(item.name)
+    return names
+
+
+def test_every_integer_trainer_field_refuses_a_negative_value_or_says_why_not(fake_prepared, tmp_path):
+    """transformers 5.24 accepts most counts out of range and then reads them as something else; the fields are
+    listed from TrainingArguments itself, so a new one shows up here rather than as a silently misread flag."""
+    base = ["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data_dir", str(fake_prepared),
+            "--output_dir", str(tmp_path / "run")]
+    accepted = []
+    for name in _integer_fields():
+        try:
+            parse_args([*base, f"--{name}", "-5"])
+        except ConfigError as err:
+            assert name in str(err) and "To fix" in str(err)
+        else:
+            accepted.append(name)
+    assert len(_integer_fields()) > 15 and "max_steps" in _integer_fields()
+    assert sorted(accepted) == sorted(UNCHECKED_COUNTS)
+
+
+@pytest.mark.parametrize("name", ["seed", "data_seed"])
+def test_a_seed_beyond_32_bits_is_refused(name, fake_prepared, tmp_path):
+    with pytest.raises(ConfigError, match=rf"--{name} 4294967296\. To fix: pass a whole number from 0 to 4294967295"):
+        parse_args(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data_dir", str(fake_prepared),
+                    "--output_dir", str(tmp_path), f"--{name}", str(2**32)])
 
 
 @pytest.mark.parametrize("flag", [("--max_steps", "-1"), ("--seed", "0"), ("--dataloader_num_workers", "0"),
@@ -230,3 +259,18 @@ def test_every_count_transformers_would_misread_is_checked():
 def test_the_edge_of_each_range_is_accepted(flag, fake_prepared, tmp_path):
     parse_args(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data_dir", str(fake_prepared),
                 "--output_dir", str(tmp_path), *flag])
+
+
+@pytest.mark.parametrize("argv", [["cv", "--model", "bit", "--preset", "tiny", "--data-dir", "d", "--out", "o",
+                                   "--fold-seed", "-3"],
+                                  ["cv", "--model", "bit", "--preset", "tiny", "--data-dir", "d", "--out", "o",
+                                   "--fold-seed", str(2**32)],
+                                  ["evaluate", "--model", "m", "--data-dir", "d", "--seed", "-1"]])
+def test_a_seed_numpy_would_refuse_is_one_line(argv, tmp_path, monkeypatch, capsys):
+    from hfxray.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --") and "from 0 to 4294967295" in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())

@@ -12,3 +12,13 @@ def require_positive(**flags: int) -> None:
     for name, value in flags.items():
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} {value}. To fix: pass a whole number of at least 1.")
+
+
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit
+
+
+def require_seed(**flags: int) -> None:
+    """`require_seed(fold_seed=args.fold_seed)`: one line naming the first seed numpy would refuse mid-run."""
+    for name, value in flags.items():
+        if not 0 <= value <= SEED_MAX:
+            raise UsageError(f"--{name.replace('_', '-')} {value}. To fix: pass a whole number from 0 to {SEED_MAX}.")

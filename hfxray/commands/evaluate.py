@@ -21,10 +21,11 @@ def run(args) -> int:
     from ..data import check_prepared
     from ..evaluation import reliability_path, report_split, shortcut_message
     from ..outputs import check_output_file
-    from . import UsageError, require_positive
+    from . import UsageError, require_positive, require_seed
     from ..models import load_trained
 
     require_positive(n_resamples=args.n_resamples)
+    require_seed(seed=args.seed)
     check_prepared(args.data_dir)
     if args.out is None and not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model} is not a local folder, so there is none to write the evaluation "
