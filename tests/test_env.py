@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 
 import pytest
 from huggingface_hub import constants
@@ -45,9 +44,7 @@ def hub_cache(tmp_path, monkeypatch, tiny_models):
 
 def test_an_endpoint_that_does_not_resolve_is_named_at_once(hub_online, monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")  # .invalid never resolves (RFC 2606)
-    started = time.monotonic()
-    reason = env.hub_unreachable()
-    assert reason.startswith("hub.invalid:443: ") and time.monotonic() - started < 10
+    assert env.hub_unreachable().startswith("hub.invalid:443: ")
 
 
 def test_behind_a_proxy_reachability_is_left_to_the_proxy(hub_online, monkeypatch):
@@ -82,14 +79,12 @@ def test_without_network_a_hub_id_fails_in_one_line_without_retries(no_network, 
     from hfxray.models import ModelLoadError, create_model
     from hfxray.predict import PredictError, load_classifier
 
-    started = time.monotonic()
     with pytest.raises(ModelLoadError, match=r"cannot be reached \(huggingface\.co:443: Name or service not known\),"
                                              r" and the repo is not in the local Hugging Face cache\. To fix"):
         create_model("vit", "full")
     with pytest.raises(PredictError, match="not in the local Hugging Face cache"):
         load_classifier("someone/not-cached")
-    assert time.monotonic() - started < 20  # huggingface_hub's retries alone take about 25 s
-    assert "Retrying" not in capfd.readouterr().err
+    assert "Retrying" not in capfd.readouterr().err  # huggingface_hub's five retries, about 25 s
 
 
 def test_without_network_a_cached_hub_id_loads_from_the_cache(no_network, hub_cache, sample_dir):

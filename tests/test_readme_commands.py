@@ -16,7 +16,6 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LIMIT_SECONDS = 180
 
 
 def readme_training_commands() -> list[list[str]]:
@@ -50,7 +49,6 @@ def test_readme_training_command_with_tiny_preset_on_cpu(index, prepared_dir, tm
     elapsed = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-3000:]
     print(f"{' '.join(command[3:9])}: {elapsed:.0f} s")
-    assert elapsed < LIMIT_SECONDS
     # accelerate 1.15 gives a launched process one thread unless use_cpu is set (then one per physical core)
     threads = int(re.search(r"on cpu \((\d+) threads\)", result.stderr).group(1))
     assert threads == max(1, psutil.cpu_count(logical=False) or 1), result.stderr[-2000:]
