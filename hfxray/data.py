@@ -843,6 +843,9 @@ def prepare(
         raise DataError(f"--val-fraction {val_fraction} is outside [0, 1). To fix: pass e.g. --val-fraction 0.15")
     if not 0.0 <= test_fraction < 1.0:
         raise DataError(f"--test-fraction {test_fraction} is outside [0, 1). To fix: pass e.g. --test-fraction 0.15")
+    if min_side < 1:
+        raise DataError(f"--min-side {min_side}: a side is at least 1 px. To fix: pass e.g. --min-side 64, or 1 to "
+                        "keep images of any size.")
     if progress is None:
         from functools import partial
 

@@ -612,3 +612,15 @@ def test_a_quoted_field_over_two_lines_that_closes_is_an_ordinary_row(source, tm
     lines[2] = ",".join(fields)
     (root / data.CSV_NAME).write_text("\n".join(lines) + "\n")
     assert data.prepare(root, tmp_path / "out", **QUIET).kept_total > 0
+
+
+@pytest.mark.parametrize("flag", [("--val-fraction", "1.5"), ("--val-fraction", "-0.1"), ("--test-fraction", "1"),
+                                  ("--min-side", "0"), ("--min-side", "-5")])
+def test_prepare_numbers_out_of_range_are_one_line_and_write_nothing(source, tmp_path, capsys, flag):
+    source.add_good()
+    source.write_csv()
+    out = tmp_path / "out"
+    assert cli_main(["data", "prepare", "--source", str(source.root), "--out", str(out), *flag]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {flag[0]} {flag[1]}") and "To fix" in line
+    assert not out.exists()
