@@ -387,7 +387,7 @@ def _check_report_to(report_to) -> None:
 # TrainingArguments counts and the smallest value that means what it says.
 COUNT_MINIMUMS = {"per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
                   "gradient_accumulation_steps": 1, "eval_accumulation_steps": 1, "save_total_limit": 1,
-                  "seed": 0, "data_seed": 0, "dataloader_num_workers": 0}
+                  "dataloader_num_workers": 0}
 STEP_INTERVALS = ("logging_steps", "eval_steps", "save_steps")
 
 
@@ -440,7 +440,7 @@ def validate(model_args, data_args, recipe_args, training_args, explicit: set[st
 
     for name in ("seed", "data_seed"):
         value = getattr(training_args, name)
-        if value is not None and value > SEED_MAX:
+        if value is not None and not 0 <= value <= SEED_MAX:
             raise ConfigError(f"--{name} {value}. To fix: pass a whole number from 0 to {SEED_MAX}.")
     for name in STEP_INTERVALS:  # a number of steps, or a fraction of the run when below 1
         value = getattr(training_args, name)

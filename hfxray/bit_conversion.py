@@ -36,7 +36,7 @@ from transformers.image_utils import PILImageResampling
 from transformers.models.bit.modeling_bit import get_padding_value
 
 from .data import CLASS_NAMES
-from .env import cached_snapshot, hub_offline, hub_unreachable
+from .env import hub_offline, hub_source
 from .errors import HfxrayError, excerpt
 
 BIT_IN21K_CHECKPOINT = "timm/resnetv2_50x1_bit.goog_in21k"
@@ -263,14 +263,12 @@ def bit_cache_folder(checkpoint: str = BIT_IN21K_CHECKPOINT, cache_dir: str | os
 
 
 def _create_timm_from_hub(checkpoint: str) -> nn.Module:
-    if not hub_offline() and (unreachable := hub_unreachable()):
-        # huggingface_hub would retry for about 25 s; the cached copy, if any, is all there is.
-        local = cached_snapshot(checkpoint)
-        if local is None:
-            raise OSError(f"the Hub cannot be reached ({unreachable}), and the repo is not in the local Hugging "
-                          "Face cache")
-        return timm.create_model("local-dir:" + local, pretrained=True)
-    return timm.create_model("hf-hub:" + checkpoint, pretrained=True)
+    # When the Hub cannot be reached, its cached copy (if any) is all there is: huggingface_hub would retry ~25 s.
+    source, unreachable = hub_source(checkpoint)
+    if source is None:
+        raise OSError(f"the Hub cannot be reached ({unreachable}), and the repo is not in the local Hugging Face "
+                      "cache")
+    return timm.create_model(("hf-hub:" if source == checkpoint else "local-dir:") + source, pretrained=True)
 
 
 def _is_cached(folder: Path) -> bool:

@@ -349,7 +349,8 @@ def _merge_duplicates(records: list[SourceRecord], order: list[str], test_source
     bytes, or a close perceptual hash confirmed by the thumbnails' correlation). The copy kept is the held-out test
     source's (`test_source`), else the first source's in `order`, and within a source the one in its test split,
     else the first listed; the others are skipped as duplicates, and their patient groups join the kept one's, so
-    that the picture and its patients never sit in two splits. Images excluded by their class are compared too,
+    that the picture and its patients sit in one split (unless a source's own TEST split stands between them:
+    warned after the splits are assigned). Images excluded by their class are compared too,
     so that the manifest lists every copy; a picture kept once and excluded (or labelled otherwise) elsewhere is a
     conflict and skipped everywhere. Returns (kept copies dropped, copies found)."""
     from .duplicates import fingerprint, find_same_pictures

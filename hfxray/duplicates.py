@@ -88,7 +88,8 @@ class Fingerprint:
 
 def fingerprint_image(image, data: bytes) -> Fingerprint:
     """Fingerprint of a decoded PIL image whose file holds `data`."""
-    return Fingerprint(hashlib.sha256(data).hexdigest(), phash_image(image), thumbnail(image))
+    grey = _grey(image)
+    return Fingerprint(hashlib.sha256(data).hexdigest(), phash_image(grey), thumbnail(grey))
 
 
 def fingerprint(path: str | Path, max_pixels: int) -> Fingerprint:

@@ -57,6 +57,17 @@ def hub_unreachable() -> str:
     return ""
 
 
+def hub_source(repo_id: str) -> tuple[str | None, str]:
+    """Where a Hub id loads from, and why: (repo_id, "") when the Hub answers, or when huggingface_hub is offline
+    and reads its cache itself; when the Hub cannot be reached, (the cached copy's folder, or None, the reason)."""
+    if hub_offline():
+        return repo_id, ""
+    unreachable = hub_unreachable()
+    if not unreachable:
+        return repo_id, ""
+    return cached_snapshot(repo_id), unreachable
+
+
 def cached_snapshot(repo_id: str) -> str | None:
     """The folder of the local Hugging Face cache's copy of a Hub repo (its main revision), or None."""
     from huggingface_hub import snapshot_download

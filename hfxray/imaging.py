@@ -24,6 +24,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 # Modes a model processor reads as they are (grayscale is expanded to RGB by `to_rgb`).
 READY_MODES = {"L", "RGB"}
+HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}  # one band, more than 8 bits: windowed to "L"
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we report, never silently padded
 
@@ -115,7 +116,7 @@ def _refuse_blank(original: Image.Image, standard: Image.Image) -> None:
     if any(low != high for low, high in bands):
         return
     raw = None
-    if original.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F", "L"}:  # one band: name the stored value
+    if original.mode in HIGH_DEPTH_MODES or original.mode == "L":  # one band: name the stored value
         raw = float(np.asarray(original).flat[0])  # (getextrema refuses "I;16B")
     value = f"{raw:g} ({original.mode})" if raw is not None else ", ".join(f"{low:g}" for low, _ in bands)
     if original.info.get("window"):
@@ -134,7 +135,7 @@ def to_standard_mode(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode in READY_MODES:
         return image
-    if mode in {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}:
+    if mode in HIGH_DEPTH_MODES:
         pixels = np.asarray(image, dtype=np.float64)
         if not np.isfinite(pixels).all():  # min-max of NaN is NaN: the image would silently become black
             bad = int(np.count_nonzero(~np.isfinite(pixels)))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .data import CLASS_NAMES
-from .env import cached_snapshot, hub_offline, hub_unreachable, looks_local
+from .env import hub_offline, hub_source, hub_unreachable, looks_local
 from .errors import HfxrayError, excerpt, printable
 
 ID2LABEL = dict(enumerate(CLASS_NAMES))
@@ -139,11 +139,10 @@ def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs)
 
     `weights=False` for loaders that read no weights (image processors).
     """
-    folder = check_model_folder(checkpoint, weights=weights)
+    folder, source = model_source(checkpoint, weights=weights)
     kwargs["trust_remote_code"] = False
     if weights:
         kwargs["use_safetensors"] = True
-    source = str(folder) if folder else cached_if_unreachable(checkpoint)
     try:
         return loader(source, **kwargs)
     except load_errors() as err:
@@ -173,16 +172,18 @@ def _hub_message(checkpoint: str, why: str) -> str:
 def cached_if_unreachable(checkpoint: str) -> str:
     """A Hub id as it is, or, when the Hub cannot be reached, the folder of its copy in the local Hugging Face
     cache: huggingface_hub would otherwise retry for about 25 s before failing. ModelLoadError when not cached."""
-    if hub_offline():
-        return checkpoint  # huggingface_hub itself reads only the cache
-    unreachable = hub_unreachable()
-    if not unreachable:
-        return checkpoint
-    local = cached_snapshot(checkpoint)
-    if local is None:
+    source, unreachable = hub_source(checkpoint)
+    if source is None:
         raise ModelLoadError(_hub_message(checkpoint, f": it cannot be reached ({unreachable}), and the repo is "
                                                       "not in the local Hugging Face cache"))
-    return local
+    return source
+
+
+def model_source(checkpoint: str, *, weights: bool = True) -> tuple[Path | None, str]:
+    """(the checked local folder or None, what `from_pretrained` / `pipeline` should load: that folder, the Hub
+    id, or the Hub id's cached copy when the Hub cannot be reached). ModelLoadError with what to change."""
+    folder = check_model_folder(checkpoint, weights=weights)
+    return folder, str(folder) if folder else cached_if_unreachable(checkpoint)
 
 
 def split_top_level(text: str) -> list[str]:

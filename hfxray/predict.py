@@ -43,13 +43,11 @@ def load_classifier(model: str, device: str | None = None):
     """`pipeline("image-classification")` for a run folder or Hub id; raises PredictError with what to change."""
     from transformers import pipeline
 
-    from .models import (ModelLoadError, cached_if_unreachable, check_labels, check_model_folder, hub_load_message,
-                         load_errors)
+    from .models import ModelLoadError, check_labels, hub_load_message, load_errors, model_source
 
     check_device(device)
     try:
-        folder = check_model_folder(model)
-        source = str(folder) if folder else cached_if_unreachable(model)
+        folder, source = model_source(model)
     except ModelLoadError as err:
         raise PredictError(str(err)) from None
     try:
