@@ -22,7 +22,7 @@ PREPARE = "import sys; from hfxray.data import prepare; prepare(sys.argv[1], sys
 
 def replicate(sample: Path, factor: int, root: Path) -> Path:
     """A Kaggle-layout copy with every image hard-linked `factor` times under new names (rep{k}-NAME)."""
-    from hfxray.data import CSV_NAME, IMAGE_ROOT
+    from hfxray.data.coronahack import CSV_NAME, IMAGE_ROOT
 
     target = root / f"x{factor}"
     with (sample / CSV_NAME).open(newline="") as handle:

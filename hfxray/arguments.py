@@ -436,7 +436,7 @@ def validate(model_args, data_args, recipe_args, training_args, explicit: set[st
         value = getattr(training_args, name)
         if value is not None and value < minimum:
             raise ConfigError(f"--{name} {value}. To fix: pass a whole number of at least {minimum}.")
-    from .commands import SEED_MAX
+    from .limits import SEED_MAX
 
     for name in ("seed", "data_seed"):
         value = getattr(training_args, name)

@@ -35,7 +35,7 @@ from transformers import BitConfig, BitForImageClassification, BitImageProcessor
 from transformers.image_utils import PILImageResampling
 from transformers.models.bit.modeling_bit import get_padding_value
 
-from .data import CLASS_NAMES
+from .data.labels import CLASS_NAMES
 from .env import hub_offline, hub_source
 from .errors import HfxrayError, excerpt
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CSV_NAME, IMAGE_ROOT
+from .data.coronahack import CSV_NAME, IMAGE_ROOT
 
 KINDS = ("vit", "bit", "hybrid")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import excerpt
+from .errors import ImageProblem, excerpt
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 # Projection radiography: computed (CR) and digital (DX) radiography; "DR" is written by some vendors for DX.
@@ -63,7 +63,6 @@ def has_dicom_magic(head: bytes) -> bool:
 
 
 def _problem(message: str):
-    from .imaging import ImageProblem
 
     return ImageProblem(message)
 
@@ -145,7 +144,7 @@ def _voi(dataset, values: np.ndarray) -> tuple[np.ndarray, str]:
 def read_dicom(path: str | os.PathLike, max_pixels: int) -> tuple[Image.Image, str]:
     """(8-bit "L" image, window description) of a single-frame grayscale projection radiograph.
 
-    Raises `hfxray.imaging.ImageProblem` with a one-line reason for anything else (see the module docstring).
+    Raises `ImageProblem` with a one-line reason for anything else (see the module docstring).
     """
     try:
         import pydicom

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .imaging import load_standard_image
+
 HASH_SIDE = 32  # thumbnail side whose DCT is taken
 HASH_BITS_SIDE = 8  # the 8x8 lowest frequencies make the 64-bit hash
 PHASH_THRESHOLD = 8  # bits: pairs this close are compared pixel by pixel (see the module docstring)
@@ -94,8 +96,6 @@ def fingerprint_image(image, data: bytes) -> Fingerprint:
 
 def fingerprint(path: str | Path, max_pixels: int) -> Fingerprint:
     """Byte digest, perceptual hash and thumbnail of one image file (decoded as `prepare` decodes it)."""
-    from .imaging import load_standard_image
-
     return fingerprint_image(load_standard_image(path, max_pixels=max_pixels), Path(path).read_bytes())
 
 

@@ -13,6 +13,13 @@ class HfxrayError(Exception):
     """A problem with the user's input, files or environment; the message is one line and says how to fix it."""
 
 
+class ImageProblem(HfxrayError):
+    """An image that cannot be used; `str(err)` is a one-line reason suitable for a manifest.
+
+    Raised by `hfxray.imaging` and by `hfxray.dicom`, which imaging calls: it lives here, below both.
+    """
+
+
 def one_line(message: object) -> str:
     """The message flattened to one line (library errors often span several)."""
     return " ".join(str(message).split())

@@ -11,13 +11,13 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .dicom import has_dicom_magic, is_dicom, read_dicom
-from .errors import HfxrayError
+from .errors import HfxrayError, ImageProblem  # noqa: F401 (ImageProblem is imaging's error, kept below dicom)
 
 # Chest X-rays are at most ~4,000 x 4,000 px; anything far beyond is a decompression bomb, not a radiograph.
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -29,10 +29,6 @@ HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}  # one band, mo
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we report, never silently padded
 
 
-class ImageProblem(HfxrayError):
-    """An image that cannot be used; `str(err)` is a one-line reason suitable for a manifest."""
-
-
 @dataclass
 class ImageCheck:
     """What a full decode of an image file found."""
@@ -42,7 +38,7 @@ class ImageCheck:
     mode: str
     format: str | None
     window: str = ""  # DICOM only: how stored values became 8-bit (see hfxray.dicom)
-    fingerprint: object = None  # hfxray.duplicates.Fingerprint, when asked for (from the same decode)
+    inspected: object = None  # what `check_image(inspect=...)` returned for this decode
 
     @property
     def needs_conversion(self) -> bool:
@@ -91,21 +87,17 @@ def _open_checked(path: str | os.PathLike, max_pixels: int) -> Image.Image:
 
 
 def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
-                with_fingerprint: bool = False) -> ImageCheck:
+                inspect: Callable[[Image.Image], object] | None = None) -> ImageCheck:
     """Fully decode `path` and describe it; raises ImageProblem with a short reason when unusable.
 
-    `with_fingerprint` adds the duplicate finder's fingerprint, computed from this decode rather than a second one.
+    `inspect(standard_image)` runs on this decode (the duplicate finder's fingerprint: no second decode); its
+    result is `ImageCheck.inspected`.
     """
     with _open_checked(path, max_pixels) as image:
         standard = to_standard_mode(image)
         _refuse_blank(image, standard)
-        fingerprint = None
-        if with_fingerprint:
-            from .duplicates import fingerprint_image
-
-            fingerprint = fingerprint_image(standard, Path(path).read_bytes())
         return ImageCheck(width=image.width, height=image.height, mode=image.mode, format=image.format,
-                          window=image.info.get("window", ""), fingerprint=fingerprint)
+                          window=image.info.get("window", ""), inspected=inspect(standard) if inspect else None)
 
 
 def _refuse_blank(original: Image.Image, standard: Image.Image) -> None:

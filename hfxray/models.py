@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .data import CLASS_NAMES
+from .data.labels import CLASS_NAMES
 from .env import hub_offline, hub_source, hub_unreachable, looks_local
 from .errors import HfxrayError, excerpt, printable
 

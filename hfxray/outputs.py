@@ -5,13 +5,24 @@ a write to a file elsewhere: writing to a symbolic link writes its target, and w
 changes every name of it (a prepared ImageFolder holds hard links to the source images). transformers' Trainer and
 matplotlib open paths as they are, so the checks come first: an output folder that is a link, a file, holds a link,
 or is, holds or lies inside one of the command's inputs is refused with one line, before anything is written.
+
+Results files are written whole or not at all (`write_atomic`), and a prepared folder is replaced in one step:
+built beside OUT, marked as hfxray's, and swapped in (`swap_into_place`), so an interrupted command leaves the
+previous output whole.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import os
+import secrets
+import shutil
 import stat
+import sys
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import HfxrayError, printable
@@ -125,3 +136,160 @@ def check_run_folder(output_dir: str | os.PathLike, data_dir=None, checkpoint=No
             raise OutputError(f"--output_dir {printable(str(out))} holds files that are not a training run's (e.g. "
                               f"{printable(entries[0])}). To fix: pass a new or empty folder.")
     return out
+
+
+def write_atomic(path: str | os.PathLike, content: str | bytes) -> Path:
+    """Write a file whole or not at all: a half-written results file must never look like a finished one."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}")
+    try:
+        if isinstance(content, bytes):
+            partial.write_bytes(content)
+        else:
+            partial.write_text(content, encoding="utf-8")
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return path
+
+
+# --- a folder replaced whole: the prepared ImageFolder ---------------------------------------------------------
+# Written by `prepare` into every output: the only proof that a folder is hfxray's to replace or delete.
+MARKER_NAME = ".hfxray-prepared"
+MARKER_KIND = "hfxray prepared ImageFolder"
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The content of hfxray's marker in `folder`, or None when the folder is not (wholly) hfxray's."""
+    marker = folder / MARKER_NAME
+    try:
+        if folder.is_symlink() or marker.is_symlink() or not marker.is_file():
+            return None
+        content = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) and content.get("kind") == MARKER_KIND else None
+
+
+def write_marker(folder: Path, complete: bool) -> None:
+    temporary = folder / f"{MARKER_NAME}.tmp"
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"kind": MARKER_KIND, "complete": complete}) + "\n")
+    os.replace(temporary, folder / MARKER_NAME)
+
+
+def delete_own(folder: Path) -> bool:
+    """Delete `folder` if it is hfxray's (marker) or empty; the marker goes last, so that a deletion cut short
+    is still recognised, and finished, by the next run. Returns False (nothing deleted) otherwise."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if read_marker(folder) is None:
+        try:
+            folder.rmdir()  # only succeeds when empty
+            return True
+        except OSError:
+            return False
+    for child in folder.iterdir():
+        if child.name == MARKER_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    (folder / MARKER_NAME).unlink()
+    folder.rmdir()
+    return True
+
+
+def leftovers(out: Path, kind: str) -> list[Path]:
+    """Sibling folders `.OUT.partial-*` / `.OUT.old-*` of earlier runs that were killed, newest first."""
+    prefix = f".{out.name}.{kind}-"
+    found = [p for p in out.parent.iterdir() if p.name.startswith(prefix) and p.is_dir() and not p.is_symlink()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def new_sibling(out: Path, kind: str) -> Path:
+    """A new empty folder `.OUT.kind-XXXXXXXX` next to OUT, with the umask's permissions (mkdtemp's 0700 would
+    make the swapped-in output unreadable to the rest of a team)."""
+    while True:
+        folder = out.parent / f".{out.name}.{kind}-{secrets.token_hex(4)}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Swap two folders in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def swap_into_place(staging: Path, out: Path) -> Path | None:
+    """Put the complete `staging` at `out`. At every instant `out` holds the complete old or the complete new
+    output: one atomic exchange where the system has it; otherwise two renames, and a run killed between them is
+    recovered by `recover` on the next run. Returns the folder now holding the old output (to delete), if any."""
+    if not out.exists():
+        staging.rename(out)
+        return None
+    if exchange(staging, out):
+        return staging
+    retired = new_sibling(out, "old")
+    retired.rmdir()
+    out.rename(retired)
+    staging.rename(out)
+    return retired
+
+
+def recover(out: Path, echo) -> None:
+    """A run killed between the two renames of the swap left no OUT: put the previous output back."""
+    if out.exists() or out.is_symlink():
+        return
+    for retired in leftovers(out, "old"):
+        marker = read_marker(retired)
+        if marker and marker.get("complete"):
+            retired.rename(out)
+            echo(f"warning: an earlier run was interrupted while replacing {out}; its previous output was restored")
+            return
+
+
+def clean_leftovers(out: Path, echo) -> None:
+    for leftover in leftovers(out, "partial") + leftovers(out, "old"):
+        if not delete_own(leftover):
+            echo(f"warning: {printable(str(leftover))} is not hfxray's output; left in place")
+
+
+@contextmanager
+def locked(folder: Path):
+    """Serialise runs that write next to each other, so that one never cleans up another's staging folder."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"{printable(str(folder))}: another `hfxray data prepare` is writing there. To fix: wait "
+                            "for it to finish, or choose another --out.") from None
+        except OSError:  # a file system without locks: go on unlocked
+            pass
+        yield
+    finally:
+        os.close(descriptor)

@@ -214,7 +214,7 @@ def find_examples(sample_dir: str | os.PathLike | None, count: int = NUM_EXAMPLE
     """A few test-split images of the CoronaHack sample, alternating normal and virus; [] when it is absent."""
     if sample_dir is None:
         return []
-    from .data import CSV_NAME, IMAGE_ROOT, binary_label
+    from .data.coronahack import CSV_NAME, IMAGE_ROOT, binary_label
 
     sample_dir = Path(sample_dir)
     try:

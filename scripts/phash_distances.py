@@ -21,7 +21,7 @@ from PIL import Image
 from hfxray.duplicates import (MIN_CORRELATION, PHASH_THRESHOLD, correlation, distance_matrix, hamming,
                                phash_image, thumbnail)
 from hfxray.imaging import load_standard_image
-from hfxray.sources import read_source, resolve_sources
+from hfxray.data.layouts import read_source, resolve_sources
 
 COPIES = [(side, quality, grey) for side in (96, 200, 384, 512) for quality in (20, 50, 85) for grey in (False, True)]
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from hfxray import data
+from hfxray.data import coronahack, kermany, preparation
 from hfxray.cli import main as cli_main
 
 HEADER = ["", "X_ray_image_name", "Label", "Dataset_type", "Label_2_Virus_category", "Label_1_Virus_category"]
@@ -44,10 +45,10 @@ class KaggleSource:
         self.root = root
         self.rows: list[list[str]] = []
         for split in ("train", "test"):
-            (root / data.IMAGE_ROOT / split).mkdir(parents=True, exist_ok=True)
+            (root / coronahack.IMAGE_ROOT / split).mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str, split: str = "TRAIN") -> Path:
-        return self.root / data.IMAGE_ROOT / split.lower() / name
+        return self.root / coronahack.IMAGE_ROOT / split.lower() / name
 
     def add(self, name, label="Normal", label_1="", label_2="", split="TRAIN", image=None, write=True, **save):
         self.rows.append([str(len(self.rows)), name, label, split, label_2, label_1])
@@ -63,7 +64,7 @@ class KaggleSource:
             self.add(f"person{100 + i}_virus_{i}.jpeg", "Pnemonia", "Virus", split="TEST", format="JPEG")
 
     def write_csv(self, header=HEADER):
-        with (self.root / data.CSV_NAME).open("w", newline="") as handle:
+        with (self.root / coronahack.CSV_NAME).open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
             writer.writerows(self.rows)
@@ -80,11 +81,11 @@ def source(tmp_path) -> KaggleSource:
 
 
 def test_patient_groups_from_kermany_names():
-    assert data.patient_group("person123_virus_45.jpeg") == "person123"
-    assert data.patient_group("person123_bacteria_7.jpeg") == "person123"
-    assert data.patient_group("IM-0115-0001.jpeg") == data.patient_group("NORMAL2-IM-0115-0001.jpeg") == "im0115"
-    assert data.patient_group("IM-0011-0001-0001.jpeg") == "im0011"
-    assert data.patient_group("31BA3780-2323.jpeg") == "file:31BA3780-2323.jpeg"
+    assert kermany.patient_group("person123_virus_45.jpeg") == "person123"
+    assert kermany.patient_group("person123_bacteria_7.jpeg") == "person123"
+    assert kermany.patient_group("IM-0115-0001.jpeg") == kermany.patient_group("NORMAL2-IM-0115-0001.jpeg") == "im0115"
+    assert kermany.patient_group("IM-0011-0001-0001.jpeg") == "im0011"
+    assert kermany.patient_group("31BA3780-2323.jpeg") == "file:31BA3780-2323.jpeg"
 
 
 @pytest.mark.parametrize("label,label_1,expected", [
@@ -93,7 +94,7 @@ def test_patient_groups_from_kermany_names():
     ("Healthy", "", None), ("Pnemonia", "Fungus", None), ("Normal", "Virus", None),
 ])
 def test_binary_label_mapping(label, label_1, expected):
-    assert data.binary_label(label, label_1)[0] == expected
+    assert coronahack.binary_label(label, label_1)[0] == expected
 
 
 def test_every_bad_input_is_reported_counted_and_the_rest_kept(source, tmp_path):
@@ -171,7 +172,7 @@ def test_exotic_modes_are_converted_not_skipped(source, tmp_path):
 def test_missing_csv_and_missing_columns_fail_with_a_clear_message(source, tmp_path, capsys):
     assert cli_main(["data", "prepare", "--source", str(source.root), "--out", str(tmp_path / "o")]) == 2
     message = capsys.readouterr().err
-    assert data.CSV_NAME in message and "To fix" in message and "Traceback" not in message
+    assert coronahack.CSV_NAME in message and "To fix" in message and "Traceback" not in message
     source.add_good()
     source.write_csv(header=["", "X_ray_image_name", "Label", "Dataset_type"])
     with pytest.raises(data.DataError, match="missing column.*Label_1_Virus_category"):
@@ -202,8 +203,8 @@ def test_rerun_is_idempotent_and_an_interrupted_run_leaves_the_old_output(source
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    original = data._materialise
-    monkeypatch.setattr(data, "_materialise", crash_midway)
+    original = preparation._materialise
+    monkeypatch.setattr(preparation, "_materialise", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         data.prepare(source.root, out, **QUIET)
     assert (out / data.MANIFEST_NAME).read_text() == first

@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from hfxray import data
+from hfxray import data, outputs
+from hfxray.data import coronahack
 from hfxray.cli import main as cli_main
 from hfxray.imaging import ImageProblem, expand_paths, load_rgb
 from test_data import QUIET, KaggleSource, _gray, _manifest_by_source, _save
@@ -102,7 +103,7 @@ def test_unsafe_csv_names_are_skipped_with_a_reason(source, tmp_path, name, reas
     if name == "ABSOLUTE":
         name = str(_save(_gray(), tmp_path / "elsewhere.jpeg", format="JPEG"))
     source.rows.append(["99", name, "Normal", "TRAIN", "", ""])
-    with (source.root / data.CSV_NAME).open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+    with (source.root / coronahack.CSV_NAME).open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         import csv
         writer = csv.writer(handle)
         writer.writerow(["", "X_ray_image_name", "Label", "Dataset_type", "Label_2_Virus_category",
@@ -236,7 +237,7 @@ def test_an_earlier_output_is_replaced_and_an_empty_folder_is_used(source, tmp_p
     out = tmp_path / "out"
     out.mkdir()
     data.prepare(source.write_csv(), out, **QUIET)
-    assert json.loads((out / data.MARKER_NAME).read_text())["complete"] is True
+    assert json.loads((out / outputs.MARKER_NAME).read_text())["complete"] is True
     (out / "stale.txt").write_text("written by hand into the output")
     source.add("IM-0500-0001.jpeg", format="JPEG")
     with pytest.raises(data.DataError, match="stale.txt in it is not"):  # a file prepare did not write is kept
@@ -256,7 +257,7 @@ def test_a_kill_between_the_two_renames_is_recovered_on_the_next_run(source, tmp
     out = tmp_path / "out"
     data.prepare(source.write_csv(), out, **QUIET)
     first = (out / data.MANIFEST_NAME).read_text()
-    monkeypatch.setattr(data, "_exchange", lambda *_: False)  # a system without an atomic exchange
+    monkeypatch.setattr(outputs, "exchange", lambda *_: False)  # a system without an atomic exchange
     original_rename = Path.rename
 
     def killed_after_first_rename(self, target):
@@ -284,15 +285,15 @@ def test_the_swap_is_one_atomic_exchange_where_the_system_has_it(source, tmp_pat
     out = tmp_path / "out"
     data.prepare(source.write_csv(), out, **QUIET)
     calls = []
-    original = data._exchange
+    original = outputs.exchange
 
     def watched(first, second):
         exchanged = original(first, second)
         calls.append(exchanged)
-        assert (Path(second) / data.MARKER_NAME).is_file()  # OUT is complete right after the swap
+        assert (Path(second) / outputs.MARKER_NAME).is_file()  # OUT is complete right after the swap
         return exchanged
 
-    monkeypatch.setattr(data, "_exchange", watched)
+    monkeypatch.setattr(outputs, "exchange", watched)
     data.prepare(source.root, out, **QUIET)
     assert calls and (calls[0] or not sys.platform.startswith("linux"))
 
@@ -302,7 +303,7 @@ def test_leftovers_of_killed_runs_are_cleaned_and_foreign_ones_kept(source, tmp_
     source.write_csv()
     ours = tmp_path / ".out.partial-abc123"
     (ours / "train" / "normal").mkdir(parents=True)
-    (ours / data.MARKER_NAME).write_text(json.dumps({"kind": data.MARKER_KIND, "complete": False}))
+    (ours / outputs.MARKER_NAME).write_text(json.dumps({"kind": outputs.MARKER_KIND, "complete": False}))
     (tmp_path / ".out.partial-empty").mkdir()
     foreign = tmp_path / ".out.old-mine"
     foreign.mkdir()
@@ -321,7 +322,7 @@ def test_a_second_run_writing_next_to_the_same_out_is_refused(source, tmp_path):
     descriptor = os.open(tmp_path, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
-        with pytest.raises(data.DataError, match="another `hfxray data prepare`"):
+        with pytest.raises(outputs.OutputError, match="another `hfxray data prepare`"):
             data.prepare(source.root, tmp_path / "out", **QUIET)
     finally:
         os.close(descriptor)
@@ -517,14 +518,14 @@ def test_property_nothing_outside_out_changes_and_every_row_is_accounted_for(fil
         if out_state != "absent":
             out.mkdir()
         if out_state == "ours":
-            (out / data.MARKER_NAME).write_text(json.dumps({"kind": data.MARKER_KIND, "complete": True}))
+            (out / outputs.MARKER_NAME).write_text(json.dumps({"kind": outputs.MARKER_KIND, "complete": True}))
             (out / "old.txt").write_text("an earlier output")
         elif out_state == "foreign":
             (out / data.MANIFEST_NAME).write_text("the user's own manifest\n")
         if leftover:
             (tmp / ".out.partial-killed").mkdir()
-            (tmp / ".out.partial-killed" / data.MARKER_NAME).write_text(json.dumps({"kind": data.MARKER_KIND}))
-        with (source.root / data.CSV_NAME).open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            (tmp / ".out.partial-killed" / outputs.MARKER_NAME).write_text(json.dumps({"kind": outputs.MARKER_KIND}))
+        with (source.root / coronahack.CSV_NAME).open("w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             writer = csv.writer(handle)
             writer.writerow(["", "X_ray_image_name", "Label", "Dataset_type", "Label_2_Virus_category",
                              "Label_1_Virus_category"])
@@ -574,11 +575,11 @@ def test_an_unclosed_quote_in_the_csv_stops_prepare_naming_its_line(source, tmp_
     # Python's csv reads a quote left open up to the end of the file: the rows after it would vanish into one field.
     source.add_good()
     root = source.write_csv()
-    lines = (root / data.CSV_NAME).read_text().splitlines()
+    lines = (root / coronahack.CSV_NAME).read_text().splitlines()
     fields = lines[line - 1].split(",")
     fields[column] = '"' + fields[column]
     lines[line - 1] = ",".join(fields)
-    (root / data.CSV_NAME).write_text("\n".join(lines) + "\n")
+    (root / coronahack.CSV_NAME).write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     assert cli_main(["data", "prepare", "--source", str(root), "--out", str(out)]) == 2
     message = _one_error_line(capsys.readouterr().err)
@@ -606,11 +607,11 @@ def test_re_preparing_keeps_what_prepare_did_not_write(source, tmp_path, capsys,
 def test_a_quoted_field_over_two_lines_that_closes_is_an_ordinary_row(source, tmp_path):
     source.add_good()
     root = source.write_csv()
-    lines = (root / data.CSV_NAME).read_text().splitlines()
+    lines = (root / coronahack.CSV_NAME).read_text().splitlines()
     fields = lines[2].split(",")
     fields[-1] = '"a note\nover two lines"'
     lines[2] = ",".join(fields)
-    (root / data.CSV_NAME).write_text("\n".join(lines) + "\n")
+    (root / coronahack.CSV_NAME).write_text("\n".join(lines) + "\n")
     assert data.prepare(root, tmp_path / "out", **QUIET).kept_total > 0
 
 

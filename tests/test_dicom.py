@@ -204,7 +204,8 @@ def test_dicom_magic_without_extension_and_folder_listing(tmp_path):
 
 def test_prepare_converts_dicom_and_records_the_window(sample_dir, tmp_path):
     """A CoronaHack CSV row naming a .dcm file becomes an 8-bit PNG; the manifest says which window made it."""
-    from hfxray.data import CSV_NAME, IMAGE_ROOT, prepare, read_manifest
+    from hfxray.data import prepare, read_manifest
+    from hfxray.data.coronahack import CSV_NAME, IMAGE_ROOT
 
     source = tmp_path / "source"
     with (sample_dir / CSV_NAME).open(newline="") as handle:

@@ -11,13 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from hfxray import data, duplicates
+from hfxray import duplicates
+from hfxray.data import coronahack
 from hfxray.imaging import DEFAULT_MAX_PIXELS, load_standard_image
 
 
 @pytest.fixture(scope="module")
 def sample_images(sample_dir):
-    return sorted(p for split in ("train", "test") for p in (sample_dir / data.IMAGE_ROOT / split).iterdir())
+    return sorted(p for split in ("train", "test") for p in (sample_dir / coronahack.IMAGE_ROOT / split).iterdir())
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hfxray import data, sources
+from hfxray import data
+from hfxray.data import cohen, coronahack, layouts
 from hfxray.cli import main as cli_main
 
 QUIET = {"echo": lambda *_: None, "progress": lambda items, **_: items}
@@ -40,7 +41,7 @@ def groups_in_two_splits(rows) -> list[str]:
     ("COVID-19, Streptococcus", None), ("No Finding, COVID-19", None), ("Martian flu", None), ("", None),
 ])
 def test_cohen_findings_map_to_classes(finding, expected):
-    label, reason = sources.cohen_label(finding)
+    label, reason = cohen.cohen_label(finding)
     assert label == expected
     assert bool(reason) == (expected is None)
     if finding == "Martian flu":
@@ -94,7 +95,7 @@ KERMANY_NAME = re.compile(r"^(?:NORMAL2-)?IM-|^person\d+_(?:virus|bacteria)_", r
 def kermany_tree(sample_dir, tmp_path_factory) -> Path:
     """chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/ with the sample's Kermany files (hard links or copies)."""
     root = tmp_path_factory.mktemp("kermany") / "chest_xray"
-    image_root = sample_dir / data.IMAGE_ROOT
+    image_root = sample_dir / coronahack.IMAGE_ROOT
     moved_to_val = 0
     for split in ("train", "test"):
         for path in sorted((image_root / split).iterdir()):
@@ -118,7 +119,7 @@ def kermany_tree(sample_dir, tmp_path_factory) -> Path:
 
 
 def test_kermany_layout_is_detected_and_labelled_from_folders_and_names(kermany_tree, tmp_path):
-    assert sources.detect_format(kermany_tree) == "kermany"
+    assert layouts.detect_format(kermany_tree) == "kermany"
     out = tmp_path / "out"
     summary = data.prepare(kermany_tree, out, **QUIET)
     rows = data.read_manifest(out)
@@ -151,7 +152,7 @@ def merged(sample_dir, cohen_dir, tmp_path_factory):
 def test_merge_finds_the_shared_images_and_keeps_them_once(merged, sample_dir, cohen_dir):
     summary, rows, _ = merged
     cohen_names = {p.name for p in (cohen_dir / "images").iterdir()}
-    coronahack_names = {p.name for split in ("train", "test") for p in (sample_dir / data.IMAGE_ROOT / split).iterdir()}
+    coronahack_names = {p.name for split in ("train", "test") for p in (sample_dir / coronahack.IMAGE_ROOT / split).iterdir()}
     shared_names = cohen_names & coronahack_names
     assert len(shared_names) == SHARED_WITH_CORONAHACK
     duplicates_found = [r for r in rows if r["duplicate_of"]]
@@ -227,7 +228,7 @@ def _kermany(root, files: dict[str, Path | bytes]) -> Path:
 
 
 def _sample_file(sample_dir, name: str) -> Path:
-    return next((sample_dir / data.IMAGE_ROOT).glob(f"*/{name}"))
+    return next((sample_dir / coronahack.IMAGE_ROOT).glob(f"*/{name}"))
 
 
 def test_similar_childrens_xrays_in_two_sources_are_not_merged(sample_dir, tmp_path):
@@ -386,7 +387,7 @@ def test_unknown_layout_format_and_test_source_fail_with_one_line(cohen_dir, tmp
         assert cli_main(["data", "prepare", *argv, "--out", str(tmp_path / "o")]) == 2
         message = capsys.readouterr().err
         assert expected in message and "To fix" in message and "Traceback" not in message
-    specs = sources.resolve_sources([cohen_dir, cohen_dir])
+    specs = layouts.resolve_sources([cohen_dir, cohen_dir])
     assert [s.name for s in specs] == [cohen_dir.name, f"{cohen_dir.name}-2"]
 
 

@@ -1,6 +1,7 @@
 """One module per `hfxray` subcommand: `add_arguments(parser)` and `run(args) -> int` (see hfxray/cli.py)."""
 
 from ..errors import HfxrayError
+from ..limits import SEED_MAX
 
 
 class UsageError(HfxrayError):
@@ -12,9 +13,6 @@ def require_positive(**flags: int) -> None:
     for name, value in flags.items():
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} {value}. To fix: pass a whole number of at least 1.")
-
-
-SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit
 
 
 def require_seed(**flags: int) -> None:
