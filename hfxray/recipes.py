@@ -4,7 +4,8 @@ The optimizer, its arguments, warm-up, label smoothing and the Trainer's own sch
 `cosine`, ...) are TrainingArguments fields (`optim`, `optim_args`, `warmup_steps`, `label_smoothing_factor`,
 `lr_scheduler_type`): recipes set those fields, and an explicit flag wins. hfxray adds only the schedules below
 (`--schedule`), used when the user has not chosen a `--lr_scheduler_type`; `lr_multiplier` is their single source
-of truth, given to the Trainer through a LambdaLR (optimizer step t uses base_lr * lr_multiplier(t)).
+of truth, given to the Trainer through a LambdaLR (optimizer step t uses base_lr * lr_multiplier(t)); `onecycle` is
+torch's own OneCycleLR.
 
 Schedules (t = optimizer step from 0, T = total steps, E = steps per epoch, W = warm-up steps):
 - `exponential_epoch`:  gamma ** floor(t / E)            (the study's BiT run: lr x 0.9 each epoch; its report
@@ -17,9 +18,9 @@ Only `bit_hyperrule` has a warm-up; the other two define their own start.
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from .errors import HfxrayError
 
 TRAINER_SCHEDULE = "trainer"  # --schedule value meaning: the Trainer's --lr_scheduler_type
 SCHEDULES = ("exponential_epoch", "bit_hyperrule", "onecycle")
@@ -28,8 +29,8 @@ ONECYCLE_DIV = 25.0  # torch OneCycleLR defaults, kept so the scratch recipe mat
 ONECYCLE_FINAL_DIV = 1e4
 
 
-def _cosine_anneal(start: float, end: float, fraction: float) -> float:
-    return end + (start - end) / 2.0 * (1.0 + math.cos(math.pi * fraction))
+class ScheduleError(HfxrayError, ValueError):
+    """A schedule that cannot be built for this run's step count."""
 
 
 def lr_multiplier(
@@ -40,22 +41,28 @@ def lr_multiplier(
     warmup_steps: int = 0,
     gamma: float = 0.9,
     milestones: tuple[int, ...] = (),
-    pct_start: float = 0.3,
 ) -> float:
-    """Factor applied to the base learning rate at optimizer step `step` (formulas in the module docstring)."""
+    """Factor applied to the base learning rate at optimizer step `step` by the LambdaLR schedules (formulas in
+    the module docstring; `onecycle` is torch's OneCycleLR, see `build_scheduler`)."""
     if schedule == "exponential_epoch":
         return gamma ** (step // max(steps_per_epoch, 1))
-    if schedule == "onecycle":
-        up_end = float(pct_start * total_steps) - 1.0
-        low = 1.0 / ONECYCLE_DIV
-        if step <= up_end:
-            return _cosine_anneal(low, 1.0, step / up_end if up_end > 0 else 1.0)
-        return _cosine_anneal(1.0, low / ONECYCLE_FINAL_DIV, (step - up_end) / max(total_steps - 1 - up_end, 1e-12))
     if schedule == "bit_hyperrule":
         if step < warmup_steps:
             return step / warmup_steps
         return 0.1 ** sum(1 for milestone in milestones if milestone < step)
-    raise ValueError(f"unknown schedule {schedule!r}. To fix: choose one of {', '.join(SCHEDULES)}")
+    raise ScheduleError(f"unknown schedule {schedule!r}. To fix: choose one of {', '.join(SCHEDULES)}")
+
+
+def _onecycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: float):
+    # torch 2.14's OneCycleLR divides by zero when its rising phase ends exactly at step 0 (pct_start * T == 1).
+    if float(pct_start * total_steps) - 1.0 == 0.0:
+        raise ScheduleError(f"--onecycle_pct_start {pct_start} of {total_steps} steps is a rising phase of one step, "
+                            "which torch's OneCycleLR cannot build. To fix: change --onecycle_pct_start or the "
+                            "number of steps.")
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups], total_steps=max(total_steps, 1),
+        pct_start=pct_start, anneal_strategy="cos", cycle_momentum=False, div_factor=ONECYCLE_DIV,
+        final_div_factor=ONECYCLE_FINAL_DIV)
 
 
 def decay_parameter_names(model: torch.nn.Module) -> list[str]:
@@ -66,13 +73,16 @@ def decay_parameter_names(model: torch.nn.Module) -> list[str]:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, steps_per_epoch: int,
                     warmup_steps: int = 0, gamma: float = 0.9, milestones: tuple[int, ...] = (),
-                    pct_start: float = 0.3) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR over `lr_multiplier`; validated here so a bad recipe fails before the first step."""
+                    pct_start: float = 0.3) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's OneCycleLR, or a LambdaLR over `lr_multiplier`; validated here so a bad recipe fails before the first
+    step."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}. To fix: choose one of {', '.join(SCHEDULES)}")
+        raise ScheduleError(f"unknown schedule {schedule!r}. To fix: choose one of {', '.join(SCHEDULES)}")
+    if schedule == "onecycle":
+        return _onecycle(optimizer, total_steps, pct_start)
 
     def factor(step: int) -> float:
-        return lr_multiplier(schedule, step, total_steps, steps_per_epoch, warmup_steps, gamma, milestones, pct_start)
+        return lr_multiplier(schedule, step, total_steps, steps_per_epoch, warmup_steps, gamma, milestones)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -151,3 +151,17 @@ def test_bit_paper_recipe_is_derived_from_the_rule_and_the_data(prepared_dir, tm
     assert halved.learning_rate == pytest.approx(recipes.bit_hyperrule_lr(64 * 4))  # scales with the batch
     _, _, flagged, _, flagged_training = parse_args([*base, "--max_steps", "20", "--image_size", "128"])
     assert flagged_training.max_steps == 20 and flagged.image_size == 128  # explicit flags win
+
+
+def test_onecycle_with_a_one_step_rise_is_refused_in_one_line():
+    optimizer = torch.optim.AdamW(torch.nn.Linear(1, 1).parameters(), lr=1e-3)
+    with pytest.raises(recipes.ScheduleError, match="To fix: change --onecycle_pct_start"):
+        recipes.build_scheduler(optimizer, "onecycle", total_steps=4, steps_per_epoch=4, pct_start=0.25)
+
+
+def test_torch_onecycle_still_divides_by_zero_for_a_one_step_rise():
+    """The guard above exists for this torch behaviour; when torch fixes it, the guard can go."""
+    optimizer = torch.optim.AdamW(torch.nn.Linear(1, 1).parameters(), lr=1e-3)
+    with pytest.raises(ZeroDivisionError):
+        torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=4, pct_start=0.25,
+                                            cycle_momentum=False)
