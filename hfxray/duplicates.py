@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.fft import dctn
 
 from .imaging import load_standard_image
 
@@ -31,18 +32,6 @@ PHASH_THRESHOLD = 8  # bits: pairs this close are compared pixel by pixel (see t
 THUMB_SIDE = 64  # side of the grey thumbnails that are correlated
 MIN_CORRELATION = 0.98  # thumbnails correlating at least this much are one picture
 _CHUNK = 512  # rows of the distance matrix computed at once: memory stays O(_CHUNK * n)
-
-
-def _dct_matrix(n: int) -> np.ndarray:
-    """Orthonormal DCT-II matrix: `m @ x` is the DCT of the column vector x."""
-    k = np.arange(n)[:, None]
-    i = np.arange(n)[None, :]
-    matrix = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-    matrix[0] /= np.sqrt(2.0)
-    return matrix
-
-
-_DCT = _dct_matrix(HASH_SIDE)
 
 
 def _grey(image):
@@ -55,7 +44,7 @@ def phash_image(image) -> int:
 
     grey = _grey(image).resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS)
     pixels = np.asarray(grey, dtype=np.float64)
-    low = (_DCT @ pixels @ _DCT.T)[:HASH_BITS_SIDE, :HASH_BITS_SIDE]
+    low = dctn(pixels, type=2, norm="ortho")[:HASH_BITS_SIDE, :HASH_BITS_SIDE]
     bits = (low > np.median(low)).flatten()
     return int(sum(1 << index for index, bit in enumerate(bits) if bit))
 
