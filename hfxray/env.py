@@ -21,7 +21,7 @@ def hub_offline() -> bool:
     from huggingface_hub import constants
 
     # huggingface_hub reads the variable once, at import; a later change of the environment counts too.
-    return bool(constants.HF_HUB_OFFLINE) or _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE")
+    return bool(constants.HF_HUB_OFFLINE) or env_flag("HF_HUB_OFFLINE") or env_flag("TRANSFORMERS_OFFLINE")
 
 
 HUB_CONNECT_TIMEOUT = 5.0  # seconds for the one connection that tells whether the Hub can be reached
@@ -78,9 +78,14 @@ def cached_snapshot(repo_id: str) -> str | None:
         return None
 
 
-def _truthy(variable: str) -> bool:
+def env_flag(variable: str) -> bool:
     """huggingface_hub's reading of a boolean variable (1, ON, YES, TRUE in any case)."""
     return os.environ.get(variable, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def launched_processes() -> int:
+    """How many processes the launcher (accelerate, torchrun) says it started (1 without one)."""
+    return max(int(os.environ.get(name, "1") or 1) for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
 
 
 def looks_local(name: str | os.PathLike) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 
 ROOT = "hfxray"
@@ -91,16 +90,15 @@ def _library_progress_bars(show: bool) -> None:
     call only if it is imported already. A user's HF_*_DISABLE_PROGRESS_BARS stays in force when -q is lifted."""
     from huggingface_hub import utils as hub_utils
 
-    def user_disabled(variable: str) -> bool:
-        return os.environ.get(variable, "").upper() in ("1", "ON", "YES", "TRUE")
+    from .env import env_flag
 
-    if not (show and user_disabled("HF_HUB_DISABLE_PROGRESS_BARS")):
+    if not (show and env_flag("HF_HUB_DISABLE_PROGRESS_BARS")):
         (hub_utils.enable_progress_bars if show else hub_utils.disable_progress_bars)()
         if "transformers" in sys.modules:
             from transformers.utils import logging as transformers_logging
 
             (transformers_logging.enable_progress_bar if show else transformers_logging.disable_progress_bar)()
-    if not (show and user_disabled("HF_DATASETS_DISABLE_PROGRESS_BARS")):
+    if not (show and env_flag("HF_DATASETS_DISABLE_PROGRESS_BARS")):
         import datasets
 
         (datasets.enable_progress_bars if show else datasets.disable_progress_bars)()

@@ -15,6 +15,7 @@ import yaml
 
 from .arguments import ConfigError, DataArguments, ModelArguments, RecipeArguments, RunArguments, resolved_config
 from .data import DataError
+from .env import launched_processes
 from .errors import excerpt, printable
 from .logs import get_logger, library_progress_bars_off, quiet
 
@@ -183,7 +184,7 @@ def check_processes_connected(training_args) -> None:
     `accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs (and without a CPU config) starts
     two independent trainings over the whole data, both writing the same folder.
     """
-    launched = max(int(os.environ.get(name, "1") or 1) for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
+    launched = launched_processes()
     if launched > 1 and training_args.world_size == 1:
         raise ConfigError(f"the launcher started {launched} processes, but they are not connected (each sees "
                           "world size 1 and would train alone on all the data). To fix: launch with "

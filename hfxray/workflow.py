@@ -129,8 +129,9 @@ def connect_cpu_processes() -> None:
 
     import torch
 
-    processes = max(int(os.environ.get(name, "1") or 1) for name in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"))
-    if processes > 1 and not torch.cuda.is_available() and "ACCELERATE_USE_CPU" not in os.environ:
+    from .env import launched_processes
+
+    if launched_processes() > 1 and not torch.cuda.is_available() and "ACCELERATE_USE_CPU" not in os.environ:
         os.environ["ACCELERATE_USE_CPU"] = "true"
 
 
