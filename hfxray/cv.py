@@ -237,9 +237,9 @@ def check_variants(base_flags: list[str], variants: list[Variant], out: Path) ->
 
 
 def _parse(base_flags: list[str], variant: Variant, output_dir: Path):
-    from .arguments import parse_args
+    from .runs import RunConfig
 
-    return parse_args([*base_flags, *variant.flags, "--output_dir", str(output_dir), *FORCED_FLAGS])
+    return RunConfig.from_flags([*base_flags, *variant.flags, "--output_dir", str(output_dir), *FORCED_FLAGS])
 
 
 def _predict(model, processor, data_dir, files: list[str], cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
@@ -276,10 +276,10 @@ def run_fold(base_flags: list[str], variant: Variant, fold: dict, rows: list[dic
                     fold["fold"])
         return finished
     from .metrics import apply_temperature, binary_metrics
-    from .models import load_trained
     from .training import train
 
-    model_args, data_args, recipe_args, run_args, training_args = _parse(base_flags, variant, fold_dir)
+    config = _parse(base_flags, variant, fold_dir)
+    data_args = config.data
     train_files = [rows[i]["file"] for i in fold["train"]]
     evaluation_files = [rows[i]["file"] for i in fold["evaluation"]]
     if data_args.max_train_samples:  # quick experiments: the first N training images of the fold
@@ -288,10 +288,9 @@ def run_fold(base_flags: list[str], variant: Variant, fold: dict, rows: list[dic
                 fold["fold"], len(train_files), len(evaluation_files))
     started = time.perf_counter()
     # The held-out part is not given to the Trainer: it is predicted once, by the final model, below.
-    train_metrics = train(model_args, data_args, recipe_args, run_args, training_args,
-                          select_splits=pool_selector(data_dir, train_files, None))
-    model, processor = load_trained(str(fold_dir))
-    logits, labels = _predict(model, processor, data_dir, evaluation_files, data_args.cache_dir)
+    trained = train(config, select_splits=pool_selector(data_dir, train_files, None))
+    train_metrics = trained.metrics
+    logits, labels = _predict(trained.model, trained.processor, data_dir, evaluation_files, data_args.cache_dir)
     expected = [rows[i]["label"] for i in fold["evaluation"]]
     if labels.tolist() != expected:
         raise DataError(f"{data_dir}: the image folders' labels differ from the manifest's. To fix: re-run "
@@ -474,10 +473,9 @@ def refit_names(requested: str, variants: list[Variant]) -> list[str]:
 def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: str, sets: list[str] | None = None,
           variants_file: str | None = None) -> dict:
     """Train the chosen variant on all of train + validation, calibrate from out-of-fold logits, test once."""
-    from .calibration import TemperatureDecision, decide_temperature, fold_temperature
-    from .models import load_trained
+    from .calibration import TemperatureDecision, decide_temperature
     from .training import train
-    from .workflow import CALIBRATION_FILE, evaluate_run
+    from .workflow import evaluate_run, record_calibration
 
     out = check_output_folder(out, "--out", [("the --data-dir", data_dir)])
     common, variants = build_variants(sets, variants_file)
@@ -490,26 +488,22 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
         logger.info("refit: %s already trained and tested once; not repeated", run_dir)
         return json.loads((run_dir / REFIT_RESULTS).read_text())
     out_of_fold = out_of_fold_logits(out, chosen.name)
-    model_args, data_args, recipe_args, run_args, training_args = _parse(
-        _base_flags(model, preset, recipe, data_dir, common), chosen, run_dir)
+    config = _parse(_base_flags(model, preset, recipe, data_dir, common), chosen, run_dir)
     files = [r["file"] for r in pool_rows(data_dir)]
-    train_metrics = train(model_args, data_args, recipe_args, run_args, training_args,
-                          select_splits=pool_selector(data_dir, files, None))
+    trained = train(config, select_splits=pool_selector(data_dir, files, None))
+    train_metrics = trained.metrics
     _drop_checkpoints(run_dir)
-    fitted, processor = load_trained(str(run_dir))
+    fitted, processor = trained.model, trained.processor
     if out_of_fold is None:
         # Every non-test image trained the refit: without out-of-fold logits nothing held out is left to fit on.
         decision = TemperatureDecision(None, False, "no out-of-fold logits of this variant (no finished CV fold): "
                                        "no held-out data to fit a temperature on", 0)
     else:
         decision = decide_temperature(*out_of_fold)
-    if decision.fold and run_args.calibrate:
-        fold_temperature(fitted, decision.temperature)
-        fitted.save_pretrained(run_dir)
-    calibration = dict(decision.to_dict(), folded=bool(decision.fold and run_args.calibrate),
-                       fitted_on="pooled out-of-fold logits of the CV models (train + validation, repeat 0)"
-                       if out_of_fold is not None else None)
-    (run_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
+    calibration = record_calibration(
+        run_dir, fitted, decision, config.run.calibrate,
+        fitted_on="pooled out-of-fold logits of the CV models (train + validation, repeat 0)"
+        if out_of_fold is not None else None)
     report = evaluate_run(run_dir, data_dir, fitted, processor)
     result = dict(variant=chosen.name, overrides=dict(chosen.overrides), n_train=len(files),
                   train_runtime=train_metrics.get("train_runtime"), calibration=calibration,

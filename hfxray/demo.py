@@ -51,7 +51,8 @@ def run_demo(out: Path, source: Path | None = None, epochs: int = 4, echo=print)
     from .env import sample_dir
     from .predict import load_classifier, predict_files, write_predictions
     from .report import write_report
-    from .workflow import main as train_main
+    from .runs import RunConfig
+    from .workflow import execute, summary
 
     start = time.perf_counter()
     out = Path(out)
@@ -71,12 +72,10 @@ def run_demo(out: Path, source: Path | None = None, epochs: int = 4, echo=print)
     for kind in KINDS:
         echo(f"[demo] 2/6 training {kind} (tiny preset, {epochs} epochs)")
         runs[kind] = out / "runs" / kind
-        code = train_main(["--model", kind, "--preset", "tiny", "--recipe", "scratch", "--data-dir", str(prepared),
-                           "--output-dir", str(runs[kind]), "--overwrite_output_dir", "--num_train_epochs",
-                           str(epochs), "--image_size", "64", "--resize_size", "72", "--logging_steps", "5",
-                           "--disable_tqdm", "true"])
-        if code != 0:
-            raise RuntimeError(f"training {kind} failed (exit {code})")
+        result = execute(RunConfig.build(model=kind, preset="tiny", recipe="scratch", data_dir=prepared,
+                                         output_dir=runs[kind], overwrite_output_dir=True, num_train_epochs=epochs,
+                                         image_size=64, resize_size=72, logging_steps=5, disable_tqdm=True))
+        echo(summary(runs[kind], prepared, result, result.get("calibration")))
     echo("[demo] 3/6 writing the comparison report (each run evaluated itself on the test split)")
     report = write_report(list(runs.values()), out / "report")
     test_files = [prepared / r["file"] for r in read_manifest(prepared) if r["status"] == "kept" and r["split"] == "test"]

@@ -1,7 +1,7 @@
 """Fine-tuning with the Hugging Face Trainer: the recipe's loss/optimizer/schedule, Trainer assembly, the saved model.
 
-`train` stops at the saved model; `hfxray.workflow` chains it with calibration, evaluation, the model card and
-the optional push.
+`train(config)` stops at the saved model and returns it (`runs.TrainedRun`); `hfxray.workflow` chains it with
+calibration, evaluation, the model card and the optional push.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from pathlib import Path
 
 import yaml
 
-from .arguments import ConfigError, DataArguments, ModelArguments, RecipeArguments, RunArguments, resolved_config
+from .arguments import ConfigError, RecipeArguments, resolved_config
 from .data import DataError
 from .env import launched_processes
 from .errors import excerpt, printable
 from .logs import get_logger, library_progress_bars_off, quiet
+from .outputs import write_atomic
+from .runs import RunConfig, RunFolder, TrainedRun
 
 logger = get_logger(__name__)
 # The Trainer's pickled TrainingArguments (transformers.trainer.TRAINING_ARGS_NAME).
@@ -198,26 +200,6 @@ def _last_checkpoint(output_dir: str) -> str | None:
     return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
 
 
-# The files a finished run leaves beside its checkpoints (TensorBoard's runs/ keeps one folder per run); each
-# results JSON also has its reliability diagram beside it (evaluation.reliability_path).
-RUN_FILES = ("args.yaml", "config.json", "model.safetensors", "preprocessor_config.json", "calibration.json",
-             "train_results.json", "test_results.json", "README.md", "all_results.json", "eval_results.json",
-             "trainer_state.json", TRAINING_ARGS_NAME)
-
-
-def _run_files(output_dir: str | os.PathLike) -> list[Path]:
-    """The earlier run's result files in `output_dir`: RUN_FILES, `hfxray evaluate`'s default outputs
-    (`SPLIT_evaluation.json`) and the reliability diagram beside each results JSON."""
-    from .evaluation import reliability_path
-
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    results = [folder / "test_results.json", *folder.glob("*_evaluation.json")]
-    candidates = [folder / name for name in RUN_FILES] + results + [reliability_path(path) for path in results]
-    return [path for path in dict.fromkeys(candidates) if path.is_file() and not path.is_symlink()]
-
-
 def _start_over(training_args, resume: bool, overwrite: bool) -> str | None:
     """The checkpoint to resume from, after refusing or clearing an earlier run's checkpoints."""
     output_dir = training_args.output_dir
@@ -238,7 +220,7 @@ def _start_over(training_args, resume: bool, overwrite: bool) -> str | None:
             for folder in earlier:
                 shutil.rmtree(folder)
             # and its results, which a new run that fails would otherwise seem to have written
-            for path in _run_files(output_dir) if overwrite else ():
+            for path in RunFolder(output_dir).earlier_results() if overwrite else ():
                 path.unlink()
     return None
 
@@ -279,9 +261,9 @@ def check_resumable(checkpoint: str | os.PathLike, model) -> None:
                           "args.yaml), or start over with --overwrite_output_dir.")
 
 
-def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: RecipeArguments,
-          run_args: RunArguments, training_args, select_splits=None) -> dict:
-    """Fine-tune one model and save it with its processor in --output_dir; returns the training metrics.
+def train(config: RunConfig, select_splits=None) -> TrainedRun:
+    """Fine-tune one model and save it with its processor in --output_dir; returns the model as saved, its processor
+    and the training metrics.
 
     The run folder gets args.yaml (the resolved arguments), TensorBoard events, checkpoints, the final model
     (the best by the validation metric with load_best_model_at_end, or the averaged weights) and
@@ -297,6 +279,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
     from .data import prepared_counts
     from .models import create_model
     from .transforms import Geometry, XrayTensorDataset
+
+    model_args, data_args, recipe_args, run_args, training_args = config
 
     check_processes_connected(training_args)
     output_dir = training_args.output_dir
@@ -359,13 +343,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
 
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
-    config = resolved_config(model_args, data_args, recipe_args, run_args, training_args)
-    config.update(model_tag=spec.tag, pretrained_checkpoint=model_args.checkpoint or spec.checkpoint,
+    resolved = resolved_config(model_args, data_args, recipe_args, run_args, training_args)
+    resolved.update(model_tag=spec.tag, pretrained_checkpoint=model_args.checkpoint or spec.checkpoint,
                   world_size=training_args.world_size, train_size=len(splits["train"]),
                   validation_size=len(splits.get("validation", ())), test_size=sum(counts["test"].values()))
     if trainer.is_world_process_zero():
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "args.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=True))
+        write_atomic(RunFolder(output_dir).args, yaml.safe_dump(_plain(resolved), sort_keys=True))
 
     if trainer.is_world_process_zero():
         logger.info(_plan(trainer, spec, recipe_args, len(splits["train"])))
@@ -386,7 +370,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, recipe_args: Rec
         (Path(output_dir) / TRAINING_ARGS_NAME).unlink(missing_ok=True)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-    return train_metrics
+    return TrainedRun(trainer.model, processor, train_metrics, RunFolder(output_dir))
 
 
 def _plain(value):

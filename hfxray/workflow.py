@@ -1,7 +1,8 @@
 """`scripts/train.py` / `hfxray train`: train -> calibrate -> evaluate -> model card -> optional push.
 
-Each step is a function a reader can call alone on a run folder; `run` only chains them. The Hub token is read
-once, before training, and kept out of the TrainingArguments so that nothing the Trainer writes can hold it.
+Each step is a function a reader can call alone on a run folder; `run` only chains them, handing each the model
+training returned (no reload from disk). The Hub token is read once, before training, and kept out of the
+TrainingArguments so that nothing the Trainer writes can hold it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from pathlib import Path
 
 from .errors import HfxrayError, printable
 from .logs import configure, get_logger
+from .outputs import write_atomic
+from .runs import RunConfig, RunFolder
 
 logger = get_logger(__name__)
-CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FILE = RunFolder.CALIBRATION
 
 
 def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = True, model=None, processor=None,
@@ -24,11 +27,10 @@ def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = Tru
     Writes `calibration.json` (the decision and its reason) and, when folding, the model again. Returns the
     `TemperatureDecision`.
     """
-    from .calibration import TemperatureDecision, decide_temperature, fold_temperature, folded_temperature
+    from .calibration import TemperatureDecision, decide_temperature, folded_temperature
     from .evaluation import split_logits
     from .models import load_trained
 
-    run_dir = Path(run_dir)
     if model is None:
         model, processor = load_trained(str(run_dir))
     if not enabled:
@@ -38,13 +40,24 @@ def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = Tru
     else:
         logits, labels, _ = split_logits(model, processor, data_dir, "validation", cache_dir=cache_dir)
         decision = decide_temperature(logits, labels)
-        if decision.fold:
-            fold_temperature(model, decision.temperature)
-            model.save_pretrained(run_dir)
-    (run_dir / CALIBRATION_FILE).write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
-    logger.info("calibration: %s%s", f"T = {decision.temperature:.3g} folded; " if decision.fold else
-                "no temperature folded; ", decision.reason)
+    record_calibration(run_dir, model, decision)
     return decision
+
+
+def record_calibration(run_dir: str | Path, model, decision, enabled: bool = True, **details) -> dict:
+    """The one calibration step of training and of the CV refit: fold the decided temperature into `model` and
+    save it (when the rule and `enabled` allow), and write `calibration.json` with the decision and `details`."""
+    from .calibration import fold_temperature
+
+    folded = bool(decision.fold and enabled)
+    if folded:
+        fold_temperature(model, decision.temperature)
+        model.save_pretrained(run_dir)
+    record = dict(decision.to_dict(), folded=folded, **details)
+    write_atomic(RunFolder(run_dir).calibration, json.dumps(record, indent=2) + "\n")
+    logger.info("calibration: %s%s", f"T = {decision.temperature:.3g} folded; " if folded else
+                "no temperature folded; ", decision.reason)
+    return record
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, model=None, processor=None, n_resamples: int = 1000,
@@ -56,25 +69,24 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, model=None, processo
     run_dir = Path(run_dir)
     if model is None:
         model, processor = load_trained(str(run_dir))
-    return report_split(model, processor, data_dir, "test", out=run_dir / "test_results.json",
+    return report_split(model, processor, data_dir, "test", out=RunFolder(run_dir).test_results,
                         n_resamples=n_resamples, title="Reliability (test split)", prefix="test",
                         cache_dir=cache_dir)
 
 
-def run(model_args, data_args, recipe_args, run_args, training_args, hub_repo: str | None = None,
-        hub_token: str | None = None) -> dict:
+def run(config: RunConfig, hub_repo: str | None = None, hub_token: str | None = None) -> dict:
     """Train, then (main process only) calibrate, evaluate, write the model card and push; returns test metrics."""
     from .families import model_family
     from .hub import push_run, write_model_card
-    from .models import load_trained
     from .training import train
 
-    train(model_args, data_args, recipe_args, run_args, training_args)
-    if training_args.process_index != 0:
+    trained = train(config)
+    if config.training.process_index != 0:
         return {}
-    run_dir = Path(training_args.output_dir)
-    model, processor = load_trained(str(run_dir))
-    decision = calibrate_run(run_dir, data_args.data_dir, run_args.calibrate, model, processor, data_args.cache_dir)
+    data_args, training_args = config.data, config.training
+    run_dir, model, processor = trained.folder.path, trained.model, trained.processor
+    decision = calibrate_run(run_dir, data_args.data_dir, config.run.calibrate, model, processor,
+                             data_args.cache_dir)
     report = evaluate_run(run_dir, data_args.data_dir, model, processor, cache_dir=data_args.cache_dir)
     write_model_card(run_dir, repo_id=hub_repo)
     if hub_repo:
@@ -135,42 +147,51 @@ def connect_cpu_processes() -> None:
         os.environ["ACCELERATE_USE_CPU"] = "true"
 
 
-def main(argv: list[str] | None = None, prog: str = "scripts/train.py") -> int:
-    """Entry point of scripts/train.py and `hfxray train`: one `error:` line and exit 2 for any HfxrayError.
-
-    Under `hfxray -q` (train, demo) it keeps to warnings, errors and the final summary.
-    """
-    from .arguments import ConfigError, parse_args
+def execute(config: RunConfig) -> dict:
+    """A whole run from a config (what `hfxray train` does after parsing): the output folder and Hub access checked
+    first, then `run`; returns the test report ({} on processes other than the main one)."""
+    from .arguments import ConfigError
     from .compat import check_versions
     from .hub import prepare_push_to_hub
     from .outputs import check_run_folder
 
-    configure()
-    connect_cpu_processes()
+    check_versions()
+    training_args = config.training
+    if training_args.output_dir in (None, "trainer_output"):
+        raise ConfigError("--output_dir is required. To fix: pass --output_dir OUT")
+    check_run_folder(training_args.output_dir, config.data.data_dir, config.model.checkpoint)
+    # Hub access is checked before any model or data work. The upload itself is hfxray's curated one (model
+    # card, safetensors, processor, results): the Trainer's would add TensorBoard runs/ and replace the card.
+    hub_repo = prepare_push_to_hub(training_args)
+    hub_token = training_args.hub_token
+    training_args.push_to_hub = False
+    training_args.hub_token = None  # never pickled into training_args.bin or checkpoints
     try:
-        check_versions()
-        model_args, data_args, recipe_args, run_args, training_args = parse_args(argv, prog=prog)
-        # hfxray's own messages at INFO on the main process unless --log_level says otherwise; replicas warn only.
-        passive = training_args.log_level == "passive" and training_args.should_log
-        configure("INFO" if passive else training_args.get_process_log_level())
-        if training_args.output_dir in (None, "trainer_output"):
-            raise ConfigError("--output_dir is required. To fix: pass --output_dir OUT")
-        check_run_folder(training_args.output_dir, data_args.data_dir, model_args.checkpoint)
-        # Hub access is checked before any model or data work. The upload itself is hfxray's curated one (model
-        # card, safetensors, processor, results): the Trainer's would add TensorBoard runs/ and replace the card.
-        hub_repo = prepare_push_to_hub(training_args)
-        hub_token = training_args.hub_token
-        training_args.push_to_hub = False
-        training_args.hub_token = None  # never pickled into training_args.bin or checkpoints
-        report = run(model_args, data_args, recipe_args, run_args, training_args, hub_repo, hub_token)
-    except HfxrayError as err:
-        print(f"error: {printable(str(err))}", file=sys.stderr)
-        return 2
+        return run(config, hub_repo, hub_token)
     finally:
         import torch
 
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def main(argv: list[str] | None = None, prog: str = "scripts/train.py") -> int:
+    """Entry point of scripts/train.py and `hfxray train`: one `error:` line and exit 2 for any HfxrayError.
+
+    Under `hfxray -q` (train, demo) it keeps to warnings, errors and the final summary.
+    """
+    configure()
+    connect_cpu_processes()
+    try:
+        config = RunConfig.from_flags(argv, prog=prog)
+        # hfxray's own messages at INFO on the main process unless --log_level says otherwise; replicas warn only.
+        training_args = config.training
+        passive = training_args.log_level == "passive" and training_args.should_log
+        configure("INFO" if passive else training_args.get_process_log_level())
+        report = execute(config)
+    except HfxrayError as err:
+        print(f"error: {printable(str(err))}", file=sys.stderr)
+        return 2
     if report:
-        print(summary(training_args.output_dir, data_args.data_dir, report, report.get("calibration")))
+        print(summary(config.training.output_dir, config.data.data_dir, report, report.get("calibration")))
     return 0

@@ -168,29 +168,29 @@ def test_data_cache_command_lists_and_clears(prepared_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_second_training_run_does_not_decode_again(prepared_dir, tmp_path, monkeypatch):
-    from hfxray.arguments import parse_args
+    from hfxray.runs import RunConfig
     from hfxray.training import train
 
     def arguments(out):
-        return parse_args(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data-dir",
+        return RunConfig.from_flags(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data-dir",
                            str(prepared_dir), "--output-dir", str(out), "--cache_dir", str(tmp_path / "cache"),
                            "--max_steps", "2", "--max_train_samples", "32", "--per_device_train_batch_size", "8",
                            "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no",
                            "--load_best_model_at_end", "false", "--average_last_epochs", "0",
                            "--image_size", "64", "--resize_size", "72"])
 
-    assert train(*arguments(tmp_path / "first"))["global_step"] == 2
+    assert train(arguments(tmp_path / "first")).metrics["global_step"] == 2
     entries = list_entries(tmp_path / "cache", prepared_dir)
     assert sorted(info["split"] for _, info in entries) == ["train", "validation"]
     monkeypatch.setattr("hfxray.transforms.decode_resized", _no_decoding)
-    assert train(*arguments(tmp_path / "second"))["global_step"] == 2
+    assert train(arguments(tmp_path / "second")).metrics["global_step"] == 2
     assert list_entries(tmp_path / "cache", prepared_dir) == entries
     # A cross-validation fold (rows pooled from train + validation) reads the same entries.
     from hfxray.cv import pool_rows, pool_selector
 
     rows = pool_rows(prepared_dir)
     fold = [row["file"] for row in rows[::2]]
-    assert train(*arguments(tmp_path / "fold"), select_splits=pool_selector(prepared_dir, fold, None))[
+    assert train(arguments(tmp_path / "fold"), select_splits=pool_selector(prepared_dir, fold, None)).metrics[
         "global_step"] == 2
     assert list_entries(tmp_path / "cache", prepared_dir) == entries
 

@@ -149,7 +149,7 @@ def test_cv_trains_each_fold_once_resumes_and_refits(prepared_dir, tmp_path, mon
     real_train = hfxray.training.train
 
     def counting_train(*a, **k):
-        calls[a[4].output_dir] += 1
+        calls[a[0].training.output_dir] += 1
         return real_train(*a, **k)
 
     monkeypatch.setattr(hfxray.training, "train", counting_train)

@@ -10,12 +10,13 @@ import json
 import pytest
 
 from hfxray.models import create_model
-from hfxray.workflow import main
+from hfxray.runs import RunConfig
+from hfxray.workflow import execute
 
 
-def _train(prepared_dir, out, kind, *extra):
-    assert main(["--model", kind, "--preset", "small", "--recipe", "scratch", "--data-dir", str(prepared_dir),
-                 "--output-dir", str(out), "--disable_tqdm", "true", "--report_to", "none", *extra]) == 0
+def _train(prepared_dir, out, kind, **extra):
+    execute(RunConfig.build(model=kind, preset="small", recipe="scratch", data_dir=prepared_dir, output_dir=out,
+                            disable_tqdm=True, report_to="none", **extra))
     return json.loads((out / "test_results.json").read_text()), json.loads((out / "train_results.json").read_text())
 
 
@@ -30,24 +31,25 @@ def test_small_preset_is_the_same_class_and_size_band(kind):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["vit", "bit", "hybrid"])
 def test_each_kind_learns_clearly_better_than_chance_in_a_few_epochs(kind, prepared_dir, tmp_path):
-    test, _ = _train(prepared_dir, tmp_path / kind, kind, "--num_train_epochs", "5")
+    test, _ = _train(prepared_dir, tmp_path / kind, kind, num_train_epochs=5)
     print(f"{kind} small/scratch 5 epochs: accuracy {test['test_accuracy']:.3f}, AUROC {test['test_auroc']:.3f}")
     assert test["test_auroc"] >= 0.70 and test["test_accuracy"] >= 0.60
 
 
 @pytest.mark.slow
 def test_refit_of_the_bit_recipe_trains_within_five_minutes_and_beats_chance_clearly(prepared_dir, tmp_path):
-    from hfxray.arguments import parse_args
     from hfxray.cv import FORCED_FLAGS, pool_rows, pool_selector
+    from hfxray.runs import RunConfig
     from hfxray.training import train
     from hfxray.workflow import evaluate_run
 
     out = tmp_path / "bit-refit"
-    args = parse_args(["--model", "bit", "--preset", "small", "--recipe", "scratch", "--data-dir", str(prepared_dir),
+    config = RunConfig.from_flags(["--model", "bit", "--preset", "small", "--recipe", "scratch", "--data-dir", str(prepared_dir),
                        "--output-dir", str(out), "--disable_tqdm", "true", "--report_to", "none", *FORCED_FLAGS])
     files = [row["file"] for row in pool_rows(prepared_dir)]
-    metrics = train(*args, select_splits=pool_selector(prepared_dir, files, None))
-    test = evaluate_run(out, prepared_dir, n_resamples=200)
+    trained = train(config, select_splits=pool_selector(prepared_dir, files, None))
+    metrics = trained.metrics
+    test = evaluate_run(out, prepared_dir, trained.model, trained.processor, n_resamples=200)
     print(f"bit small/scratch refit on {len(files)} images: accuracy {test['accuracy']:.3f}, AUROC "
           f"{test['auroc']:.3f}, {metrics['train_runtime']:.0f} s")
     assert metrics["train_runtime"] <= 300

@@ -288,12 +288,13 @@ def test_overwrite_output_dir_removes_the_earlier_runs_results_too(tmp_path):
     import contextlib
     from types import SimpleNamespace
 
-    from hfxray.training import RUN_FILES, _start_over
+    from hfxray.runs import RunFolder
+    from hfxray.training import _start_over
 
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
     (tmp_path / "runs").mkdir()  # TensorBoard: one sub-folder per run, kept
-    for name in RUN_FILES:
+    for name in RunFolder.RESULTS:
         (tmp_path / name).write_text("the earlier run's")
     args = SimpleNamespace(output_dir=str(tmp_path), process_index=0,
                            main_process_first=lambda desc: contextlib.nullcontext())

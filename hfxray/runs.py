@@ -1,0 +1,152 @@
+"""A training run as Python data: its configuration (`RunConfig`), what training hands on (`TrainedRun`), and the
+names of the files in its folder (`RunFolder`).
+
+`RunConfig` is built once, from flags and YAML (`RunConfig.from_flags`), and is what `training.train`,
+`workflow.run` and cross-validation take; a variant of it is `config.replace(...)`, never a re-parsed flag list.
+`train` returns the model it trained, so calibration, evaluation and the card work on what the run holds in
+memory rather than on a copy re-read from disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The five argument sets of one run (hfxray.arguments), resolved and validated.
+
+    Frozen: a change is a new config (`replace`), so a config handed to a fold cannot alter another's. It unpacks
+    into its five parts in order (`model, data, recipe, run, training = config`).
+    """
+
+    model: object  # arguments.ModelArguments
+    data: object  # arguments.DataArguments
+    recipe: object  # arguments.RecipeArguments
+    run: object  # arguments.RunArguments
+    training: object  # transformers.TrainingArguments
+
+    @classmethod
+    def from_flags(cls, argv: list[str] | None = None, prog: str = "scripts/train.py") -> RunConfig:
+        """Flags (and the recipe and --config YAML they name), parsed and validated (`arguments.parse_args`)."""
+        from .arguments import parse_args
+
+        return cls(*parse_args(argv, prog=prog))
+
+    @classmethod
+    def build(cls, **values) -> RunConfig:
+        """A config from argument names and Python values, resolved exactly as the same flags would be (recipe <
+        --config < these values, then validated): `RunConfig.build(model="bit", preset="tiny", data_dir=d,
+        output_dir=o, num_train_epochs=2)`."""
+        return cls.from_flags(_flags(values))
+
+    def __iter__(self):
+        return iter((self.model, self.data, self.recipe, self.run, self.training))
+
+    def replace(self, **changes: dict) -> RunConfig:
+        """A copy with fields of the argument sets changed: `config.replace(training={"output_dir": d, "seed": 1})`.
+
+        Each argument set is copied (dataclasses.replace), so the original config is untouched; TrainingArguments
+        re-runs its own checks on the copy.
+        """
+        parts = {}
+        for name in ("model", "data", "recipe", "run", "training"):
+            current = getattr(self, name)
+            parts[name] = dataclasses.replace(current, **changes[name]) if changes.get(name) else current
+        unknown = set(changes) - set(parts)
+        if unknown:
+            raise TypeError(f"RunConfig has no argument set {sorted(unknown)}")
+        return RunConfig(**parts)
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.training.output_dir)
+
+
+def _flags(values: dict) -> list[str]:
+    """`{"max_steps": 2, "report_to": ["none"], "hflip": True}` -> `["--max_steps", "2", "--report_to", "none",
+    "--hflip", "true"]`."""
+    flags = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        flags += [f"--{name}", *("true" if v is True else "false" if v is False else str(v) for v in items)]
+    return flags
+
+
+@dataclass
+class TrainedRun:
+    """What `training.train` hands on: the trained model (as saved), its processor, and the training metrics."""
+
+    model: object
+    processor: object
+    metrics: dict
+    folder: RunFolder
+
+
+class RunFolder:
+    """The files of a run folder, named once. A run folder is a complete Hub model repo."""
+
+    # Written by training and the steps after it (`hfxray.workflow`).
+    ARGS = "args.yaml"  # the resolved arguments
+    CONFIG = "config.json"
+    WEIGHTS = "model.safetensors"
+    PROCESSOR = "preprocessor_config.json"
+    CALIBRATION = "calibration.json"
+    TRAIN_RESULTS = "train_results.json"
+    TEST_RESULTS = "test_results.json"
+    TEST_RELIABILITY = "test_reliability.png"
+    CARD = "README.md"
+    # What a finished run leaves beside its checkpoints (TensorBoard's runs/ keeps one folder per run), the
+    # Trainer's own files included; each results JSON also has its reliability diagram beside it.
+    RESULTS = (ARGS, CONFIG, WEIGHTS, PROCESSOR, CALIBRATION, TRAIN_RESULTS, TEST_RESULTS, CARD, "all_results.json",
+               "eval_results.json", "trainer_state.json", "training_args.bin")
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def args(self) -> Path:
+        return self.path / self.ARGS
+
+    @property
+    def calibration(self) -> Path:
+        return self.path / self.CALIBRATION
+
+    @property
+    def train_results(self) -> Path:
+        return self.path / self.TRAIN_RESULTS
+
+    @property
+    def test_results(self) -> Path:
+        return self.path / self.TEST_RESULTS
+
+    @property
+    def test_reliability(self) -> Path:
+        return self.path / self.TEST_RELIABILITY
+
+    @property
+    def card(self) -> Path:
+        return self.path / self.CARD
+
+    def earlier_results(self) -> list[Path]:
+        """An earlier run's result files here (what --overwrite_output_dir removes, so that a new run that fails
+        leaves none that look like its own): RESULTS, `hfxray evaluate`'s default outputs (`SPLIT_evaluation.json`)
+        and the reliability diagram beside each results JSON. Links are never followed or listed."""
+        from .evaluation import reliability_path
+
+        if not self.path.is_dir():
+            return []
+        results = [self.test_results, *self.path.glob("*_evaluation.json")]
+        candidates = [self.path / name for name in self.RESULTS] + results + [reliability_path(p) for p in results]
+        return [path for path in dict.fromkeys(candidates) if path.is_file() and not path.is_symlink()]
