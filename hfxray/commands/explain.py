@@ -17,9 +17,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", required=True, choices=METHODS,
                         help="gradcam: all kinds; rollout: vit and hybrid; actmax: all kinds")
     parser.add_argument("--out", required=True,
-                        help="output folder: <image>.<model folder name>.<method>.png per image and "
-                             "<model folder name>.<method>.csv/.json with each map's status; several models and "
-                             "methods can share it")
+                        help="output folder: <image>.<model folder name>.<method>.png per image, its map as "
+                             ".npz in the image file's pixel grid, and <model folder name>.<method>.csv/.json with "
+                             "each map's status and lifts; several models and methods can share it")
     parser.add_argument("--target-class", default=None,
                         help="class Grad-CAM explains, by name or index (default: each image's prediction)")
     parser.add_argument("--steps", type=int, default=200, help="activation-maximization gradient steps")

@@ -1,8 +1,10 @@
 """Explainability for every model kind: Grad-CAM, attention rollout and activation maximization.
 
     from hfxray.explain import explain
-    explain("runs/vit-tiny", "gradcam", ["xrays/"], "figures/")  # <image>.vit-tiny.gradcam.png per image,
-                                                                   # vit-tiny.gradcam.csv/.json: each map's status
+    explain("runs/vit-tiny", "gradcam", ["xrays/"], "figures/")  # <image>.vit-tiny.gradcam.png per image, its
+                                                                   # map as <image>.vit-tiny.gradcam.npz (the file's
+                                                                   # pixel grid), vit-tiny.gradcam.csv/.json: each
+                                                                   # map's status and localisation (lifts)
     explain("runs/vit-tiny", "actmax", [], "figures/")           # vit-tiny.actmax.png, a row per model
 
 `gradcam_map`, `rollout_map` and `activation_maximization` work on a loaded model and tensors, for notebooks and
@@ -26,7 +28,9 @@ from ..imaging import ImageProblem, expand_paths, load_rgb
 from ..families import UnsupportedModelError, adapter_for, model_family
 from ..logs import progress_bar_disable
 from .actmax import ActMaxResult, activation_maximization, input_spec
+from .arrays import array_origin, input_geometry, save_map_array
 from .figures import save_actmax_grid, save_heatmap_figure
+from .localisation import localisation
 from .gradcam import QUANTITY, STATUS_TEXT, GradCamResult, gradcam_map, gradcam_target, gradcam_with_status
 from .rollout import NotApplicable, rollout_map
 
@@ -104,6 +108,8 @@ def check_overwrite(paths: Sequence[Path], origin: dict[str, str]) -> None:
             continue
         if path.suffix == ".png":
             found = figure_origin(path)
+        elif path.suffix == ".npz":
+            found = array_origin(path)
         else:
             found = _summary_origin(path)
         if found != origin:
@@ -157,6 +163,7 @@ class Explained:
     """What `explain_images` wrote: figure paths, and the per-image summary (CSV and JSON) with each map's status."""
 
     figures: list[Path] = field(default_factory=list)
+    arrays: list[Path] = field(default_factory=list)  # the maps as .npz, one per figure (hfxray.explain.arrays)
     rows: list[dict] = field(default_factory=list)
     summary_csv: Path | None = None
     summary_json: Path | None = None
@@ -166,8 +173,8 @@ class Explained:
         return [row for row in self.rows if row["status"] != "ok"]
 
 
-SUMMARY_FIELDS = ("image", "figure", "predicted", "probability", "explained", "quantity", "layer", "status",
-                  "positive_share")
+SUMMARY_FIELDS = ("image", "figure", "array", "predicted", "probability", "explained", "quantity", "layer", "status",
+                  "positive_share", "body_lift", "body_area", "band_lift", "band_area")
 
 
 def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
@@ -175,6 +182,10 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
                    on_skip: Callable[[Path, str], None] | None = None, name: str | None = None,
                    source: str | None = None) -> Explained:
     """Grad-CAM or rollout figures for one model, `<image>.<name>.<method>.png`, plus `<name>.<method>.csv/.json`.
+
+    Each map is also saved as `<image>.<name>.<method>.npz` beside its figure, in the pixel grid of the image file
+    (`hfxray.explain.arrays`); the summary gives each map's lift over the body and over the outer band
+    (`hfxray.explain.localisation`: 1 = a uniform map's value) with the regions' area shares.
 
     `name` labels the figures (default: the model folder's name, or the model kind); `source` identifies the model
     for the overwrite check (default: the resolved model folder, else `name`). A figure this model and method wrote
@@ -196,7 +207,8 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
     planned = [_unique_path(out, Path(path).stem, f".{name}.{method}.png", used) for path in paths]
     result = Explained(summary_csv=out / f"{name}.{method}.csv", summary_json=out / f"{name}.{method}.json")
     origin = _origin(source, method)
-    check_overwrite([*planned, result.summary_csv, result.summary_json], origin)
+    check_overwrite([*planned, *(path.with_suffix(".npz") for path in planned), result.summary_csv,
+                     result.summary_json], origin)
     out.mkdir(parents=True, exist_ok=True)
     items = zip(paths, planned)
     if progress:
@@ -232,14 +244,29 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
             explained_label = ""
         warning = "" if status == "ok" else f"degenerate map ({status}): {STATUS_TEXT[status]}"
         title = f"{Path(path).name}: predicted {labels[predicted]} (p = {probabilities[predicted]:.2f})  [{name}]"
-        result.figures.append(save_heatmap_figure(_decode(pixel_values[0], processor), heatmap, figure_path, title,
-                                                  heatmap_title, warning, origin))
-        result.rows.append({"image": str(path), "figure": figure_path.name, "predicted": labels[predicted],
+        seen = _decode(pixel_values[0], processor)
+        result.figures.append(save_heatmap_figure(seen, heatmap, figure_path, title, heatmap_title, warning, origin))
+        array_path = save_map_array(
+            figure_path.with_suffix(".npz"), heatmap, input_geometry(processor, (image.height, image.width)),
+            method=method, model=source, model_name=name, layer=layer, quantity=quantity, status=status,
+            target_class=explained if method == "gradcam" else -1, target_label=explained_label,
+            predicted=labels[predicted], probability=float(probabilities[predicted]), image=str(path))
+        result.arrays.append(array_path)
+        lifts = localisation(heatmap, seen[..., 0] / 255.0) if status == "ok" else {}
+        result.rows.append({"image": str(path), "figure": figure_path.name, "array": array_path.name,
+                            "predicted": labels[predicted],
                             "probability": round(float(probabilities[predicted]), 4), "explained": explained_label,
                             "quantity": quantity, "layer": layer, "status": status,
-                            "positive_share": round(float(share), 4)})
+                            "positive_share": round(float(share), 4),
+                            **{key: _rounded(lifts.get(key)) for key in ("body_lift", "body_area", "band_lift",
+                                                                          "band_area")}})
     _write_summary(result, origin, name)
     return result
+
+
+def _rounded(value: float | None) -> float | None:
+    """4 decimals for the summary; a lift that does not exist (degenerate map, empty region) is left blank."""
+    return None if value is None or not np.isfinite(value) else round(float(value), 4)
 
 
 def _write_summary(result: Explained, origin: dict[str, str], name: str) -> None:
