@@ -221,11 +221,21 @@ def push_dataset(data_dir: str | os.PathLike, repo_id: str, private: bool = Fals
     return marker
 
 
-def write_record(data_dir: Path, repo_id: str | None, origin: str | None = None) -> None:
-    """Note in prepared folder `data_dir` the Hub dataset it is published as (None: none) and where it came from."""
+def write_record(data_dir: Path, repo_id: str | None, origin: str | None = None, content: str | None = None) -> None:
+    """Note in prepared folder `data_dir` the Hub dataset it is published as (None: none), and, for a folder read
+    back from a dataset repo, where it came from and the repo content it holds."""
     manifest = hashlib.sha256((data_dir / MANIFEST_NAME).read_bytes()).hexdigest()
-    (data_dir / RECORD_NAME).write_text(json.dumps({"repo_id": repo_id, "origin": origin,
+    (data_dir / RECORD_NAME).write_text(json.dumps({"repo_id": repo_id, "origin": origin, "content": content,
                                                     "manifest_sha256": manifest}) + "\n", encoding="utf-8")
+
+
+def _content(folder: Path) -> str | None:
+    """The repo content a read-back folder holds (its record is written last), or None."""
+    try:
+        record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get("content") if isinstance(record, dict) and (folder / MARKER_NAME).is_file() else None
 
 
 def dataset_repo_id(data_dir: str | os.PathLike | None) -> str | None:
@@ -246,19 +256,25 @@ def dataset_repo_id(data_dir: str | os.PathLike | None) -> str | None:
 # ---- reading a dataset repo back as a prepared folder ------------------------------------------------------------
 
 def _unusable(where: str, what: str) -> DatasetRepoError:
-    return DatasetRepoError(f"{where}: {what}. To fix: write the dataset repo again with `hfxray data push`, or "
+    return DatasetRepoError(f"{printable(where)}: {what}. To fix: write the dataset repo again with `hfxray data push`, or "
                             "pass the prepared folder it was made from.")
 
 
 def _materialise(dataset, manifest: bytes, repo_id: str | None, origin: str, root: Path) -> Path:
-    """The ImageFolder of a loaded dataset repo under `root`, written once per content (then reused); `repo_id` is
-    the Hub dataset it is published as, recorded for model cards (None for an unpublished local copy)."""
+    """The ImageFolder of a loaded dataset repo under `root`; `repo_id` is the Hub dataset it is published as,
+    recorded for model cards (None for an unpublished local copy).
+
+    One folder per origin (a repo folder's absolute path, or a Hub id), rewritten when the repo's content changes
+    (its manifest, or the shards' `datasets` fingerprints) and reused otherwise: processes that resolve the same
+    repo at once (DDP ranks) each find, or build and then find, the same complete folder.
+    """
     from datasets import Image
 
-    key = hashlib.sha256(manifest + json.dumps({"splits": {name: split._fingerprint for name, split in dataset.items()},
-                                                "repo_id": repo_id}, sort_keys=True).encode()).hexdigest()[:24]
-    target = root / key
-    if (target / MARKER_NAME).is_file() and (target / RECORD_NAME).is_file():  # written last: complete
+    target = root / hashlib.sha256(origin.encode()).hexdigest()[:24]
+    content = hashlib.sha256(manifest + json.dumps(
+        {"splits": {name: split._fingerprint for name, split in dataset.items()}, "repo_id": repo_id},
+        sort_keys=True).encode()).hexdigest()
+    if _content(target) == content:
         return target
     rows = list(csv.DictReader(io.StringIO(manifest.decode("utf-8"))))
     expected = {row["file"]: row for row in rows if row.get("status") == "kept"}
@@ -289,10 +305,16 @@ def _materialise(dataset, manifest: bytes, repo_id: str | None, origin: str, roo
             raise _unusable(origin, f"{len(expected) - written} kept image(s) of the manifest are not in the shards")
         (staging / MANIFEST_NAME).write_bytes(manifest)
         (staging / MARKER_NAME).write_text(json.dumps({"kind": MARKER_KIND, "complete": True}) + "\n")
-        write_record(staging, repo_id, origin)
-        if target.exists():  # an unfinished or stale copy: replaced whole
+        write_record(staging, repo_id, origin, content)
+        if _content(target) == content:  # another process finished first
+            return target
+        if target.exists():  # the copy of an earlier content: replaced whole
             shutil.rmtree(target, ignore_errors=True)
-        os.rename(staging, target)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if _content(target) != content:  # not another process renaming the same content into place
+                raise
     except FileExistsError:
         raise _unusable(origin, "two rows share one file name") from None
     except OSError as err:
@@ -330,9 +352,10 @@ def _resolve(data_dir: str, cache_dir: str | None) -> str:
         if not is_dataset_repo(data_dir):
             return data_dir  # a prepared folder (or a mistake that check_prepared reports)
         source, from_hub = data_dir, False
+        origin = str(Path(data_dir).resolve())
     else:
         source, unreachable = hub_source(data_dir)
-        from_hub = True
+        from_hub, origin = True, data_dir
         if source is None:
             raise DatasetRepoError(f"{printable(data_dir)}: not a local folder, and the Hub cannot be reached to load "
                                    f"it as a dataset repo ({unreachable}); no copy is cached. To fix: pass a "
@@ -352,7 +375,7 @@ def _resolve(data_dir: str, cache_dir: str | None) -> str:
 
         cache_dir = config.HF_DATASETS_CACHE
     published = from_hub or marker.get("published") is True
-    return str(_materialise(dataset, manifest, marker.get("repo_id") if published else None, data_dir,
+    return str(_materialise(dataset, manifest, marker.get("repo_id") if published else None, origin,
                             Path(cache_dir).expanduser() / MATERIALISED))
 
 

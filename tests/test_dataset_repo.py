@@ -238,3 +238,67 @@ def test_unreachable_or_foreign_dataset_ids_are_one_line(tmp_path, capsys):
     # A bare name is a folder: check_prepared's own message follows.
     assert resolve_data_dir("prepared-typo", tmp_path) == "prepared-typo"
 
+
+@pytest.mark.slow
+def test_training_from_the_local_repo_matches_the_prepared_folder(local_repo, prepared_dir, tiny_runs, tmp_path):
+    """Same seed and flags as the `tiny_runs` vit run (trained on the prepared folder): same split, same groups,
+    same metrics."""
+    import yaml
+
+    from hfxray.workflow import main as train_main
+
+    out = tmp_path / "vit-from-repo"
+    code = train_main(["--model", "vit", "--preset", "tiny", "--recipe", "scratch", "--data-dir", str(local_repo),
+                       "--output-dir", str(out), "--num_train_epochs", "2", "--max_train_samples", "128",
+                       "--logging_steps", "2", "--image_size", "64", "--resize_size", "72",
+                       "--cache_dir", str(tmp_path / "cache")])
+    assert code == 0
+    args = yaml.safe_load((out / "args.yaml").read_text())
+    reference = yaml.safe_load((tiny_runs["vit"] / "args.yaml").read_text())
+    used = Path(args["data_dir"])
+    assert used.is_relative_to(tmp_path / "cache")
+    assert {k: args[k] for k in ("train_size", "validation_size", "test_size")} == {
+        k: reference[k] for k in ("train_size", "validation_size", "test_size")}
+    with (used / MANIFEST_NAME).open(newline="") as a, (prepared_dir / MANIFEST_NAME).open(newline="") as b:
+        assert [(r["file"], r["split"], r["patient_group"]) for r in csv.DictReader(a)] == [
+            (r["file"], r["split"], r["patient_group"]) for r in csv.DictReader(b)]
+    results = json.loads((out / "test_results.json").read_text())
+    expected = json.loads((tiny_runs["vit"] / "test_results.json").read_text())
+    assert results["test_n"] == expected["test_n"] and results["test_n_positive"] == expected["test_n_positive"]
+    for key in ("test_accuracy", "test_auroc", "test_ece"):
+        assert results[key] == pytest.approx(expected[key], abs=1e-6), key
+    # A --local copy names the repo it is meant for, but is not published: the model card cites no dataset.
+    from huggingface_hub import ModelCard
+
+    assert ModelCard.load(out / "README.md").data.datasets is None
+
+
+def test_evaluate_reads_the_local_repo_as_data_dir(local_repo, tiny_runs, tmp_path, monkeypatch):
+    from datasets import config
+
+    monkeypatch.setattr(config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "evaluation.json"
+    assert main(["-q", "evaluate", "--model", str(tiny_runs["vit"]), "--data-dir", str(local_repo), "--out",
+                 str(out), "--n-resamples", "10"]) == 0
+    report = json.loads(out.read_text())
+    expected = json.loads((tiny_runs["vit"] / "test_results.json").read_text())
+    assert report["n"] == expected["test_n"]
+    assert report["accuracy"] == pytest.approx(expected["test_accuracy"], abs=1e-6)
+
+
+def test_a_changed_repo_replaces_its_copy_and_a_damaged_one_is_refused(local_repo, tmp_path):
+    from hfxray.dataset_repo import DatasetRepoError, resolve_data_dir
+
+    repo = tmp_path / "repo"
+    shutil.copytree(local_repo, repo)
+    first = resolve_data_dir(str(repo), tmp_path / "cache")
+    rows = list(csv.DictReader((repo / MANIFEST_NAME).open(newline="")))
+    moved = next(row for row in rows if row["split"] == "train")
+    moved["split"] = "validation"  # the manifest no longer agrees with the shards
+    with (repo / MANIFEST_NAME).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DatasetRepoError, match=r"disagrees with the repo's manifest.*To fix:"):
+        resolve_data_dir(str(repo), tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache" / "hfxray-dataset-repos").iterdir()] == [Path(first).name]
