@@ -302,3 +302,21 @@ def test_a_changed_repo_replaces_its_copy_and_a_damaged_one_is_refused(local_rep
     with pytest.raises(DatasetRepoError, match=r"disagrees with the repo's manifest.*To fix:"):
         resolve_data_dir(str(repo), tmp_path / "cache")
     assert [p.name for p in (tmp_path / "cache" / "hfxray-dataset-repos").iterdir()] == [Path(first).name]
+
+
+def test_bit_hyperrule_reads_the_repo_as_it_reads_the_prepared_folder(local_repo, prepared_dir, tmp_path):
+    """BiT-HyperRule's data-dependent settings are read before the full parse: the repo is resolved there too."""
+    from hfxray.arguments import parse_args
+    from hfxray.recipes import bit_hyperrule_steps
+
+    def settings(data_dir):
+        _, data, recipe, _, training = parse_args([
+            "--model", "bit", "--preset", "full", "--recipe", "paper", "--data_dir", str(data_dir),
+            "--output_dir", str(tmp_path / "run"), "--cache_dir", str(tmp_path / "cache")])
+        return data.data_dir, (training.max_steps, recipe.lr_milestones, recipe.resize_size, recipe.image_size)
+
+    used, from_repo = settings(local_repo)
+    assert Path(used).is_relative_to(tmp_path / "cache")
+    assert from_repo == settings(prepared_dir)[1]
+    train = sum(kept_counts(read_manifest(prepared_dir))["train"].values())
+    assert from_repo[0] == bit_hyperrule_steps(train)[2]
