@@ -77,6 +77,13 @@ def is_dataset_repo(folder: str | os.PathLike) -> bool:
     return Path(folder).is_dir() and _read_repo_marker(Path(folder)) is not None
 
 
+def _bad_file(file: str, split: str, label: str) -> bool:
+    """Whether a manifest `file` is not the plain `split/label/name` that `hfxray data prepare` writes: a name
+    read from a manifest or a downloaded repo is untrusted, and joined to a folder it could reach anywhere."""
+    parts = PurePosixPath(file).parts
+    return len(parts) != 3 or parts[:2] != (split, label) or bool(unsafe_name_reason(parts[2]))
+
+
 def _features():
     from datasets import ClassLabel, Features, Image, Value
 
@@ -122,7 +129,13 @@ def write_repo(data_dir: str | os.PathLike, out: str | os.PathLike, repo_id: str
     rows = read_manifest(data_dir)
     cohen = cohen_licenses(cohen_metadata)
     kept = [dict(row, license=row_license(row, cohen)) for row in rows if row.get("status") == "kept"]
-    missing = [row["file"] for row in kept if not (data_dir / row["file"]).is_file()]
+    unsafe = [row["file"] for row in kept if _bad_file(row["file"], row["split"], row["label"])]
+    if unsafe:
+        raise DatasetRepoError(f"{printable(str(data_dir))}: the manifest names {len(unsafe)} kept image(s) outside "
+                               f"their split/label folder (e.g. {printable(unsafe[0])!r}). To fix: re-run `hfxray data "
+                               "prepare`.")
+    missing = [row["file"] for row in kept
+               if (data_dir / row["file"]).is_symlink() or not (data_dir / row["file"]).is_file()]
     if missing:
         raise DatasetRepoError(f"{printable(str(data_dir))}: {len(missing)} image(s) of the manifest are missing (e.g. "
                                f"{printable(missing[0])}). To fix: re-run `hfxray data prepare`.")
@@ -256,8 +269,8 @@ def dataset_repo_id(data_dir: str | os.PathLike | None) -> str | None:
 # ---- reading a dataset repo back as a prepared folder ------------------------------------------------------------
 
 def _unusable(where: str, what: str) -> DatasetRepoError:
-    return DatasetRepoError(f"{printable(where)}: {what}. To fix: write the dataset repo again with `hfxray data push`, or "
-                            "pass the prepared folder it was made from.")
+    return DatasetRepoError(f"{printable(where)}: {what}. To fix: write the dataset repo again with `hfxray data "
+                            "push`, or pass the prepared folder it was made from.")
 
 
 def _materialise(dataset, manifest: bytes, repo_id: str | None, origin: str, root: Path) -> Path:
@@ -292,10 +305,8 @@ def _materialise(dataset, manifest: bytes, repo_id: str | None, origin: str, roo
             for batch in split.cast_column("image", Image(decode=False)).iter(batch_size=ROWS_PER_GROUP):
                 for image, label, file in zip(batch["image"], batch["label"], batch["file"]):
                     row = expected.get(file)
-                    parts = PurePosixPath(file).parts
-                    if (row is None or row["split"] != split_name or row["label"] != names[label] or len(parts) != 3
-                            or parts[:2] != (split_name, names[label]) or unsafe_name_reason(parts[2])
-                            or not image.get("bytes")):
+                    if (row is None or row["split"] != split_name or row["label"] != names[label]
+                            or _bad_file(file, split_name, names[label]) or not image.get("bytes")):
                         raise _unusable(origin, f"row {printable(file)!r} of {split_name} disagrees with the repo's "
                                                 "manifest (split, label, name or image bytes)")
                     with (staging / file).open("xb") as handle:

@@ -320,3 +320,37 @@ def test_bit_hyperrule_reads_the_repo_as_it_reads_the_prepared_folder(local_repo
     assert from_repo == settings(prepared_dir)[1]
     train = sum(kept_counts(read_manifest(prepared_dir))["train"].values())
     assert from_repo[0] == bit_hyperrule_steps(train)[2]
+
+
+def test_upload_problems_are_one_line_without_the_token(prepared_dir, monkeypatch, capsys):
+    from huggingface_hub import HfApi, constants
+
+    token = "hf_FAKEtokenNEVERtoBEshown1234567890"
+    _one_line_error(capsys, _push("--data-dir", str(prepared_dir), "--repo-id", REPO_ID),
+                    "HF_HUB_OFFLINE", "--local")  # the tests' offline Hub
+
+    def refuse(self, repo_id, **kwargs):
+        raise RuntimeError(f"403 Forbidden for {repo_id} with Authorization: Bearer {token}")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    err = _one_line_error(capsys, _push("--data-dir", str(prepared_dir), "--repo-id", REPO_ID),
+                          f"upload to the dataset repo {REPO_ID} failed")
+    assert token not in err and "***" in err
+
+
+def test_a_manifest_naming_a_file_outside_its_folder_is_refused(prepared_dir, tmp_path, capsys):
+    prepared = tmp_path / "prepared"
+    shutil.copytree(prepared_dir, prepared, copy_function=os.link, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    rows = read_manifest(prepared_dir)
+    kept = next(row for row in rows if row["status"] == "kept" and row["split"] == "test")
+    kept["file"] = "test/normal/../../../outside.jpeg"
+    with (prepared / MANIFEST_NAME).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _one_line_error(capsys, _push("--data-dir", str(prepared), "--repo-id", REPO_ID, "--local",
+                                  str(tmp_path / "repo")), "outside their split/label folder")
+    assert not (tmp_path / "repo").exists()
