@@ -99,6 +99,7 @@ def test_cohen_metadata_gives_cohen_images_their_own_licence(prepared_dir, cohen
     assert licences["1-s2.0-S0929664620300449-gr2_lrg-a.jpg"] == "CC BY-NC-ND"
     assert licences["39EE8E69-5801-48DE-B6E3-BE7D1BCF3092.jpeg"] == "not stated"
     assert licences["person1007_virus_1690.jpeg"] == "CC BY 4.0"
+    assert row_license({"format": "kermany", "source_file": "any-name.jpeg"}, table) == "CC BY 4.0"
     assert hub_license("CC BY-NC-SA 4.0") == "cc-by-nc-sa-4.0" and hub_license("CC BY-NC-SA") == "other"
 
 
