@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .data import DataError, check_prepared
+from .dataset_repo import resolve_data_dir
 from .errors import HfxrayError, excerpt
 from .models import MODEL_NAMES, PRESETS
 from .recipes import SCHEDULES, TRAINER_SCHEDULE
@@ -224,7 +225,7 @@ def _read_yaml(path: Path, known: dict[str, str]) -> dict:
     return {key: _check_value(path, key, value, known[key]) for key, value in values.items()}
 
 
-def _hyperrule_values(data_dir: str | None, batch_size: int) -> dict:
+def _hyperrule_values(data_dir: str | None, batch_size: int, cache_dir: str | None = None) -> dict:
     """BiT-HyperRule's data-dependent settings for the prepared folder (hfxray/recipes.py holds the rule)."""
     from statistics import median
 
@@ -234,6 +235,7 @@ def _hyperrule_values(data_dir: str | None, batch_size: int) -> dict:
     if not data_dir:
         return {}  # validate() reports the missing --data_dir
     try:
+        data_dir = resolve_data_dir(data_dir, cache_dir)
         rows = [row for row in read_manifest(data_dir) if row["status"] == "kept" and row["split"] == "train"]
     except (OSError, DataError, KeyError):
         return {}  # validate() reports the unprepared folder
@@ -303,10 +305,10 @@ def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
     recipe_values = _read_yaml(recipe_path(model, recipe), known)
     explicit = _explicit_names(argv) | set(config_values)
     if recipe_values.get("bit_hyperrule") or config_values.get("bit_hyperrule"):
-        sizes = _early(argv, ("data_dir", "per_device_train_batch_size", "gradient_accumulation_steps"),
+        sizes = _early(argv, ("data_dir", "cache_dir", "per_device_train_batch_size", "gradient_accumulation_steps"),
                        config_values, recipe_values)
         batch = int(sizes["per_device_train_batch_size"] or 1) * int(sizes["gradient_accumulation_steps"] or 1)
-        recipe_values.update(_hyperrule_values(sizes["data_dir"], batch))
+        recipe_values.update(_hyperrule_values(sizes["data_dir"], batch, sizes["cache_dir"]))
     notes = fit_recipe_to_preset(recipe_values, early["preset"] or ModelArguments.preset, explicit)
     _apply_explicit(recipe_values, explicit)
     parser = _parser_class()(_dataclasses(), prog=prog)
@@ -468,6 +470,9 @@ def validate(model_args, data_args, recipe_args, training_args, explicit: set[st
         raise ConfigError("--data_dir is required. To fix: run `hfxray data prepare --source SOURCE_DIR --out "
                           "PREPARED` and pass --data_dir PREPARED")
     try:
+        # A dataset repo of `hfxray data push` (folder or Hub id) is read back as a prepared folder: every later
+        # step (training, calibration, evaluation, the card) then reads that folder's manifest and images.
+        data_args.data_dir = resolve_data_dir(data_args.data_dir, data_args.cache_dir)
         check_prepared(data_args.data_dir)
     except DataError as err:
         raise ConfigError(str(err)) from None

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from .data import CLASS_NAMES, MANIFEST_NAME, kept_counts, read_manifest
+from .dataset_repo import dataset_repo_id
 from .env import hub_offline, looks_local
 from .errors import HfxrayError
 
@@ -160,13 +161,16 @@ def _per_source_card(results: dict) -> list[str]:
     return lines
 
 
-def _data_section(args: dict, run_dir: Path) -> str:
+def _data_section(args: dict, run_dir: Path, dataset_id: str | None = None) -> str:
+    hub_text = (f"The prepared set is the Hub dataset [`{dataset_id}`](https://huggingface.co/datasets/{dataset_id}) "
+                "(`hfxray data push`), which the card's `datasets` and evaluation entries name."
+                if dataset_id else
+                "This data is not a Hugging Face Hub dataset, so the card declares no `datasets` id; the evaluation "
+                "entry names the `imagefolder` loader the images were read with (`hfxray data push` publishes it).")
     lines = [
         f"Binary `normal` (0) vs `virus` (1) labels derived from the [Kaggle CoronaHack Chest X-Ray dataset]"
         f"({KAGGLE_URL}), which combines the paediatric Kermany et al. (2018) images with adult COVID-19/SARS images "
-        "of the Cohen et al. (2020) collection. Bacterial pneumonia and other findings are excluded. This data is "
-        "not a Hugging Face Hub dataset, so the card declares no `datasets` id; the evaluation entry names the "
-        "`imagefolder` loader the images were read with.",
+        f"of the Cohen et al. (2020) collection. Bacterial pneumonia and other findings are excluded. {hub_text}",
         "",
         "**Split.** The source's TEST split is kept as the test set; the validation split is carved out of TRAIN "
         "by patient group (Kermany patient number from the file name), so no patient group is in both train and "
@@ -205,7 +209,8 @@ def _calibration_text(run_dir: Path, config: dict) -> str:
     return f"Scores are the plain softmax of the trained model: no temperature is folded in{reason}."
 
 
-def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float], example_id: str) -> str:
+def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float], example_id: str,
+               dataset_id: str | None = None) -> str:
     base_model = _base_model(args)
     preset = args.get("preset")
     if base_model:
@@ -259,7 +264,7 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
         "## Training recipe",
         "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in _recipe_rows(args, run_dir)),
         "## Data and the patient-level split",
-        _data_section(args, run_dir),
+        _data_section(args, run_dir, dataset_id),
         "## Evaluation",
         "\n".join(evaluation),
         *(["## Figures", "\n".join(f"![{Path(f).stem}]({f})" for f in figures)] if figures else []),
@@ -300,9 +305,12 @@ def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, lic
     metrics = _test_metrics(run_dir)
     name = (repo_id or run_dir.resolve().name).split("/")[-1]
     split_name = "CoronaHack chest X-ray, normal vs virus, patient-level split (test)"
+    # The Hub dataset the prepared folder was pushed to, or read from (hfxray.dataset_repo's record), if any.
+    dataset_id = dataset_repo_id(args.get("data_dir"))
     eval_results = [
-        EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type="imagefolder",
-                   dataset_name=split_name, dataset_split="test", metric_type=CARD_METRICS[key][0],
+        EvalResult(task_type="image-classification", task_name="Image Classification",
+                   dataset_type=dataset_id or "imagefolder", dataset_name=dataset_id or split_name,
+                   dataset_split="test", metric_type=CARD_METRICS[key][0],
                    metric_name=CARD_METRICS[key][1], metric_value=value)
         for key, value in metrics.items()
     ]
@@ -310,13 +318,14 @@ def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, lic
         library_name="transformers",
         pipeline_tag="image-classification",
         base_model=_base_model(args),
+        datasets=[dataset_id] if dataset_id else None,
         license=license_id,
         license_name="mixed-training-data-licenses" if license_id == "other" else None,
         tags=BASE_TAGS + FAMILY_TAGS.get(config.get("model_type", ""), []),
         model_name=name,
         eval_results=eval_results or None,
     )
-    body = _card_body(run_dir, args, config, metrics, repo_id or str(run_dir))
+    body = _card_body(run_dir, args, config, metrics, repo_id or str(run_dir), dataset_id)
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
     path = run_dir / "README.md"
     card.save(path)

@@ -124,6 +124,33 @@ def _table_rows(markdown: str) -> dict[str, list[str]]:
     return rows
 
 
+def test_card_eval_results_round_trip_and_name_the_pushed_dataset(tiny_vit, tmp_path):
+    """Every card metric is an EvalResult that ModelCard.load gives back; once the prepared folder was pushed as a
+    Hub dataset (its record), the card's `datasets` and each result's dataset are that repo."""
+    from hfxray.dataset_repo import write_record
+
+    results = {**TEST_RESULTS, "test_ece": 0.0412}
+    run = make_run(tiny_vit, tmp_path, results=results)
+    loaded = ModelCard.load(write_model_card(run, repo_id="someone/xray-vit")).data
+    assert {r.metric_type: r.metric_value for r in loaded.eval_results} == {
+        "accuracy": results["test_accuracy"], "roc_auc": results["test_auroc"], "recall": results["test_sensitivity"],
+        "specificity": results["test_specificity"], "f1": results["test_f1"], "expected_calibration_error": 0.0412}
+    assert {(r.task_type, r.dataset_type, r.dataset_split) for r in loaded.eval_results} == {
+        ("image-classification", "imagefolder", "test")}
+    assert loaded.datasets is None
+
+    data_dir = Path(yaml.safe_load((run / "args.yaml").read_text())["data_dir"])
+    write_record(data_dir, "someone/coronahack-normal-virus")
+    card = ModelCard.load(write_model_card(run, repo_id="someone/xray-vit"))
+    assert card.data.datasets == ["someone/coronahack-normal-virus"]
+    assert {(r.dataset_type, r.dataset_name) for r in card.data.eval_results} == {
+        ("someone/coronahack-normal-virus", "someone/coronahack-normal-virus")}
+    assert len(card.data.eval_results) == 6
+    assert "https://huggingface.co/datasets/someone/coronahack-normal-virus" in card.text
+    # The card's text is unchanged otherwise: the same sections, the evaluation table with its intervals.
+    assert {"Intended use", "Evaluation", "Limitations"} <= set(_sections(card.text))
+
+
 def test_card_for_random_init_omits_base_model_and_missing_metrics(tiny_vit, tmp_path):
     results = {**TEST_RESULTS, "test_auroc": math.nan}
     del results["test_f1"]

@@ -39,9 +39,11 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..cv import build_variants, cross_validate, refit, refit_names
+    from ..dataset_repo import resolve_data_dir
     from . import require_seed
 
     require_seed(fold_seed=args.fold_seed)
+    args.data_dir = resolve_data_dir(args.data_dir)  # a dataset repo of `hfxray data push`, read back
     # The variant to refit is named before the folds train, so a misspelt name fails now, not after them.
     names = [] if args.refit is None else refit_names(args.refit, build_variants(args.set, args.variants)[1])
     cross_validate(args.model, args.preset, args.recipe, args.data_dir, args.out, args.folds, args.repeats,

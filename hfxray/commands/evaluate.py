@@ -19,6 +19,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..data import check_prepared
+    from ..dataset_repo import resolve_data_dir
     from ..evaluation import reliability_path, report_split, shortcut_message
     from ..outputs import check_output_file
     from . import UsageError, require_positive, require_seed
@@ -26,6 +27,7 @@ def run(args) -> int:
 
     require_positive(n_resamples=args.n_resamples)
     require_seed(seed=args.seed)
+    args.data_dir = resolve_data_dir(args.data_dir)  # a dataset repo of `hfxray data push`, read back
     check_prepared(args.data_dir)
     if args.out is None and not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model} is not a local folder, so there is none to write the evaluation "
