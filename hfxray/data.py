@@ -30,7 +30,7 @@ from pathlib import Path
 from .errors import HfxrayError, excerpt, printable
 from .imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageProblem, check_image, load_standard_image
 from .logs import get_logger, library_progress_bars_off, progress_bar_disable
-from .outputs import relation
+from .outputs import csv_row, read_csv_row, relation
 
 CLASS_NAMES = ("normal", "virus")
 SPLITS = ("train", "validation", "test")
@@ -956,7 +956,7 @@ def _prepare_locked(specs, out: Path, val_fraction: float, test_fraction: float,
                 else:
                     skipped[printable(_skip_kind(record.reason))] += 1
                     skipped_by_source[record.source][printable(_skip_kind(record.reason))] += 1
-                writer.writerow(_manifest_row(record, relative, action))
+                writer.writerow(csv_row(_manifest_row(record, relative, action)))  # formula cells quoted
         summary = PrepareSummary(out, counts, skipped, hierarchy, warnings_list, by_source, skipped_by_source,
                                  merged, shared_images)
         if summary.kept_total == 0:
@@ -979,7 +979,7 @@ def _prepare_locked(specs, out: Path, val_fraction: float, test_fraction: float,
 def read_manifest(data_dir: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of a prepared folder's manifest.csv (kept and skipped)."""
     with (Path(data_dir) / MANIFEST_NAME).open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        return [read_csv_row(row) for row in csv.DictReader(handle)]  # csv_row's quotes removed
 
 
 def kept_counts(rows: list[dict[str, str]]) -> dict[str, Counter]:
