@@ -11,9 +11,12 @@ this run), `warm` (the cache built by an earlier run). Printed, one line each:
   the data phase alone;
 - steady-state training samples/s over the cache vs over in-memory tensors (goal >= 0.95x), and the data path
   alone (crops + collate);
-- two-process DDP on CPU (gloo): the cache built by one rank only, and rank 1's peak RSS at 1x vs 8x.
+- two-process DDP on CPU (gloo): the cache built by one rank only, and rank 1's peak RSS at 1x vs 8x;
+- the cost of the entries' CRC-32 check, side by side: opening the warm train entry (the 256 px training resize)
+  with and without the check, and a warm-cache training run's data phase with and without it (`warm-unchecked`).
 
     python benchmarks/decode_cache.py [--factors 1 8 32] [--steps 30] [--repeats 3] [--skip-ddp]
+    python benchmarks/decode_cache.py --checksum-only --factors 1 8   # the check's cost alone, no training
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from hfxray.arguments import parse_args
 from transformers import TrainerCallback
 
 record = {"mode": mode, "data_seconds": 0.0, "found_in_cache": {}}
+cache.VERIFY = mode != "warm-unchecked"
 built_by_cache = cache.decoded_split
 
 
@@ -228,6 +232,27 @@ def steady_state(prepared: Path, cache_dir: Path, steps: int, repeats: int) -> N
               f"ratio {times['memory'] / times['cache']:.3f}")
 
 
+def checksum_cost(data_dir: Path, factor: int, cache_dir: Path, repeats: int) -> None:
+    """Opening the warm train entry at 256 px with and without the CRC-32 check, interleaved."""
+    import hfxray.cache as cache
+
+    cache.decoded_split(data_dir, "train", 256, cache_dir=cache_dir)  # built (cold) once, outside the timing
+    [(folder, info)] = [(f, i) for f, i in cache.list_entries(cache_dir, data_dir) if i["split"] == "train"]
+
+    def opening(verify: bool):
+        def run():
+            cache.VERIFY = verify
+            cache.decoded_split(data_dir, "train", 256, cache_dir=cache_dir)
+        return run
+
+    times = interleaved_medians({"checked": opening(True), "unchecked": opening(False)}, repeats=repeats)
+    cache.VERIFY = True
+    mib, cost = info["bytes"] / 2**20, times["checked"] - times["unchecked"]
+    print(f"x{factor} train entry ({info['rows']} images, {mib:.0f} MiB): warm open with the CRC-32 check "
+          f"{times['checked']:.3f} s, without {times['unchecked']:.3f} s; the check costs {cost:.3f} s "
+          f"({mib / max(cost, 1e-9):.0f} MiB/s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--factors", type=int, nargs="+", default=[1, 8, 32])
@@ -236,6 +261,8 @@ def main() -> None:
     parser.add_argument("--skip-ddp", action="store_true")
     parser.add_argument("--skip-steady", action="store_true")
     parser.add_argument("--skip-scale", action="store_true", help="skip the 1x/8x/32x training runs")
+    parser.add_argument("--checksum-only", action="store_true",
+                        help="only the CRC-32 check's cost: warm opens of the train entry with and without it")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hfxray-decode-cache-"))
@@ -246,12 +273,15 @@ def main() -> None:
         rows, data_dirs = {}, {}
         for factor in args.factors:
             data_dir = data_dirs[factor] = replicate(prepared, factor, work)
+            if args.checksum_only:
+                checksum_cost(data_dir, factor, work / f"cache-crc-x{factor}", max(5, args.repeats))
+                continue
             if args.skip_scale:
                 continue
             cache_dir = work / f"cache-x{factor}"
             runs = {"cold": run_training(child, "cold", data_dir, cache_dir, work)[0]}
             # memory and warm right after each other, so that load from other work hits both alike
-            for mode in ("memory", "warm"):
+            for mode in ("memory", "warm", "warm-unchecked"):
                 runs[mode] = run_training(child, mode, data_dir, cache_dir, work)[0]
             assert runs["warm"]["found_in_cache"] == {"train": True, "validation": True}, runs["warm"]
             images = sum(1 for _ in (data_dir / "train").rglob("*.jpeg")) + sum(
@@ -263,10 +293,15 @@ def main() -> None:
                       f"(at the end: anonymous {r['rss_anon_mib']:.0f}, file-backed {r['rss_file_mib']:.0f}), "
                       f"first step {r['first_step_wall']:.1f} s after the process start, data phase "
                       f"{r['data_seconds']:.2f} s")
-            memory, warm = runs["memory"], runs["warm"]
+            memory, warm, unchecked = runs["memory"], runs["warm"], runs["warm-unchecked"]
+            print(f"x{factor} warm-cache data phase with the CRC-32 check {warm['data_seconds']:.2f} s, without "
+                  f"{unchecked['data_seconds']:.2f} s; first step {warm['first_step_wall']:.1f} s vs "
+                  f"{unchecked['first_step_wall']:.1f} s after the process start")
             print(f"x{factor} start-up to the first step, warm cache / in memory: "
                   f"{warm['first_step_wall'] / memory['first_step_wall']:.3f} from the process start, "
                   f"{warm['data_seconds'] / memory['data_seconds']:.3f} for the data phase (goal <= 0.2)")
+        if args.checksum_only:
+            return
         first = args.factors[0]
         for factor in args.factors[1:] if not args.skip_scale else []:
             ratio = {mode: rows[factor][mode]["peak_rss_mib"] / rows[first][mode]["peak_rss_mib"]

@@ -239,7 +239,16 @@ def check_variants(base_flags: list[str], variants: list[Variant], out: Path) ->
 def _parse(base_flags: list[str], variant: Variant, output_dir: Path):
     from .runs import RunConfig
 
-    return RunConfig.from_flags([*base_flags, *variant.flags, "--output_dir", str(output_dir), *FORCED_FLAGS])
+    config = RunConfig.from_flags([*base_flags, *variant.flags, "--output_dir", str(output_dir), *FORCED_FLAGS])
+    training_args = config.training
+    # cv publishes nothing (a fold's model is not a result): a push would fail after the folds plan is written, and
+    # a token would be recorded in every fold_results.json and cv_results.json with the flags.
+    if training_args.push_to_hub or training_args.hub_token:
+        given = "push_to_hub" if training_args.push_to_hub else "a Hub token (hub_token)"
+        refit_dir = output_dir.parent.parent / "VARIANT" / REFIT_DIR
+        raise CVError(f"variant {variant.name!r}: cv takes no {given}; it never pushes a model. To fix: drop it from "
+                      f"--set, --variants and --config, and publish the refit with `hfxray push {refit_dir} REPO_ID`.")
+    return config
 
 
 def _predict(model, processor, data_dir, files: list[str], cache_dir=None) -> tuple[np.ndarray, np.ndarray]:

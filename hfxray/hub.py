@@ -22,8 +22,12 @@ from .dataset_repo import dataset_repo_id
 from .env import hub_offline, looks_local
 from .errors import HfxrayError
 
-# Top-level files a Hub repo gets (README.md is written by `write_model_card`), plus *_results.json and PNG figures.
-HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "args.yaml")
+# The allow-list: a Hub repo gets these top-level files (README.md is written by `write_model_card`), plus the
+# top-level `*_results.json` and the reliability diagrams beside them. Nothing else goes up: explanation maps and
+# figures (`hfxray explain --out`) show patients' X-rays, so a PNG someone put in the run folder stays local.
+HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "args.yaml",
+             "calibration.json")
+HUB_PATTERNS = ("*_results.json", "*_reliability.png")
 REQUIRED_FILES = ("config.json", "model.safetensors")
 # Belt and braces on top of the explicit allow-list: never checkpoints, TensorBoard events or pickles.
 NEVER_UPLOAD = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.bin", "*.pkl", "*.pickle", "*.pt", "*.pth", "*.ckpt"]
@@ -249,7 +253,7 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
         small += (f"; the 95% bootstrap interval of the accuracy ({results.get('test_bootstrap_unit', 'image')}-level "
                   f"resampling) is {accuracy_ci[0]:.2f}-{accuracy_ci[1]:.2f}")
     small += ". One run, one seed: differences of a few points between models are noise."
-    figures = sorted(p.relative_to(run_dir).as_posix() for p in _pngs(run_dir))
+    figures = [name for name in hub_files(run_dir) if name.endswith(".png")]  # aggregate figures only, never maps
     sections = [
         f"# {args.get('model_tag') or run_dir.name}: chest X-ray classifier, normal vs viral pneumonia",
         f"{init} Trained with hfxray on chest X-rays labelled `normal` or `virus`.",
@@ -392,19 +396,28 @@ def prepare_push_to_hub(training_args) -> str | None:
     return name if "/" in name else f"{user}/{name}"
 
 
-def _pngs(run_dir: Path) -> list[Path]:
-    """Figures anywhere in the run folder except checkpoints and TensorBoard logs."""
-    return [p for p in run_dir.rglob("*.png") if p.is_file()
-            and not any(part.startswith("checkpoint-") or part == "runs" for part in p.relative_to(run_dir).parts)]
-
-
 def hub_files(run_dir: str | os.PathLike) -> list[str]:
-    """The run folder's files that belong in a Hub repo, as sorted POSIX paths relative to run_dir."""
+    """The run folder's files that belong in a Hub repo (the allow-list), as sorted names relative to run_dir.
+
+    Top level only and no symbolic links: a link could point at anything, and sub-folders are where explanation maps
+    land.
+    """
     run_dir = Path(run_dir)
     names = {name for name in HUB_FILES if (run_dir / name).is_file()}
-    names |= {p.name for p in run_dir.glob("*_results.json") if p.is_file()}
-    names |= {p.relative_to(run_dir).as_posix() for p in _pngs(run_dir)}
-    return sorted(names)
+    names |= {p.name for pattern in HUB_PATTERNS for p in run_dir.glob(pattern) if p.is_file()}
+    return sorted(name for name in names if not (run_dir / name).is_symlink())
+
+
+def planned_files(run_dir: str | os.PathLike) -> list[str]:
+    """What `push_run` would upload, without Hub access or writing anything (the card is written at push)."""
+    _read_run(Path(run_dir))
+    return sorted({*hub_files(run_dir), "README.md"})
+
+
+def held_back(run_dir: str | os.PathLike, files: list[str]) -> int:
+    """How many files of the run folder (checkpoints and logs included) stay local."""
+    run_dir = Path(run_dir)
+    return sum(1 for p in run_dir.rglob("*") if p.is_file() and p.relative_to(run_dir).as_posix() not in files)
 
 
 def _refuse_token_leak(run_dir: Path, files: list[str], token: str) -> None:
@@ -415,10 +428,11 @@ def _refuse_token_leak(run_dir: Path, files: list[str], token: str) -> None:
 
 
 def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
-             license_id: str = "other") -> list[str]:
+             license_id: str = "other", announce=None) -> list[str]:
     """Check access, write the card, create the repo if needed and upload exactly `hub_files(run_dir)`.
 
-    Returns the uploaded paths. Checkpoints, TensorBoard events, training_args.bin and any pickle stay local.
+    `announce(files)` is called with the list before anything is sent. Returns the uploaded paths. Checkpoints,
+    TensorBoard events, training_args.bin, pickles and explanation maps stay local.
     """
     from huggingface_hub import HfApi, get_token
 
@@ -429,6 +443,8 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, token: str | None = None,
     write_model_card(run_dir, repo_id=repo_id, license_id=license_id)
     files = hub_files(run_dir)
     _refuse_token_leak(run_dir, files, token)
+    if announce is not None:
+        announce(files)
     api = HfApi()
     try:
         api.create_repo(repo_id, token=token, private=private, exist_ok=True)

@@ -293,3 +293,39 @@ def locked(folder: Path):
         yield
     finally:
         os.close(descriptor)
+
+
+# --- CSV cells ------------------------------------------------------------------------------------------------
+# A spreadsheet opening a CSV runs a cell that starts with one of these as a formula (OWASP, "CSV Injection"): a
+# file name or a source's `finding` such as `=HYPERLINK(...)` would. Every CSV hfxray writes passes its rows
+# through `csv_row`, and hfxray's own readers through `read_csv_row`.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+CSV_ESCAPE = "'"
+
+
+def csv_cell(value):
+    """A cell as hfxray writes it: text that starts with a formula character gets OWASP's leading single quote.
+
+    Text that already starts with the quote gets one too, so that `read_csv_cell` gives back exactly what was
+    written. Numbers (int, float) are written as they are: hfxray computes them (a probability, a width, a DICOM
+    window centre that may be negative), so they are not a user's text, and a quoted `-0.5` would no longer be a
+    number to the spreadsheet or to a reader of the file.
+    """
+    if isinstance(value, str) and value.startswith((*FORMULA_START, CSV_ESCAPE)):
+        return CSV_ESCAPE + value
+    return value
+
+
+def csv_row(row: dict) -> dict:
+    """Every cell of a row through `csv_cell`."""
+    return {key: csv_cell(value) for key, value in row.items()}
+
+
+def read_csv_cell(text):
+    """The text `csv_cell` was given (its leading quote removed)."""
+    return text[1:] if isinstance(text, str) and text.startswith(CSV_ESCAPE) else text
+
+
+def read_csv_row(row: dict) -> dict:
+    """A row of csv.DictReader over a CSV hfxray wrote, with `csv_cell`'s quotes removed."""
+    return {key: read_csv_cell(value) for key, value in row.items()}

@@ -19,6 +19,7 @@ from .env import hub_offline
 from .errors import HfxrayError, excerpt, printable
 from .imaging import ImageProblem, load_rgb
 from .logs import progress_bar_disable
+from .outputs import csv_row
 
 OUTPUT_FORMATS = (".csv", ".json")
 COLUMNS = ("file", "label", "probability", "p_virus", "error")
@@ -120,7 +121,7 @@ def write_predictions(predictions: list[Prediction], out: str | os.PathLike | No
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    writer.writerows(csv_row({k: "" if v is None else v for k, v in row.items()}) for row in rows)
     if out is None:
         sys.stdout.write(buffer.getvalue())
     else:

@@ -33,7 +33,7 @@ from PIL import Image
 # Before gradio is imported anywhere: a research page on patient images must not report usage to anyone.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from .errors import HfxrayError  # noqa: E402
+from .errors import HfxrayError, printable  # noqa: E402
 from .imaging import DEFAULT_MAX_PIXELS, ImageProblem, load_rgb  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -254,8 +254,12 @@ def answer_markdown(result: ModelAnswer) -> str:
 
 
 def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLike] = (),
-              max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """The Gradio Blocks page for already loaded models (queue and upload cap included; call `.launch()`)."""
+              max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int = DEFAULT_MAX_PIXELS, files=None):
+    """The Gradio Blocks page for already loaded models (queue and upload cap included; call `.launch()`).
+
+    `files`: the process's `hfxray.serve_files.PrivateFolder` (what `hfxray serve` passes): each request then
+    deletes its upload when it ends and what earlier requests left, and Gradio sweeps the folder on the same clock.
+    """
     import gradio as gr
 
     from .calibration import folded_temperature
@@ -269,6 +273,15 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
         return [message, None] + [None, None, ""] * len(models) + [None]
 
     def run(path: str | None) -> list:
+        if files is None:
+            return analyze_request(path)
+        files.sweep()
+        try:
+            return analyze_request(path)
+        finally:
+            files.discard(path)  # the upload is decoded: it goes now; derived images once the page has them
+
+    def analyze_request(path: str | None) -> list:
         if not path:
             return empty("Drop an X-ray above (PNG, JPEG or DICOM), paste one, or pick an example.")
         try:
@@ -292,7 +305,12 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
     # System fonts only: the page must work, and leak nothing, on a hospital network without internet access.
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
-    with gr.Blocks(title="hfxray serve", analytics_enabled=False) as app:
+    sweep = None
+    if files is not None:
+        from .serve_files import KEEP_SECONDS
+
+        sweep = (KEEP_SECONDS, KEEP_SECONDS)
+    with gr.Blocks(title="hfxray serve", analytics_enabled=False, delete_cache=sweep) as app:
         app.hfxray_theme = theme  # applied at launch (Gradio 6 takes themes there)
         gr.Markdown(f"# {title}")
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
@@ -331,14 +349,37 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
         common = dict(outputs=outputs, concurrency_limit=1, concurrency_id="models", trigger_mode="always_last")
         upload.change(run, inputs=upload, api_name="analyze", **common)
         paste.change(run, inputs=paste, api_name="analyze_pasted", **common)
+    if files is not None:  # the examples' copies in the folder stay for the next click
+        files.keep |= {os.path.realpath(path) for block in app.blocks.values()
+                       for path in getattr(block, "keep_in_cache", ())}
     app.queue(max_size=32, default_concurrency_limit=1)
     app.hfxray_max_file_size = f"{max_upload_mb:g}mb"
     return app
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port another program listens on, in one line, before the models load."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as err:
+        raise ServeError(f"cannot listen on {host}:{port} ({err.strerror or err}). To fix: stop the program that "
+                         "uses it or pass another --port.") from None
+
+
 def launch(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, share: bool = False,
            prevent_thread_lock: bool = False, quiet: bool = False):
     """Start the server with the app's safety settings (upload cap, no share link unless asked, no SSR)."""
+    try:
+        return _launch(app, host, port, share, prevent_thread_lock, quiet)
+    except OSError as err:  # the port was taken between the check and the start
+        raise ServeError(f"cannot listen on {host}:{port} ({printable(str(err)).splitlines()[0][:200]}). To fix: "
+                         "stop the program that uses it or pass another --port.") from None
+
+
+def _launch(app, host, port, share, prevent_thread_lock, quiet):
     return app.launch(server_name=host, server_port=port, share=share, max_file_size=app.hfxray_max_file_size,
                       show_error=False, ssr_mode=False, theme=app.hfxray_theme, prevent_thread_lock=prevent_thread_lock,
                       quiet=quiet, footer_links=["api"], enable_monitoring=False, mcp_server=False, pwa=False)

@@ -112,6 +112,8 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
     calibration = (f"T = {decision.temperature:.3g} folded into the head" if decision and decision.fold
                    else "no temperature folded") + (f": {decision.reason}" if decision else "")
     method = "rollout" if report.get("family") == "vit" else "gradcam"
+    # Maps show patients' X-rays: suggest a folder beside the run, never in it (what `push` publishes)
+    maps = shlex.quote(str(run.parent / f"{run.name}-maps"))
     lines = [
         f"Run finished: {run}",
         f"  model card      {run / 'README.md'}",
@@ -122,7 +124,7 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
         f"  calibration     {calibration}",
         "  next:",
         f"    hfxray evaluate --model {quoted} --data-dir {data_quoted}",
-        f"    hfxray explain --model {quoted} --method {method} --out {shlex.quote(str(run / 'maps'))} "
+        f"    hfxray explain --model {quoted} --method {method} --out {maps} "
         f"{shlex.quote(str(data / 'test'))}",
         f"    hfxray predict --model {quoted} {shlex.quote(str(data / 'test'))} --out predictions.csv",
         f"    hfxray serve --model {quoted}",

@@ -215,3 +215,40 @@ def test_an_image_that_no_longer_decodes_names_itself(prepared_dir, tmp_path):
     with pytest.raises(CacheError, match=f"{image.name}: cannot decode it.*To fix: re-run `hfxray data prepare`"):
         decoded_split(copy, "validation", 64, cache_dir=tmp_path / "cache")
     assert list_entries(tmp_path / "cache") == []
+
+
+def test_bytes_overwritten_mid_file_are_never_used_the_entry_is_rebuilt(prepared_dir, tmp_path, monkeypatch):
+    import logging
+
+    import hfxray.cache as cache
+
+    split = load_imagefolder(prepared_dir)["validation"]
+    first = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path, split=split)
+    originals = [image.clone() for image in first]
+    [(folder, info)] = list_entries(tmp_path, prepared_dir)
+    arrow = folder / info["files"][0]
+    size = arrow.stat().st_size
+    with arrow.open("r+b") as handle:  # pixels in the middle of the file: the index and the first row are intact
+        handle.seek(size // 2)
+        handle.write(bytes(255 - b for b in handle.read(4096)))
+        handle.seek(size // 2)
+    assert cache.damaged_files(folder, info) == [info["files"][0]]
+    # Unchecked, the damage is silent: same shapes, other pixels (what the checksum is there to stop).
+    monkeypatch.setattr(cache, "VERIFY", False)
+    unchecked = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path, split=split)
+    assert sum(not torch.equal(a, b) for a, b in zip(unchecked, originals)) >= 1
+    del unchecked
+    monkeypatch.setattr(cache, "VERIFY", True)
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger(cache.__name__).addHandler(handler)  # the hfxray logger may not propagate (logs.configure)
+    try:
+        rebuilt = decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path, split=split)
+    finally:
+        logging.getLogger(cache.__name__).removeHandler(handler)
+    [warning] = warnings
+    assert "checksum mismatch" in warning and "rebuilding" in warning and info["files"][0] in warning
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt, originals))
+    [(_, again)] = list_entries(tmp_path, prepared_dir)
+    assert not cache.damaged_files(folder, again) and again["crc32"] == info["crc32"]

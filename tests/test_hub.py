@@ -193,9 +193,14 @@ def test_push_uploads_exactly_the_hub_files(tiny_vit, tmp_path, monkeypatch, onl
         (run / junk).parent.mkdir(parents=True, exist_ok=True)
         (run / junk).write_bytes(b"x")
     (run / "all_results.json").write_text("{}")
-    (run / "reliability.png").write_bytes(b"png")
-    (run / "figures").mkdir()
-    (run / "figures" / "roc.png").write_bytes(b"png")
+    (run / "calibration.json").write_text("{}")
+    (run / "test_reliability.png").write_bytes(b"png")
+    # Explanation output a user put in the run folder (as an earlier summary suggested): patients' X-rays.
+    for overlay in ("maps/gradcam/test/virus/person1_overlay.png", "maps/summary.csv", "overlay.png",
+                    "maps/explain_results.json", "maps/val_reliability.png"):
+        (run / overlay).parent.mkdir(parents=True, exist_ok=True)
+        (run / overlay).write_bytes(b"png")
+    (run / "linked_results.json").symlink_to(run / "maps" / "explain_results.json")
     calls = {}
 
     def fake_create_repo(self, repo_id, **kwargs):
@@ -212,15 +217,50 @@ def test_push_uploads_exactly_the_hub_files(tiny_vit, tmp_path, monkeypatch, onl
 
     assert main(["push", str(run), "someone/xray-vit", "--private"]) == 0
 
-    expected = ["README.md", "all_results.json", "args.yaml", "config.json", "figures/roc.png", "model.safetensors",
-                "preprocessor_config.json", "reliability.png", "test_results.json", "train_results.json"]
+    expected = ["README.md", "all_results.json", "args.yaml", "calibration.json", "config.json", "model.safetensors",
+                "preprocessor_config.json", "test_reliability.png", "test_results.json", "train_results.json"]
     assert calls["uploaded"] == expected == hub_files(run)
     assert calls["create_repo"]["repo_id"] == "someone/xray-vit"
     assert calls["create_repo"]["exist_ok"] is True and calls["create_repo"]["private"] is True
     assert calls["upload_token"] == FAKE_TOKEN  # handed to the client, never shown
     output = capsys.readouterr()
+    # The list is printed before the upload, and names every file that goes up.
+    listing = output.out.splitlines()[0]
+    assert listing.startswith("uploading 10 files to https://huggingface.co/someone/xray-vit: README.md, ")
+    assert all(name in listing for name in expected) and "overlay" not in listing and "stay local" in listing
     assert "pushed 10 files" in output.out and FAKE_TOKEN not in output.out + output.err
-    assert "![reliability](reliability.png)" in (run / "README.md").read_text()
+    card = (run / "README.md").read_text()
+    assert "![test_reliability](test_reliability.png)" in card
+    assert "overlay" not in card and "maps/" not in card  # the card never embeds explanation figures
+
+
+def test_push_dry_run_lists_without_uploading(tiny_vit, tmp_path, monkeypatch, capsys):
+    run = make_run(tiny_vit, tmp_path)
+    (run / "maps").mkdir()
+    (run / "maps" / "person1_overlay.png").write_bytes(b"png")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run must not reach the Hub")
+
+    for method in ("whoami", "create_repo", "upload_folder"):
+        monkeypatch.setattr(HfApi, method, refuse)
+    assert main(["push", str(run), "someone/xray-vit", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("would upload 7 files to https://huggingface.co/someone/xray-vit: README.md, args.yaml, "
+                          "config.json, model.safetensors, preprocessor_config.json, test_results.json, "
+                          "train_results.json (")
+    assert "overlay" not in out and not (run / "README.md").exists()  # nothing written either
+    assert main(["push", str(tmp_path / "missing"), "someone/xray-vit", "--dry_run"]) == 2
+
+
+def test_run_summary_suggests_maps_outside_the_run_folder(tmp_path):
+    from hfxray.workflow import summary
+
+    run = tmp_path / "runs" / "vit-seed"
+    text = summary(run, tmp_path / "prepared", {"n": 2, "family": "vit"})
+    [explain] = [line for line in text.splitlines() if "hfxray explain" in line]
+    out = Path(explain.split("--out ")[1].split()[0])
+    assert out == tmp_path / "runs" / "vit-seed-maps" and run not in out.parents
 
 
 def _assert_token_nowhere(text: str, folder: Path) -> None:

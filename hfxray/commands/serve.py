@@ -31,16 +31,29 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import os
-    from pathlib import Path
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from ..env import sample_dir
-    from ..serve import ServeError, build_app, find_examples, launch, load_served_model
+    from ..serve import ServeError, check_port
+    from ..serve_files import open_private_folder
 
     if not 0 < args.port < 65536:
         raise ServeError(f"--port {args.port}. To fix: pass a port between 1 and 65535.")
     if not args.max_upload_mb > 0:
         raise ServeError(f"--max-upload-mb {args.max_upload_mb}. To fix: pass a positive size.")
+    check_port(args.host, args.port)
+    files = open_private_folder()  # before gradio is imported: it reads its folders at import
+    try:
+        return _serve(args, files)
+    finally:
+        files.remove()
+
+
+def _serve(args, files) -> int:
+    from pathlib import Path
+
+    from ..env import sample_dir
+    from ..serve import ServeError, build_app, find_examples, launch, load_served_model
+
     if args.examples and args.examples.lower() == "none":
         examples = []
     else:
@@ -51,7 +64,7 @@ def run(args) -> int:
     models = [load_served_model(run_dir, device=args.device) for run_dir in args.model]
     for served in models:
         logger.info(f"serving {served.name} ({served.family}, {served.method}) from {served.run_dir}")
-    app = build_app(models, examples, max_upload_mb=args.max_upload_mb)
+    app = build_app(models, examples, max_upload_mb=args.max_upload_mb, files=files)
     if not args.share:  # gradio's own lines would tell a command-line user to edit launch() for a public link
         print(f"serving at http://{args.host}:{args.port} (Ctrl+C stops it; --share adds a public link)", flush=True)
     launch(app, host=args.host, port=args.port, share=args.share, quiet=not args.share)

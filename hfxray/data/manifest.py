@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import printable
 from ..imaging import IMAGE_EXTENSIONS
 from ..logs import get_logger, library_progress_bars_off
+from ..outputs import read_csv_row
 from .coronahack import CSV_NAME
 from .labels import CLASS_NAMES, SPLITS
 from .records import DataError
@@ -30,7 +31,7 @@ MANIFEST_COLUMNS = (
 def read_manifest(data_dir: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of a prepared folder's manifest.csv (kept and skipped)."""
     with (Path(data_dir) / MANIFEST_NAME).open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        return [read_csv_row(row) for row in csv.DictReader(handle)]  # csv_row's quotes removed
 
 
 def kept_counts(rows: list[dict[str, str]]) -> dict[str, Counter]:

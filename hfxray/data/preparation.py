@@ -22,8 +22,8 @@ from ..duplicates import fingerprint_image
 from ..errors import printable
 from ..imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageProblem, check_image, load_standard_image
 from ..logs import progress_bar_disable
-from ..outputs import (MARKER_NAME, clean_leftovers, delete_own, locked, new_sibling, read_marker, recover,
-                       relation, swap_into_place, write_marker)
+from ..outputs import (MARKER_NAME, clean_leftovers, csv_row, delete_own, locked, new_sibling, read_marker,
+                       recover, relation, swap_into_place, write_marker)
 from .coronahack import REQUIRED_COLUMNS
 from .dedupe import merge_duplicates
 from .labels import CLASS_NAMES, SPLITS
@@ -385,7 +385,7 @@ def _prepare_locked(specs, out: Path, val_fraction: float, test_fraction: float,
                 else:
                     skipped[printable(_skip_kind(record.reason))] += 1
                     skipped_by_source[record.source][printable(_skip_kind(record.reason))] += 1
-                writer.writerow(_manifest_row(record, relative, action))
+                writer.writerow(csv_row(_manifest_row(record, relative, action)))  # formula cells quoted
         summary = PrepareSummary(out, counts, skipped, hierarchy, warnings_list, by_source, skipped_by_source,
                                  merged, shared_images)
         if summary.kept_total == 0:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import HfxrayError
 from ..imaging import ImageProblem, expand_paths, load_rgb
+from ..outputs import csv_row
 from ..families import UnsupportedModelError, adapter_for, model_family
 from ..logs import progress_bar_disable
 from .actmax import ActMaxResult, activation_maximization, input_spec
@@ -276,7 +277,7 @@ def _write_summary(result: Explained, origin: dict[str, str], name: str) -> None
     with open(result.summary_csv, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
         writer.writeheader()
-        writer.writerows(result.rows)
+        writer.writerows(csv_row(row) for row in result.rows)  # image names are untrusted text
     summary = {"model": origin["hfxray-model"], "method": origin["hfxray-method"], "name": name,
                "images": len(result.rows), "degenerate": len(result.degenerate),
                "statuses": {status: sum(row["status"] == status for row in result.rows)
