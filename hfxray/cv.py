@@ -513,7 +513,9 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
     report = evaluate_run(run_dir, data_dir, fitted, processor)
     result = dict(variant=chosen.name, overrides=dict(chosen.overrides), n_train=len(files),
                   train_runtime=train_metrics.get("train_runtime"), calibration=calibration,
-                  test={k: report[k] for k in ("accuracy", "auroc", "ece", "n", "folded_temperature")},
-                  test_ci95={k: report["ci95"][k] for k in SUMMARY_METRICS})
+                  test={k: report[k] for k in ("accuracy", "auroc", "ece", "ece_noise_floor", "ece_debiased", "n",
+                                               "folded_temperature")},
+                  test_ci95={k: report["ci95"][k] for k in SUMMARY_METRICS},
+                  test_ci95_method={k: report["ci95_method"][k] for k in SUMMARY_METRICS})
     _write_json(run_dir / REFIT_RESULTS, result)
     return result

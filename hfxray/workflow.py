@@ -87,6 +87,8 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
     """The readable end of a run: where everything is, the test metrics with CIs, and the next commands."""
     import shlex
 
+    from .metrics import ece_text
+
     run, data = Path(run_dir), Path(data_dir)
     quoted, data_quoted = shlex.quote(str(run)), shlex.quote(str(data))
     intervals = report.get("ci95") or {}
@@ -95,6 +97,8 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
         value, (low, high) = report.get(name), intervals.get(name) or (None, None)
         if value is None:
             return f"{label} n/a"
+        if name == "ece":
+            return f"{label} {ece_text(value, (low, high), report.get('ece_noise_floor'), report.get('ece_debiased'))}"
         return f"{label} {value:.3f}" + (f" ({low:.3f}-{high:.3f})" if low is not None and high is not None else "")
 
     calibration = (f"T = {decision.temperature:.3g} folded into the head" if decision and decision.fold
@@ -106,7 +110,7 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
         f"  model           {run} (config.json, model.safetensors, preprocessor_config.json)",
         f"  test results    {run / 'test_results.json'}, {run / 'test_reliability.png'}",
         f"  test split      n = {report.get('n')}; {with_ci('accuracy', 'accuracy')}; {with_ci('auroc', 'AUROC')}; "
-        f"{with_ci('ece', 'ECE')} (95% CIs, {report.get('bootstrap_unit', 'image')}-level bootstrap)",
+        f"{with_ci('ece', 'ECE')} (95% CIs, {report.get('bootstrap_unit', 'image')}-level; Wilson for proportions)",
         f"  calibration     {calibration}",
         "  next:",
         f"    hfxray evaluate --model {quoted} --data-dir {data_quoted}",
