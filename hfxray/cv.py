@@ -17,7 +17,9 @@ Protocol (`hfxray cv`, README "Recipes"):
 5. The refit (as `GridSearchCV(refit=True)`): the chosen variant trains on the whole pool for the same fixed
    length; its temperature is decided by `hfxray.calibration.decide_temperature` on the pooled out-of-fold logits
    of the CV models (the refit model has no held-out images left; a variant without finished folds ships no
-   temperature), and the test split is evaluated once.
+   temperature), with the held-out check's folds = the CV models, so T must transfer from some models to another;
+   whether it transfers to the refit model itself is not checked, and `TRANSFER_NOTE` says so in the results. Then
+   the test split is evaluated once.
 
 Resumption: each variant/fold folder gets `fold_results.json` written last (atomically); a fold that has it is
 not trained again. A refit folder with `refit_results.json` is never trained or evaluated again.
@@ -50,6 +52,11 @@ CV_TABLE = "cv_table.md"
 REFIT_DIR = "refit"
 REFIT_RESULTS = "refit_results.json"
 SUMMARY_METRICS = ("accuracy", "auroc", "ece")
+# What the refit's temperature check shows, and what it cannot: stated in its calibration.json and refit_results.json.
+TRANSFER_NOTE = ("checked across CV models: a T fitted on the held-out logits of the other fold models lowers the "
+                 "held-out NLL of each fold model (summed), as the decision says. Not checked on the refit model "
+                 "itself: it trained on every non-test image, so none is left to check it on, and a model trained "
+                 "on more images may be more confident than the fold models the T came from.")
 # Flags every fold and refit run gets last: no per-epoch evaluation, no checkpoint picked by evaluation data.
 FORCED_FLAGS = ("--eval_strategy", "no", "--load_best_model_at_end", "false", "--overwrite_output_dir", "true")
 
@@ -443,7 +450,7 @@ def cross_validate(model: str, preset: str, recipe: str, data_dir, out, n_folds:
             if train_missing or (fold_dir / FOLD_RESULTS).is_file():
                 results[variant.name].append(run_fold(base_flags, variant, fold, rows, data_dir, fold_dir))
     meta = dict(model=model, preset=preset, recipe=recipe, n_folds=n_folds, repeats=repeats, fold_seed=fold_seed,
-                n_pool=len(rows), common_flags=common, test_split_used=False,
+                n_pool=len(rows), common_flags=common, test_split_used=False, refit_temperature=TRANSFER_NOTE,
                 complete=all(len(r) == len(folds) for r in results.values()))
     summary = summarise(variants, results, meta)
     _write_json(out / CV_RESULTS, summary)
@@ -451,14 +458,16 @@ def cross_validate(model: str, preset: str, recipe: str, data_dir, out, n_folds:
     return summary
 
 
-def out_of_fold_logits(out, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    """The pooled out-of-fold logits and labels of a variant's finished folds (repeat 0); None when it has none."""
+def out_of_fold_logits(out, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The pooled out-of-fold logits, labels and fold (= CV model) of each, of a variant's finished folds (repeat 0);
+    None when it has none."""
     folder = Path(out) / variant
     results = [json.loads(p.read_text()) for p in sorted(folder.glob(f"repeat0-fold*/{FOLD_RESULTS}"))]
     if not results:
         return None
     return (np.concatenate([np.asarray(r["logits"], dtype=float).reshape(-1, 2) for r in results]),
-            np.concatenate([r["labels"] for r in results]))
+            np.concatenate([r["labels"] for r in results]),
+            np.concatenate([[r["fold"]] * len(r["labels"]) for r in results]))
 
 
 def refit_names(requested: str, variants: list[Variant]) -> list[str]:
@@ -502,13 +511,17 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
         decision = TemperatureDecision(None, False, "no out-of-fold logits of this variant (no finished CV fold): "
                                        "no held-out data to fit a temperature on", 0)
     else:
-        decision = decide_temperature(*out_of_fold)
+        logits, labels, fold_of = out_of_fold
+        # The check's folds are the CV models: T fitted on some models' held-out logits must lower the NLL of
+        # another model's, the situation of the refit, whose T also comes from models other than itself.
+        decision = decide_temperature(logits, labels, folds=fold_of)
     if decision.fold and run_args.calibrate:
         fold_temperature(fitted, decision.temperature)
         fitted.save_pretrained(run_dir)
     calibration = dict(decision.to_dict(), folded=bool(decision.fold and run_args.calibrate),
                        fitted_on="pooled out-of-fold logits of the CV models (train + validation, repeat 0)"
-                       if out_of_fold is not None else None)
+                       if out_of_fold is not None else None,
+                       transfer=TRANSFER_NOTE if out_of_fold is not None else None)
     (run_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
     report = evaluate_run(run_dir, data_dir, fitted, processor)
     result = dict(variant=chosen.name, overrides=dict(chosen.overrides), n_train=len(files),

@@ -25,7 +25,7 @@ def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = Tru
     `TemperatureDecision`.
     """
     from .calibration import TemperatureDecision, decide_temperature, fold_temperature, folded_temperature
-    from .evaluation import split_logits
+    from .evaluation import patient_groups, split_logits
     from .models import load_trained
 
     run_dir = Path(run_dir)
@@ -36,8 +36,8 @@ def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = Tru
     elif folded_temperature(model) != 1.0:
         decision = TemperatureDecision(None, False, "a temperature is already folded into this model", 0)
     else:
-        logits, labels, _ = split_logits(model, processor, data_dir, "validation", cache_dir=cache_dir)
-        decision = decide_temperature(logits, labels)
+        logits, labels, files = split_logits(model, processor, data_dir, "validation", cache_dir=cache_dir)
+        decision = decide_temperature(logits, labels, groups=patient_groups(data_dir, files))
         if decision.fold:
             fold_temperature(model, decision.temperature)
             model.save_pretrained(run_dir)
