@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cohen_groups import cohen_group
 from .errors import HfxrayError, excerpt, printable
 from .imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageProblem, check_image, load_standard_image
 from .logs import get_logger, library_progress_bars_off, progress_bar_disable
@@ -90,12 +91,13 @@ def unsafe_name_reason(name: str) -> str:
 
 
 def patient_group(file_name: str) -> str:
-    """Patient key from a Kermany file name; any other file is its own group."""
+    """Patient key from a Kermany file name, else a Cohen collection patient or figure (`cohen_group`); any other
+    file is its own group."""
     if match := KERMANY_PERSON.match(file_name):
         return f"person{int(match.group(1))}"
     if match := KERMANY_IM.match(file_name):
         return f"im{int(match.group(1)):04d}"
-    return f"file:{file_name}"
+    return cohen_group(file_name) or f"file:{file_name}"
 
 
 def binary_label(label: str, label_1: str) -> tuple[str | None, str]:
