@@ -8,10 +8,13 @@ generation parameter and refuses to save such a config).
 The rule for shipping a temperature (`decide_temperature`), stated once here and in the README:
 1. the validation split holds both classes (a one-class split rewards T -> infinity: every p -> 0.5);
 2. the fitted T lies strictly inside the search interval [0.01, 100] (at a bound the fit is degenerate);
-3. a stratified K-fold check on the validation split itself (K = 5, fewer when a class has fewer images):
-   T fitted on K - 1 folds lowers the negative log-likelihood of the held-out fold compared with T = 1, summed
-   over the folds. A temperature that does not predict better on validation images it was not fitted on is noise
-   of a small split, and folding it would make the shipped model worse.
+3. a K-fold check on the validation split itself (scikit-learn's `StratifiedGroupKFold`, K = 5, fewer when a
+   class has fewer patients): T fitted on K - 1 folds lowers the negative log-likelihood of the held-out fold
+   compared with T = 1, summed over the folds. A temperature that does not predict better on validation images it
+   was not fitted on is noise of a small split, and folding it would make the shipped model worse. The folds keep
+   each patient's images together (given patient groups): a patient's other X-rays in the fitting part would
+   make the held-out NLL optimistic. Given explicit folds instead (the CV refit: one fold per CV model), the check
+   asks whether T fitted on some models' held-out logits lowers the NLL of another model's.
 Accuracy and AUROC never change (T > 0 keeps the ranking and the 0.5 threshold); only calibration does.
 """
 
@@ -97,20 +100,26 @@ def at_search_bound(temperature: float) -> bool:
     return min(abs(math.log(temperature) - bound) for bound in LOG_T_BOUNDS) < 1e-3
 
 
-def _stratified_folds(labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    folds: list[list[int]] = [[] for _ in range(k)]
-    for cls in (0, 1):
-        members = rng.permutation(np.flatnonzero(labels == cls))
-        for position, index in enumerate(members):
-            folds[position % k].append(int(index))
-    return [np.asarray(sorted(fold)) for fold in folds]
+def check_folds(labels: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """Held-out index sets of the check: `StratifiedGroupKFold` (shuffled with `seed`), patients kept together."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [np.sort(held) for _, held in splitter.split(np.zeros(len(labels)), labels, groups)]
 
 
-def decide_temperature(logits: Any, labels: Any, seed: int = 0) -> TemperatureDecision:
-    """Fit T on the validation logits and apply the shipping rule of this module's docstring."""
+def decide_temperature(logits: Any, labels: Any, seed: int = 0, groups: Any = None,
+                       folds: Any = None) -> TemperatureDecision:
+    """Fit T on the validation logits and apply the shipping rule of this module's docstring.
+
+    `groups` (patient group per image) keeps a patient's images in one fold of the check; without them each image
+    is its own group. `folds` (a fold id per image) gives the check's folds outright (one per CV model).
+    """
     z, y = _check(logits, labels)
     n = len(z)
+    for name, values in (("groups", groups), ("folds", folds)):
+        if values is not None and len(values) != n:
+            raise CalibrationError(f"{name} and logits differ in length: {len(values)} vs {n}")
     counts = np.bincount(y, minlength=2)
     if counts.min() == 0:
         present = "normal" if counts[0] else "virus"
@@ -120,21 +129,32 @@ def decide_temperature(logits: Any, labels: Any, seed: int = 0) -> TemperatureDe
     if at_search_bound(temperature):
         return TemperatureDecision(temperature, False, f"the fitted T = {temperature:.3g} lies at the search bound "
                                    "(the validation logits are separable or degenerate)", n)
-    k = int(min(CHECK_FOLDS, counts.min()))
-    if k < 2:
-        return TemperatureDecision(temperature, False, "a class has a single validation image: the held-out check "
-                                   "needs at least two", n)
+    if folds is not None:
+        fold_of = np.asarray(folds)
+        held_out = [np.flatnonzero(fold_of == f) for f in np.unique(fold_of)]
+        k, unit = len(held_out), "fold of held-out logits per CV model"
+        if k < 2:
+            return TemperatureDecision(temperature, False, "the logits come from one CV model: the check needs "
+                                       "at least two", n)
+    else:
+        group_ids = np.arange(n) if groups is None else np.asarray(groups)
+        k = int(min(CHECK_FOLDS, *(len(set(group_ids[y == cls].tolist())) for cls in (0, 1))))
+        unit = "patient-grouped" if groups is not None else "image"
+        if k < 2:
+            return TemperatureDecision(temperature, False, "a class has a single validation patient: the held-out "
+                                       "check needs at least two", n)
+        held_out = check_folds(y, group_ids, k, seed)
     fitted = plain = 0.0
-    for fold in _stratified_folds(y, k, seed):
+    for fold in held_out:
         rest = np.setdiff1d(np.arange(n), fold)
         t_fold = math.exp(_fit_log_t(z[rest], y[rest]))
         fitted += nll(z[fold], y[fold], t_fold)
         plain += nll(z[fold], y[fold], 1.0)
     if fitted < plain:
-        return TemperatureDecision(temperature, True, f"T lowers the held-out validation NLL ({k}-fold check: "
-                                   f"{fitted:.2f} vs {plain:.2f} at T = 1)", n, fitted, plain)
-    return TemperatureDecision(temperature, False, f"T does not lower the held-out validation NLL ({k}-fold check: "
-                               f"{fitted:.2f} vs {plain:.2f} at T = 1), so it is not shipped", n, fitted, plain)
+        return TemperatureDecision(temperature, True, f"T lowers the held-out validation NLL ({k}-fold {unit} "
+                                   f"check: {fitted:.2f} vs {plain:.2f} at T = 1)", n, fitted, plain)
+    return TemperatureDecision(temperature, False, f"T does not lower the held-out validation NLL ({k}-fold {unit} "
+                               f"check: {fitted:.2f} vs {plain:.2f} at T = 1), so it is not shipped", n, fitted, plain)
 
 
 def classifier_head(model):

@@ -13,11 +13,16 @@ Protocol (`hfxray cv`, README "Recipes"):
 4. Per variant: mean ± sd over folds of accuracy, AUROC and ECE, and the same metrics of the pooled out-of-fold
    predictions. Variants are compared with the first one, fold by fold (the same folds for all), with the
    Nadeau-Bengio corrected resampled t-test (folds share training images, so the plain paired t-test is too
-   confident).
+   confident). The selection test (`hfxray.selection`): each candidate's paired gain in the rule's metric is
+   tested one-sided against the `min_gain` fixed in the candidates file, p-values Holm-adjusted across the
+   candidates; the paired patient bootstrap over the pooled out-of-fold predictions is reported beside it, and
+   `cv_results.json` / `cv_table.md` state each candidate's decision.
 5. The refit (as `GridSearchCV(refit=True)`): the chosen variant trains on the whole pool for the same fixed
    length; its temperature is decided by `hfxray.calibration.decide_temperature` on the pooled out-of-fold logits
    of the CV models (the refit model has no held-out images left; a variant without finished folds ships no
-   temperature), and the test split is evaluated once.
+   temperature), with the held-out check's folds = the CV models, so T must transfer from some models to another;
+   whether it transfers to the refit model itself is not checked, and `TRANSFER_NOTE` says so in the results. Then
+   the test split is evaluated once.
 
 Resumption: each variant/fold folder gets `fold_results.json` written last (atomically); a fold that has it is
 not trained again. A refit folder with `refit_results.json` is never trained or evaluated again.
@@ -50,6 +55,14 @@ CV_TABLE = "cv_table.md"
 REFIT_DIR = "refit"
 REFIT_RESULTS = "refit_results.json"
 SUMMARY_METRICS = ("accuracy", "auroc", "ece")
+# Top-level keys of a candidates file that set the selection rule rather than name a variant.
+RULE_KEYS = ("min_gain", "alpha", "metric")
+RULE_METRICS = ("accuracy", "auroc")
+# What the refit's temperature check shows, and what it cannot: stated in its calibration.json and refit_results.json.
+TRANSFER_NOTE = ("checked across CV models: a T fitted on the held-out logits of the other fold models lowers the "
+                 "held-out NLL of each fold model (summed), as the decision says. Not checked on the refit model "
+                 "itself: it trained on every non-test image, so none is left to check it on, and a model trained "
+                 "on more images may be more confident than the fold models the T came from.")
 # Flags every fold and refit run gets last: no per-epoch evaluation, no checkpoint picked by evaluation data.
 FORCED_FLAGS = ("--eval_strategy", "no", "--load_best_model_at_end", "false", "--overwrite_output_dir", "true")
 
@@ -187,6 +200,8 @@ def build_variants(sets: list[str] | None = None, variants_file: str | None = No
             loaded = yaml.safe_load(Path(variants_file).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise CVError(f"--variants {variants_file}: cannot read YAML ({err}). To fix: correct the file.") from None
+        if isinstance(loaded, dict):
+            loaded = {name: value for name, value in loaded.items() if name not in RULE_KEYS}
         if not isinstance(loaded, dict) or not all(isinstance(v, (dict, type(None))) for v in loaded.values()):
             raise CVError(f"--variants {variants_file}: expected a mapping of variant names to {{flag: value}} "
                           "mappings. To fix: write e.g. `wider: {num_train_epochs: 45}`.")
@@ -204,6 +219,37 @@ def build_variants(sets: list[str] | None = None, variants_file: str | None = No
     if len(set(names)) != len(names):
         raise CVError(f"variant names repeat ({', '.join(names)}). To fix: give each variant its own name.")
     return common, variants
+
+
+def selection_rule(variants_file: str | None = None) -> dict:
+    """The selection rule fixed in the candidates file before the run: {metric, min_gain, alpha, fixed_in}.
+
+    `min_gain: 0.01` (a gain in the metric's units), `alpha: 0.05` (family-wise, one-sided) and `metric: accuracy`
+    (or auroc) sit at the top level beside the variants; missing keys take those defaults, and `fixed_in` says
+    whether the file fixed the minimum gain.
+    """
+    import yaml
+
+    loaded = {}
+    if variants_file:
+        try:
+            loaded = yaml.safe_load(Path(variants_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise CVError(f"--variants {variants_file}: cannot read YAML ({err}). To fix: correct the file.") from None
+    loaded = loaded if isinstance(loaded, dict) else {}
+    rule = dict(metric=loaded.get("metric", "accuracy"), min_gain=loaded.get("min_gain", 0.0),
+                alpha=loaded.get("alpha", 0.05),
+                fixed_in=variants_file if "min_gain" in loaded else "default: no min_gain in a candidates file")
+    if rule["metric"] not in RULE_METRICS:
+        raise CVError(f"--variants {variants_file}: metric {rule['metric']!r}. To fix: use one of "
+                      f"{', '.join(RULE_METRICS)}.")
+    for key, low, high in (("min_gain", -1.0, 1.0), ("alpha", 0.0, 0.5)):
+        value = rule[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+            raise CVError(f"--variants {variants_file}: {key} {value!r}. To fix: give a number in ({low:g}, "
+                          f"{high:g}).")
+        rule[key] = float(value)
+    return rule
 
 
 def _yaml_flag_value(value) -> str:
@@ -366,13 +412,12 @@ def paired_comparison(reference: list[dict], other: list[dict], n_train: float, 
             entry.update(corrected_t=float(t), corrected_p=float(2 * stats.t.sf(abs(t), j - 1)))
         else:
             entry.update(corrected_t=None, corrected_p=None)
-        sd = entry["reference_fold_sd"]
-        entry["exceeds_reference_fold_sd"] = bool(j and sd is not None and abs(entry["mean_difference"]) > sd)
         comparison[metric] = entry
     return comparison
 
 
-def summarise(variants: list[Variant], results: dict[str, list[dict]], meta: dict) -> dict:
+def summarise(variants: list[Variant], results: dict[str, list[dict]], meta: dict, rule: dict | None = None,
+              groups_by_file: dict[str, str] | None = None) -> dict:
     summary = dict(meta, variants={v.name: dict(overrides=dict(v.overrides), **summarise_variant(results[v.name]))
                                    for v in variants if results.get(v.name)})
     reference = variants[0].name
@@ -383,6 +428,12 @@ def summarise(variants: list[Variant], results: dict[str, list[dict]], meta: dic
         summary["paired_vs_reference"] = {v.name: paired_comparison(results[reference], results[v.name], n_train,
                                                                     n_evaluation)
                                           for v in variants[1:] if results.get(v.name)}
+        candidates = {v.name: results[v.name] for v in variants[1:] if results.get(v.name)}
+        if candidates:
+            from .selection import select
+
+            summary["selection"] = select(results[reference], candidates, rule or selection_rule(),
+                                          groups_by_file or {}, n_train, n_evaluation)
     return summary
 
 
@@ -419,12 +470,14 @@ def table_markdown(summary: dict) -> str:
                 if c["mean_difference"] is None:
                     cells.append("–")
                     continue
-                p = f", p {c['corrected_p']:.2f}" if c["corrected_p"] is not None else ""
-                mark = " *" if c["exceeds_reference_fold_sd"] else ""
+                p = f", two-sided p {c['corrected_p']:.2f}" if c["corrected_p"] is not None else ""
                 cells.append(f"{c['mean_difference']:+.3f} ± {c['sd_difference'] or 0:.3f} "
-                             f"({c['better_folds']}/{c['n']}{p}){mark}")
+                             f"({c['better_folds']}/{c['n']}{p})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", "* = the mean difference exceeds the reference's fold-to-fold sd."]
+    if summary.get("selection"):
+        from .selection import selection_markdown
+
+        lines += selection_markdown(summary["selection"])
     return "\n".join(lines) + "\n"
 
 
@@ -440,6 +493,7 @@ def cross_validate(model: str, preset: str, recipe: str, data_dir, out, n_folds:
     """
     out = check_output_folder(out, "--out", [("the --data-dir", data_dir)])
     common, variants = build_variants(sets, variants_file)
+    selection_rule(variants_file)  # a wrong rule stops the run before any fold trains
     base_flags = _base_flags(model, preset, recipe, data_dir, common)
     check_variants(base_flags, variants, out)
     rows, folds = fold_plan(data_dir, out, n_folds, repeats, fold_seed)
@@ -451,22 +505,25 @@ def cross_validate(model: str, preset: str, recipe: str, data_dir, out, n_folds:
             if train_missing or (fold_dir / FOLD_RESULTS).is_file():
                 results[variant.name].append(run_fold(base_flags, variant, fold, rows, data_dir, fold_dir))
     meta = dict(model=model, preset=preset, recipe=recipe, n_folds=n_folds, repeats=repeats, fold_seed=fold_seed,
-                n_pool=len(rows), common_flags=common, test_split_used=False,
+                n_pool=len(rows), common_flags=common, test_split_used=False, refit_temperature=TRANSFER_NOTE,
                 complete=all(len(r) == len(folds) for r in results.values()))
-    summary = summarise(variants, results, meta)
+    summary = summarise(variants, results, meta, selection_rule(variants_file),
+                        {r["file"]: r["group"] for r in rows})
     _write_json(out / CV_RESULTS, summary)
     (out / CV_TABLE).write_text(table_markdown(summary))
     return summary
 
 
-def out_of_fold_logits(out, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    """The pooled out-of-fold logits and labels of a variant's finished folds (repeat 0); None when it has none."""
+def out_of_fold_logits(out, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The pooled out-of-fold logits, labels and fold (= CV model) of each, of a variant's finished folds (repeat 0);
+    None when it has none."""
     folder = Path(out) / variant
     results = [json.loads(p.read_text()) for p in sorted(folder.glob(f"repeat0-fold*/{FOLD_RESULTS}"))]
     if not results:
         return None
     return (np.concatenate([np.asarray(r["logits"], dtype=float).reshape(-1, 2) for r in results]),
-            np.concatenate([r["labels"] for r in results]))
+            np.concatenate([r["labels"] for r in results]),
+            np.concatenate([[r["fold"]] * len(r["labels"]) for r in results]))
 
 
 def refit_names(requested: str, variants: list[Variant]) -> list[str]:
@@ -508,15 +565,21 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
         decision = TemperatureDecision(None, False, "no out-of-fold logits of this variant (no finished CV fold): "
                                        "no held-out data to fit a temperature on", 0)
     else:
-        decision = decide_temperature(*out_of_fold)
+        logits, labels, fold_of = out_of_fold
+        # The check's folds are the CV models: T fitted on some models' held-out logits must lower the NLL of
+        # another model's, the situation of the refit, whose T also comes from models other than itself.
+        decision = decide_temperature(logits, labels, folds=fold_of)
     calibration = record_calibration(
         run_dir, fitted, decision, config.run.calibrate,
         fitted_on="pooled out-of-fold logits of the CV models (train + validation, repeat 0)"
-        if out_of_fold is not None else None)
+        if out_of_fold is not None else None,
+        transfer=TRANSFER_NOTE if out_of_fold is not None else None)
     report = evaluate_run(run_dir, data_dir, fitted, processor)
     result = dict(variant=chosen.name, overrides=dict(chosen.overrides), n_train=len(files),
                   train_runtime=train_metrics.get("train_runtime"), calibration=calibration,
-                  test={k: report[k] for k in ("accuracy", "auroc", "ece", "n", "folded_temperature")},
-                  test_ci95={k: report["ci95"][k] for k in SUMMARY_METRICS})
+                  test={k: report[k] for k in ("accuracy", "auroc", "ece", "ece_noise_floor", "ece_debiased", "n",
+                                               "folded_temperature")},
+                  test_ci95={k: report["ci95"][k] for k in SUMMARY_METRICS},
+                  test_ci95_method={k: report["ci95_method"][k] for k in SUMMARY_METRICS})
     _write_json(run_dir / REFIT_RESULTS, result)
     return result

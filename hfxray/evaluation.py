@@ -163,7 +163,9 @@ def report_split(model, processor, data_dir, split: str = "test", out: str | Pat
     if temperature != 1.0:
         before = evaluation_report(labels, unfolded_logits(logits, temperature), groups=groups,
                                    n_resamples=n_resamples, seed=seed)
-        report.update(ece_before_folding=before["ece"], ece_before_folding_ci95=before["ci95"]["ece"])
+        report.update(ece_before_folding=before["ece"], ece_before_folding_ci95=before["ci95"]["ece"],
+                      ece_before_folding_noise_floor=before["ece_noise_floor"],
+                      ece_before_folding_debiased=before["ece_debiased"])
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -233,11 +233,17 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
     if metrics:
         intervals = results.get("test_ci95") or {}
         unit = results.get("test_bootstrap_unit", "image")
-        evaluation = [f"| metric (test split) | value | 95% CI ({unit}-level bootstrap) |", "|---|---:|---|"]
+        methods = results.get("test_ci95_method") or {}
+        evaluation = [f"| metric (test split) | value | 95% CI ({unit}-level) |", "|---|---:|---|"]
         for key, value in metrics.items():
             low, high = intervals.get(key.removeprefix("test_")) or (None, None)
             interval = f"{low:.3f}-{high:.3f}" if low is not None and high is not None else "-"
-            evaluation.append(f"| {CARD_METRICS[key][1]} | {value:.4f} | {interval} |")
+            if key == "test_ece" and results.get("test_ece_debiased") is not None:
+                interval = (f"noise floor {results['test_ece_noise_floor']:.3f}; debiased "
+                            f"{results['test_ece_debiased']:.3f}, {interval}")
+            method = methods.get(key.removeprefix("test_"))
+            evaluation.append(f"| {CARD_METRICS[key][1]} | {value:.4f} | {interval}"
+                              + (f" ({method})" if method and interval != "-" else "") + " |")
         if results.get("test_ece_before_folding") is not None:
             evaluation.append(f"\nECE of the same model before the temperature was folded in: "
                               f"{results['test_ece_before_folding']:.4f}.")
@@ -250,8 +256,8 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
     small = f"n = {n} test images" if n else "A few hundred test images at most"
     accuracy_ci = (results.get("test_ci95") or {}).get("accuracy")
     if accuracy_ci and None not in accuracy_ci:
-        small += (f"; the 95% bootstrap interval of the accuracy ({results.get('test_bootstrap_unit', 'image')}-level "
-                  f"resampling) is {accuracy_ci[0]:.2f}-{accuracy_ci[1]:.2f}")
+        small += (f"; the 95% interval of the accuracy ({results.get('test_bootstrap_unit', 'image')}-level) is "
+                  f"{accuracy_ci[0]:.2f}-{accuracy_ci[1]:.2f}")
     small += ". One run, one seed: differences of a few points between models are noise."
     figures = [name for name in hub_files(run_dir) if name.endswith(".png")]  # aggregate figures only, never maps
     sections = [

@@ -1,10 +1,13 @@
 """Evaluation of the binary normal (0) / virus (1) classifier: metrics, patient-level CIs and calibration.
 
-Point estimates come from scikit-learn so they match what others compute. Confidence intervals use a
-percentile bootstrap that, given patient ids, resamples whole patients: several X-rays of one child are not
-independent evidence, and resampling images would make the intervals too narrow. Calibration follows
-Guo et al. 2017 ("On Calibration of Modern Neural Networks"): top-label ECE (temperature scaling itself lives in
-`hfxray.calibration`).
+Point estimates come from scikit-learn so they match what others compute. Intervals (`evaluation_report`, rules in
+`INTERVAL_METHODS`): proportions (accuracy, sensitivity, specificity, precision) get Wilson score intervals with n
+shrunk by the patients' design effect, which never collapse to zero width at 0/n or n/n; AUROC, balanced accuracy
+and F1 a percentile bootstrap that, given patient ids, resamples whole patients (several X-rays of one child are
+not independent evidence); the ECE is reported as the plug-in value beside its noise floor (what a perfectly
+calibrated model with the same confidences scores), with a debiased estimate and an interval for the true
+calibration error (`hfxray.intervals`). Calibration follows Guo et al. 2017 ("On Calibration of Modern Neural
+Networks"): top-label ECE (temperature scaling itself lives in `hfxray.calibration`).
 """
 
 from __future__ import annotations
@@ -28,8 +31,14 @@ from sklearn.metrics import (
 
 THRESHOLD = 0.5
 ECE_BINS = 15
-# Metrics that get a bootstrap CI; the counts n / n_positive are properties of the sample, not of the model.
+# Metrics that get a CI; the counts n / n_positive are properties of the sample, not of the model.
 CI_METRICS = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "precision", "f1", "ece")
+# How each interval of `evaluation_report` is made (stored beside them as "ci95_method").
+WILSON = "Wilson score, n / design effect of patients"
+PERCENTILE = "percentile bootstrap"
+DEBIASED_ECE = "debiased ECE, bootstrap pivot; 0 at the low end unless perfect calibration is rejected"
+INTERVAL_METHODS = {"accuracy": WILSON, "sensitivity": WILSON, "specificity": WILSON, "precision": WILSON,
+                    "balanced_accuracy": PERCENTILE, "auroc": PERCENTILE, "f1": PERCENTILE, "ece": DEBIASED_ECE}
 # Upper bound on resamples x samples held in memory at once by the bootstrap.
 BOOTSTRAP_CHUNK_CELLS = 2_000_000
 
@@ -336,6 +345,15 @@ def plot_reliability_diagram(
     return path
 
 
+def proportion_hits(labels: np.ndarray, probs: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each proportion metric: (which images it counts, whether each counted image is a hit)."""
+    pred = (probs >= THRESHOLD).astype(int)
+    return {"accuracy": (np.ones(len(labels), bool), pred == labels),
+            "sensitivity": (labels == 1, pred == 1),
+            "specificity": (labels == 0, pred == 0),
+            "precision": (pred == 1, labels == 1)}
+
+
 def evaluation_report(
     labels: Sequence[int] | np.ndarray,
     logits: Sequence[Sequence[float]] | np.ndarray,
@@ -345,20 +363,52 @@ def evaluation_report(
 ) -> dict[str, Any]:
     """Everything needed to report one split from its logits, as a flat JSON-serialisable dict.
 
-    Keys: the `binary_metrics` keys, "ci95" {metric: [low, high]} (ECE included), "ci95_n_resamples_used",
-    "bootstrap_unit" ("patient" or "image"), "n_resamples", "threshold", "ece", "ece_n_bins".
+    Keys: the `binary_metrics` keys ("ece" is the plug-in ECE), "ece_noise_floor" (the expected ECE of a
+    perfectly calibrated model with these confidences), "ece_calibrated_p" (share of such models reaching the
+    observed ECE), "ece_debiased", "ci95" {metric: [low, high]} (for "ece": the interval of the true calibration
+    error, around "ece_debiased"), "ci95_method" {metric: how}, "ci95_n_resamples_used", "bootstrap_unit"
+    ("patient" or "image"), "n_resamples", "threshold", "ece_n_bins".
     """
+    from .intervals import ece_estimates, proportion_interval
+
     z = _check_logits(logits)
     if len(z) != len(labels):
         raise ValueError(f"labels and logits differ in length: {len(labels)} labels vs {len(z)} logits")
     probs = apply_temperature(z, 1.0)
-    ci = bootstrap_ci(labels, probs, groups=groups, n_resamples=n_resamples, confidence=0.95, seed=seed)
+    y, _ = _check_labels_probs(labels, probs)
+    ci = bootstrap_ci(y, probs, groups=groups, n_resamples=n_resamples, confidence=0.95, seed=seed)
+    intervals = {name: list(ci[name]) for name in CI_METRICS}
+    group_ids = None if groups is None else np.asarray(groups)
+    for name, (counted, hits) in proportion_hits(y, probs).items():
+        chosen = None if group_ids is None else group_ids[counted]
+        intervals[name] = list(proportion_interval(hits[counted], chosen)["interval"])
+    ece = ece_estimates(y, probs, ECE_BINS, groups=groups, n_resamples=n_resamples, seed=seed)
+    intervals["ece"] = list(ece["interval"])
     return {
-        **binary_metrics(labels, probs),
-        "ci95": {name: list(ci[name]) for name in CI_METRICS},
+        **binary_metrics(y, probs),
+        "ece_noise_floor": ece["ece_noise_floor"],
+        "ece_calibrated_p": ece["ece_calibrated_p"],
+        "ece_debiased": ece["ece_debiased"],
+        "ci95": intervals,
+        "ci95_method": dict(INTERVAL_METHODS),
         "ci95_n_resamples_used": ci["n_resamples_used"],
         "bootstrap_unit": "image" if groups is None else "patient",
         "n_resamples": int(n_resamples),
         "threshold": THRESHOLD,
         "ece_n_bins": ECE_BINS,
     }
+
+
+def ece_text(ece: float | None, interval: Sequence[float | None] | None = None, noise_floor: float | None = None,
+             debiased: float | None = None) -> str:
+    """One reading of an ECE for tables and summaries: the plug-in value beside its noise floor, and the debiased
+    value with its interval; results written before the floor existed show the plug-in with the interval they
+    stored (a percentile bootstrap of the plug-in)."""
+    if ece is None:
+        return "n/a"
+    low, high = interval if interval is not None and len(interval) == 2 else (None, None)
+    bounds = f"{low:.3f}-{high:.3f}" if low is not None and high is not None else None
+    if noise_floor is None or debiased is None:
+        return f"{ece:.3f}" + (f" ({bounds})" if bounds else "")
+    return (f"{ece:.3f} (noise floor {noise_floor:.3f}; debiased {debiased:.3f}"
+            + (f", 95% CI {bounds}" if bounds else "") + ")")

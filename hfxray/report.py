@@ -243,11 +243,14 @@ means the sources look alike to the model, a value near 1 means its output carri
 def calibration_section(runs: list[Run], out_dir: Path) -> str:
     import shutil
 
+    from .metrics import ece_text
+
     rows, images = [], []
     for index, run in enumerate(runs):
         ece_ci = (run.test.get("test_ci95") or {}).get("ece") or [None, None]
         folded = run.test.get("test_folded_temperature") or 1.0
-        rows.append([run.name, f"{_fmt(run.test.get('test_ece'))} ({_fmt(ece_ci[0])}-{_fmt(ece_ci[1])})",
+        rows.append([run.name, ece_text(run.test.get("test_ece"), ece_ci, run.test.get("test_ece_noise_floor"),
+                                        run.test.get("test_ece_debiased")),
                      _fmt(folded, 2) if folded != 1.0 else "none", _fmt(run.test.get("test_ece_before_folding")),
                      run.args.get("label_smoothing_factor")])
         diagram = run.path / "test_reliability.png"
@@ -255,7 +258,7 @@ def calibration_section(runs: list[Run], out_dir: Path) -> str:
             target = out_dir / f"reliability_{index}_{run.path.name}.png"
             shutil.copyfile(diagram, target)
             images.append(f"![{run.name}]({target.name})")
-    table = _table(["run", "ECE as shipped (95% CI)", "folded temperature", "ECE before folding",
+    table = _table(["run", "ECE as shipped (noise floor; debiased, 95% CI)", "folded temperature", "ECE before folding",
                     "label smoothing"], rows)
     return table + "\n\n" + "\n".join(images)
 

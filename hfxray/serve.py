@@ -130,6 +130,14 @@ def metrics_markdown(results: dict) -> str:
             parts.append(f"{name} n/a")
             continue
         text = f"{name} {value:.3f}"
+        floor, debiased = _number(results.get("test_ece_noise_floor")), _number(results.get("test_ece_debiased"))
+        if key == "ece" and floor is not None and debiased is not None:
+            text += f" (noise floor {floor:.3f}; debiased {debiased:.3f}"
+            if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(_number(v) is not None
+                                                                                   for v in interval):
+                text += f", 95 % CI {interval[0]:.3f}–{interval[1]:.3f}"
+            parts.append(text + ")")
+            continue
         if isinstance(interval, (list, tuple)) and len(interval) == 2 and all(_number(v) is not None for v in interval):
             text += f" (95 % CI {interval[0]:.3f}–{interval[1]:.3f})"
         parts.append(text)

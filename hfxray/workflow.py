@@ -28,7 +28,7 @@ def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = Tru
     `TemperatureDecision`.
     """
     from .calibration import TemperatureDecision, decide_temperature, folded_temperature
-    from .evaluation import split_logits
+    from .evaluation import patient_groups, split_logits
     from .models import load_trained
 
     if model is None:
@@ -38,8 +38,8 @@ def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = Tru
     elif folded_temperature(model) != 1.0:
         decision = TemperatureDecision(None, False, "a temperature is already folded into this model", 0)
     else:
-        logits, labels, _ = split_logits(model, processor, data_dir, "validation", cache_dir=cache_dir)
-        decision = decide_temperature(logits, labels)
+        logits, labels, files = split_logits(model, processor, data_dir, "validation", cache_dir=cache_dir)
+        decision = decide_temperature(logits, labels, groups=patient_groups(data_dir, files))
     record_calibration(run_dir, model, decision)
     return decision
 
@@ -99,6 +99,8 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
     """The readable end of a run: where everything is, the test metrics with CIs, and the next commands."""
     import shlex
 
+    from .metrics import ece_text
+
     run, data = Path(run_dir), Path(data_dir)
     quoted, data_quoted = shlex.quote(str(run)), shlex.quote(str(data))
     intervals = report.get("ci95") or {}
@@ -107,6 +109,8 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
         value, (low, high) = report.get(name), intervals.get(name) or (None, None)
         if value is None:
             return f"{label} n/a"
+        if name == "ece":
+            return f"{label} {ece_text(value, (low, high), report.get('ece_noise_floor'), report.get('ece_debiased'))}"
         return f"{label} {value:.3f}" + (f" ({low:.3f}-{high:.3f})" if low is not None and high is not None else "")
 
     calibration = (f"T = {decision.temperature:.3g} folded into the head" if decision and decision.fold
@@ -120,7 +124,7 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
         f"  model           {run} (config.json, model.safetensors, preprocessor_config.json)",
         f"  test results    {run / 'test_results.json'}, {run / 'test_reliability.png'}",
         f"  test split      n = {report.get('n')}; {with_ci('accuracy', 'accuracy')}; {with_ci('auroc', 'AUROC')}; "
-        f"{with_ci('ece', 'ECE')} (95% CIs, {report.get('bootstrap_unit', 'image')}-level bootstrap)",
+        f"{with_ci('ece', 'ECE')} (95% CIs, {report.get('bootstrap_unit', 'image')}-level; Wilson for proportions)",
         f"  calibration     {calibration}",
         "  next:",
         f"    hfxray evaluate --model {quoted} --data-dir {data_quoted}",

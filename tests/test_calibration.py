@@ -58,6 +58,46 @@ def test_a_calibrated_model_on_a_small_split_keeps_t_1_when_the_check_says_so():
     assert refused >= 5  # calibrated logits: the check refuses a good share of the fitted temperatures
 
 
+def test_the_check_keeps_each_patients_images_in_one_fold(monkeypatch):
+    """Patients' images never straddle the check's folds; without groups, each image is its own group."""
+    from hfxray import calibration
+
+    logits, labels = synthetic(120, seed=4, scale=3.0)
+    groups = np.arange(120) // 4  # 30 patients of 4 images
+    seen = []
+    real = calibration.check_folds
+    monkeypatch.setattr(calibration, "check_folds", lambda *a: seen.append(real(*a)) or seen[-1])
+    decision = decide_temperature(logits, labels, groups=groups)
+    assert "patient-grouped" in decision.reason and decision.fold
+    folds = seen[-1]
+    assert sorted(np.concatenate(folds).tolist()) == list(range(120))
+    assert all(set(groups[f]).isdisjoint(groups[np.setdiff1d(np.arange(120), f)]) for f in folds)
+    assert len(folds) == 5
+
+
+def test_patient_count_not_image_count_limits_the_check():
+    logits, labels = synthetic(60, seed=5, scale=3.0)
+    one_patient_virus = np.where(labels == 1, 999, np.arange(60))
+    assert decide_temperature(logits, labels).fold  # per image the check runs and passes
+    decision = decide_temperature(logits, labels, groups=one_patient_virus)
+    assert not decision.fold and "single validation patient" in decision.reason
+
+
+def test_explicit_folds_check_transfer_between_models():
+    """The CV refit: one fold per model; T fitted on the other models' logits is scored on each model's own."""
+    logits, labels = synthetic(500, seed=6, scale=4.0)
+    fold_of = np.arange(500) % 5
+    logits[fold_of == 4] /= 4.0  # model 4 is calibrated: the others' T does not suit it
+    decision = decide_temperature(logits, labels, folds=fold_of)
+    assert "5-fold fold of held-out logits per CV model" in decision.reason
+    expected = sum(nll(logits[fold_of == f], labels[fold_of == f],
+                       fit_temperature(logits[fold_of != f], labels[fold_of != f])) for f in range(5))
+    assert decision.heldout_nll_fitted == pytest.approx(expected, rel=1e-5)
+    assert decision.heldout_nll_plain == pytest.approx(nll(logits, labels, 1.0))
+    one_model = decide_temperature(logits, labels, folds=np.zeros(500))
+    assert not one_model.fold and "one CV model" in one_model.reason
+
+
 def test_one_class_validation_is_never_folded():
     logits, labels = synthetic(60, seed=3, scale=3.0)
     decision = decide_temperature(logits, np.zeros_like(labels))

@@ -134,7 +134,50 @@ def test_paired_comparison_uses_the_same_folds():
     # The corrected t-statistic is smaller than the plain paired one (variance x (1/J + 40/80) instead of 1/J).
     plain_t = 0.04 / (accuracy["sd_difference"] / np.sqrt(3))
     assert 0 < accuracy["corrected_t"] < plain_t
-    assert accuracy["exceeds_reference_fold_sd"] is False  # 0.04 < the reference's fold sd 0.05
+    assert "exceeds_reference_fold_sd" not in accuracy  # the old rule compared a paired gain with a level's spread
+
+
+def _fold_results(rng, correct_rate: float, n_per_fold: int = 300, repeats: int = 2, folds: int = 3):
+    """Fold results as `run_fold` writes them: each repeat holds out every image once."""
+    results = []
+    files = [f"train/normal/img{i:03d}.png" for i in range(n_per_fold * folds)]
+    for repeat in range(repeats):
+        order = rng.permutation(len(files))
+        for fold in range(folds):
+            chosen = order[fold * n_per_fold:(fold + 1) * n_per_fold]
+            labels = rng.integers(0, 2, n_per_fold)
+            right = rng.random(n_per_fold) < correct_rate
+            margin = np.where(right == (labels == 1), 2.0, -2.0)
+            logits = np.stack([-margin / 2, margin / 2], axis=1)
+            results.append(dict(repeat=repeat, fold=fold, files=[files[i] for i in chosen], labels=labels.tolist(),
+                                logits=logits.tolist(), n_train=n_per_fold * (folds - 1), n_evaluation=n_per_fold,
+                                train_runtime=1.0, metrics=dict(accuracy=float(right.mean()), auroc=0.9, ece=0.05)))
+    return results
+
+
+def test_selection_states_each_candidates_decision(tmp_path):
+    path = tmp_path / "candidates.yaml"
+    path.write_text("min_gain: 0.01\nalpha: 0.05\ntoday: {}\nbetter:\n  seed: 1\nsame:\n  seed: 2\n")
+    _, variants = build_variants(None, str(path))
+    assert [v.name for v in variants] == ["today", "better", "same"]  # the rule's keys are not variants
+    rule = cv.selection_rule(str(path))
+    assert rule["min_gain"] == 0.01 and rule["fixed_in"] == str(path) and rule["metric"] == "accuracy"
+    assert cv.selection_rule(None)["fixed_in"].startswith("default")
+    rng = np.random.default_rng(0)
+    results = {"today": _fold_results(rng, 0.80), "better": _fold_results(rng, 0.97), "same": _fold_results(rng, 0.80)}
+    meta = dict(model="bit", preset="tiny", recipe="scratch", n_folds=3, repeats=2, n_pool=900)
+    summary = cv.summarise(variants, results, meta, rule, {})
+    chosen = summary["selection"]
+    assert chosen["candidates"]["better"]["passes"] and not chosen["candidates"]["same"]["passes"]
+    assert chosen["chosen"] == "better" and chosen["candidates"]["better"]["patient_bootstrap"]["mean"] > 0.1
+    assert chosen["candidates"]["same"]["p_holm"] >= chosen["candidates"]["same"]["corrected_t"]["p"]
+    table = cv.table_markdown(summary)
+    assert "Selection test (rule fixed in" in table and "| better |" in table and "does not pass |" in table
+    assert "Outcome: better replaces the reference" in table
+    json.dumps(summary, allow_nan=False)
+    path.write_text("min_gain: lots\ntoday: {}\n")
+    with pytest.raises(CVError, match="min_gain 'lots'. To fix"):
+        cv.selection_rule(str(path))
 
 
 @pytest.mark.slow
@@ -183,7 +226,9 @@ def test_cv_trains_each_fold_once_resumes_and_refits(prepared_dir, tmp_path, mon
     refit_dir = out / "recipe" / cv.REFIT_DIR
     trained = json.loads((refit_dir / "train_results.json").read_text())
     assert result["train_runtime"] == pytest.approx(trained["train_runtime"])
-    assert "out-of-fold" in json.loads((refit_dir / "calibration.json").read_text())["fitted_on"]
+    calibration = json.loads((refit_dir / "calibration.json").read_text())
+    assert "out-of-fold" in calibration["fitted_on"] and calibration["transfer"] == cv.TRANSFER_NOTE
+    assert "Not checked on the refit model" in json.loads((out / cv.CV_RESULTS).read_text())["refit_temperature"]
     assert (refit_dir / "test_results.json").is_file() and result["test"]["n"] > 0
     assert cv.refit("bit", "tiny", "scratch", prepared_dir, out, "recipe", sets) == result  # not repeated
     assert len(calls) == 1

@@ -14,11 +14,13 @@ from hfxray.metrics import (
     apply_temperature,
     binary_metrics,
     bootstrap_ci,
+    ece_text,
     evaluation_report,
     expected_calibration_error,
     plot_reliability_diagram,
     reliability_bins,
 )
+from hfxray.intervals import proportion_interval
 
 # 4 virus, 6 normal. Predictions at >= 0.5: virus 1,1,0,1 -> tp 3, fn 1; normal 0,0,1,0,1(0.5 counts),0 -> tn 4, fp 2.
 LABELS = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
@@ -245,12 +247,23 @@ def test_evaluation_report_is_json_and_consistent():
     point = binary_metrics(labels, probs)
     for name, value in point.items():
         assert decoded[name] == (pytest.approx(value) if isinstance(value, float) else value)
-    assert decoded["ci95"] == {k: list(v) for k, v in bootstrap_ci(labels, probs, groups, 200, seed=1).items()
-                               if k in CI_METRICS}
+    bootstrap = bootstrap_ci(labels, probs, groups, 200, seed=1)
+    assert set(decoded["ci95"]) == set(CI_METRICS) == set(decoded["ci95_method"])
+    for name in ("auroc", "balanced_accuracy", "f1"):  # not proportions: the patient bootstrap's percentiles
+        assert decoded["ci95"][name] == list(bootstrap[name])
+        assert decoded["ci95_method"][name] == "percentile bootstrap"
+    pred = (probs >= 0.5).astype(int)
+    # accuracy: Wilson with n shrunk by the design effect of the 50 patients of 3 images each
+    accuracy = proportion_interval(pred == labels, groups)
+    assert decoded["ci95"]["accuracy"] == list(accuracy["interval"])
+    assert 1 <= accuracy["design_effect"] and accuracy["n"] == 150
+    sensitivity = proportion_interval((pred == 1)[labels == 1], groups[labels == 1])
+    assert decoded["ci95"]["sensitivity"] == list(sensitivity["interval"])
     assert decoded["bootstrap_unit"] == "patient"
     assert decoded["ece"] == pytest.approx(naive_ece(labels, probs))
     low, high = decoded["ci95"]["ece"]
-    assert low <= decoded["ece"] <= high
+    assert 0 <= low <= decoded["ece_debiased"] <= high
+    assert 0 < decoded["ece_noise_floor"] < 0.2 and 0 < decoded["ece_calibrated_p"] <= 1
     assert all(isinstance(v, (float, int, str, list, dict, type(None))) for v in decoded.values())
 
 
@@ -258,6 +271,25 @@ def test_evaluation_report_single_class_and_arguments():
     report = evaluation_report([0, 0, 0, 0], [[1.0, 0.0], [2.0, -1.0], [0.0, 0.5], [0.3, 0.1]], n_resamples=20)
     json.dumps(report, allow_nan=False)
     assert report["auroc"] is None and report["ci95"]["auroc"] == [None, None]
+    assert report["ci95"]["sensitivity"] == [None, None]  # no virus image to count
+    low, high = report["ci95"]["specificity"]  # 2 of 4 normals right: Wilson, never zero width
+    assert low < 0.5 < high
+
+
+def test_proportions_at_zero_or_one_get_wilson_not_zero_width():
+    """12/12 correct has a one-value bootstrap distribution ([1, 1]); the reported interval is Wilson's."""
+    labels = np.array([1] * 6 + [0] * 6)
+    logits = np.stack([-(2 * labels - 1) * 3.0, (2 * labels - 1) * 3.0], axis=1)
+    report = evaluation_report(labels, logits, groups=np.arange(12), n_resamples=100)
+    assert bootstrap_ci(labels, apply_temperature(logits, 1.0), np.arange(12), 100)["accuracy"] == (1.0, 1.0)
+    assert report["accuracy"] == 1.0
+    assert report["ci95"]["accuracy"] == pytest.approx([0.7575, 1.0], abs=1e-3)  # binomtest(12, 12), Wilson
+
+
+def test_ece_text_reads_new_and_old_results():
+    assert ece_text(0.071, [0.0, 0.05], 0.070, 0.004) == "0.071 (noise floor 0.070; debiased 0.004, 95% CI 0.000-0.050)"
+    assert ece_text(0.071, [0.065, 0.140]) == "0.071 (0.065-0.140)"  # a results file from before the floor
+    assert ece_text(None) == "n/a"
     with pytest.raises(ValueError, match="labels and logits differ"):
         evaluation_report([0, 1, 1], [[0.0, 1.0], [1.0, 0.0]])
     with pytest.raises(ValueError, match="shape \\[n, 2\\]"):

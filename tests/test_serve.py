@@ -273,6 +273,9 @@ def test_metrics_line_reads_test_results():
     assert line == ("Test split (92 images): accuracy 0.850 (95 % CI 0.800–0.900) · AUROC 0.900 (95 % CI "
                     "0.850–0.950) · ECE 0.040 (95 % CI 0.030–0.070)")
     assert "AUROC n/a" in metrics_markdown({**results, "test_auroc": float("nan")})
+    debiased = metrics_markdown({**results, "test_ece_noise_floor": 0.035, "test_ece_debiased": 0.01,
+                                 "test_ci95": {**results["test_ci95"], "ece": [0.0, 0.05]}})
+    assert debiased.endswith("ECE 0.040 (noise floor 0.035; debiased 0.010, 95 % CI 0.000–0.050)")
     assert "not evaluated" in metrics_markdown({})
 
 

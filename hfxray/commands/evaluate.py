@@ -38,15 +38,16 @@ def run(args) -> int:
     check_output_file(reliability_path(out), "the reliability diagram", data)
     model, processor = load_trained(args.model)
     report = report_split(model, processor, args.data_dir, args.split, out, args.n_resamples, args.seed)
-    keys = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1", "ece",
-            "folded_temperature", "ece_before_folding")
+    keys = ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1", "ece", "ece_noise_floor",
+            "ece_calibrated_p", "ece_debiased", "folded_temperature", "ece_before_folding")
     summary = {k: report[k] for k in keys if report.get(k) is not None}
     if report["folded_temperature"] == 1.0:
         summary["calibration"] = "no temperature folded into this model: ECE is that of its plain softmax"
     else:
         summary["calibration"] = (f"T = {report['folded_temperature']:.4g} was folded into this model at training: "
                                   "ECE is the shipped model's; ece_before_folding is the same model with T = 1")
-    result = {"split": args.split, **summary, "ci95": {k: report["ci95"][k] for k in ("accuracy", "auroc", "ece")}}
+    result = {"split": args.split, **summary, "ci95": {k: report["ci95"][k] for k in ("accuracy", "auroc", "ece")},
+              "ci95_method": {k: report["ci95_method"][k] for k in ("accuracy", "auroc", "ece")}}
     if "by_source" in report:
         result["trained_on"] = report["sources"]["train"]
         result["by_source"] = {name: {"n": r["n"], "accuracy": r["accuracy"], "auroc": r["auroc"],

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import printable
-from .kermany import patient_group
+from .cohen_groups import cohen_group
+from .kermany import patient_group as kermany_group
 from .records import SourceRecord, read_csv_rows, unsafe_name_reason
 
 CSV_NAME = "Chest_xray_Corona_Metadata.csv"
@@ -26,6 +27,14 @@ NORMAL_LABELS = {"normal"}
 PNEUMONIA_LABELS = {"pnemonia", "pneumonia"}
 
 LABEL_1_VALUES = {"": None, "virus": "virus", "bacteria": "bacteria", "stress-smoking": "stress-smoking"}
+
+
+def patient_group(file_name: str) -> str:
+    """Patient key of a CoronaHack file: Kermany's patient number (its normal and pneumonia images are Kermany's),
+    else the Cohen collection's patient or figure (its COVID-19, SARS, ARDS and Streptococcus images are the
+    collection's, `cohen_group`); any other file is its own group."""
+    group = kermany_group(file_name)
+    return (cohen_group(file_name) or group) if group.startswith("file:") else group
 
 
 def binary_label(label: str, label_1: str) -> tuple[str | None, str]:

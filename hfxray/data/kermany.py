@@ -1,8 +1,8 @@
 """Kermany's `chest_xray/{train,test,val}/{NORMAL,PNEUMONIA}/` layout, and its file names' patient numbers.
 
 The cause (virus or bacteria) of a pneumonia is in its file name; `val/` is folded into train (validation is
-carved by patient later). CoronaHack's normal and pneumonia images are Kermany's files, so `patient_group` serves
-both layouts.
+carved by patient later). CoronaHack's normal and pneumonia images are Kermany's files: its reader asks
+`patient_group` first.
 """
 
 from __future__ import annotations
