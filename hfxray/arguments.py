@@ -21,6 +21,7 @@ from .dataset_repo import resolve_data_dir
 from .errors import HfxrayError, excerpt
 from .models import MODEL_NAMES, PRESETS
 from .recipes import SCHEDULES, TRAINER_SCHEDULE
+from .runs import RunConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = ("seed", "paper", "scratch")
@@ -329,6 +330,31 @@ def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
     validate(model_args, data_args, recipe_args, training_args, explicit)
     recipe_args.preset_notes = notes
     return model_args, data_args, recipe_args, run_args, training_args
+
+
+def parse_config(argv: list[str] | None = None, prog: str = "scripts/train.py") -> RunConfig:
+    """The run configuration from flags (and the recipe and --config YAML they name), parsed and validated."""
+    return RunConfig(*parse_args(argv, prog=prog))
+
+
+def build_config(**values) -> RunConfig:
+    """A run configuration from argument names and Python values, resolved exactly as the same flags would be
+    (recipe < --config < these values, then validated): `build_config(model="bit", preset="tiny", data_dir=d,
+    output_dir=o, num_train_epochs=2)`."""
+    return parse_config(_flags(values))
+
+
+def _flags(values: dict) -> list[str]:
+    """`{"max_steps": 2, "report_to": ["none"], "hflip": True}` -> `["--max_steps", "2", "--report_to", "none",
+    "--hflip", "true"]`."""
+    flags = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        flags += [f"--{name}", *("true" if v is True else "false" if v is False else str(v) for v in items)]
+    return flags
+
 
 
 def fit_recipe_to_preset(recipe_values: dict, preset: str, explicit: set[str]) -> list[str]:

@@ -283,9 +283,9 @@ def check_variants(base_flags: list[str], variants: list[Variant], out: Path) ->
 
 
 def _parse(base_flags: list[str], variant: Variant, output_dir: Path):
-    from .runs import RunConfig
+    from .arguments import parse_config
 
-    config = RunConfig.from_flags([*base_flags, *variant.flags, "--output_dir", str(output_dir), *FORCED_FLAGS])
+    config = parse_config([*base_flags, *variant.flags, "--output_dir", str(output_dir), *FORCED_FLAGS])
     training_args = config.training
     # cv publishes nothing (a fold's model is not a result): a push would fail after the folds plan is written, and
     # a token would be recorded in every fold_results.json and cv_results.json with the flags.

@@ -51,7 +51,7 @@ def run_demo(out: Path, source: Path | None = None, epochs: int = 4, echo=print)
     from .env import sample_dir
     from .predict import load_classifier, predict_files, write_predictions
     from .report import write_report
-    from .runs import RunConfig
+    from .arguments import build_config
     from .workflow import execute, summary
 
     start = time.perf_counter()
@@ -72,7 +72,7 @@ def run_demo(out: Path, source: Path | None = None, epochs: int = 4, echo=print)
     for kind in KINDS:
         echo(f"[demo] 2/6 training {kind} (tiny preset, {epochs} epochs)")
         runs[kind] = out / "runs" / kind
-        result = execute(RunConfig.build(model=kind, preset="tiny", recipe="scratch", data_dir=prepared,
+        result = execute(build_config(model=kind, preset="tiny", recipe="scratch", data_dir=prepared,
                                          output_dir=runs[kind], overwrite_output_dir=True, num_train_epochs=epochs,
                                          image_size=64, resize_size=72, logging_steps=5, disable_tqdm=True))
         echo(summary(runs[kind], prepared, result, result.get("calibration")))

@@ -23,6 +23,7 @@ import numpy as np
 
 from .data import CLASS_NAMES, SPLITS, DataError, prepared_counts, read_manifest
 from .logs import get_logger, progress_bar_disable
+from .runs import reliability_path
 
 SHORTCUT_WARNING = 0.8  # separation (AUROC read both ways) from which the source shortcut check warns
 SHORTCUT_MIN_IMAGES = 5  # images a source needs in a class to enter the check
@@ -132,11 +133,6 @@ def split_logits(model, processor, data_dir, split: str, cache_dir=None, counts=
     images = decoded_split(data_dir, split, geometry.resize, cache_dir=cache_dir)
     logits = predict_logits(model, XrayTensorDataset(images, images.labels, geometry), desc=f"predicting {split}")
     return logits, np.asarray(images.labels), images.files
-
-
-def reliability_path(out: Path) -> Path:
-    """The reliability diagram written beside a report's JSON (`test_results.json` -> `test_reliability.png`)."""
-    return out.with_name(out.stem.removesuffix("_results") + "_reliability.png")
 
 
 def report_split(model, processor, data_dir, split: str = "test", out: str | Path | None = None,

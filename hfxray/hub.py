@@ -21,14 +21,15 @@ from .data import CLASS_NAMES, MANIFEST_NAME, kept_counts, read_manifest
 from .dataset_repo import dataset_repo_id
 from .env import hub_offline, looks_local
 from .errors import HfxrayError
+from .runs import RunFolder
 
 # The allow-list: a Hub repo gets these top-level files (README.md is written by `write_model_card`), plus the
 # top-level `*_results.json` and the reliability diagrams beside them. Nothing else goes up: explanation maps and
 # figures (`hfxray explain --out`) show patients' X-rays, so a PNG someone put in the run folder stays local.
-HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "args.yaml",
-             "calibration.json")
+HUB_FILES = (RunFolder.CONFIG, RunFolder.WEIGHTS, RunFolder.PROCESSOR, RunFolder.CARD, RunFolder.ARGS,
+             RunFolder.CALIBRATION)
 HUB_PATTERNS = ("*_results.json", "*_reliability.png")
-REQUIRED_FILES = ("config.json", "model.safetensors")
+REQUIRED_FILES = (RunFolder.CONFIG, RunFolder.WEIGHTS)
 # Belt and braces on top of the explicit allow-list: never checkpoints, TensorBoard events or pickles.
 NEVER_UPLOAD = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.bin", "*.pkl", "*.pickle", "*.pt", "*.pth", "*.ckpt"]
 # test_results.json key -> (model-index metric type, shown name)
@@ -56,11 +57,11 @@ def _read_json(path: Path) -> dict:
 
 def _read_run(run_dir: Path) -> tuple[dict, dict]:
     """(args.yaml, config.json) of a run folder, or HubError saying what is missing."""
-    missing = [name for name in (*REQUIRED_FILES, "args.yaml") if not (run_dir / name).is_file()]
+    missing = [name for name in (*REQUIRED_FILES, RunFolder.ARGS) if not (run_dir / name).is_file()]
     if missing:
         raise HubError(f"{run_dir}: not a finished run folder (missing {', '.join(missing)}). To fix: pass the "
                        "--output_dir of a completed `hfxray train` run.")
-    return yaml.safe_load((run_dir / "args.yaml").read_text()) or {}, _read_json(run_dir / "config.json")
+    return yaml.safe_load((run_dir / RunFolder.ARGS).read_text()) or {}, _read_json(run_dir / RunFolder.CONFIG)
 
 
 def _base_model(args: dict) -> str | None:
@@ -73,7 +74,7 @@ def _base_model(args: dict) -> str | None:
 
 def _test_metrics(run_dir: Path) -> dict[str, float]:
     """The card metrics present and finite in test_results.json (a NaN AUROC of a one-class split is left out)."""
-    results = _read_json(run_dir / "test_results.json")
+    results = _read_json(run_dir / RunFolder.TEST_RESULTS)
     return {key: float(results[key]) for key in CARD_METRICS
             if isinstance(results.get(key), (int, float)) and math.isfinite(results[key])}
 
@@ -111,12 +112,12 @@ def schedule_text(args: dict) -> str:
 
 
 def _recipe_rows(args: dict, run_dir: Path) -> list[tuple[str, object]]:
-    processor = _read_json(run_dir / "preprocessor_config.json")
+    processor = _read_json(run_dir / RunFolder.PROCESSOR)
     crop = (processor.get("crop_size") or {}).get("height", args.get("image_size"))
     resize = (processor.get("size") or {}).get("shortest_edge", args.get("resize_size"))
     length = (f"{args['max_steps']} steps" if (args.get("max_steps") or -1) > 0
               else f"{args.get('num_train_epochs', 0):g} epoch(s)")
-    steps = _read_json(run_dir / "train_results.json").get("global_step")
+    steps = _read_json(run_dir / RunFolder.TRAIN_RESULTS).get("global_step")
     batch = ((args.get("per_device_train_batch_size") or 0) * (args.get("world_size") or 1)
              * (args.get("gradient_accumulation_steps") or 1))
     clip = args.get("max_grad_norm")
@@ -205,7 +206,7 @@ def _data_section(args: dict, run_dir: Path, dataset_id: str | None = None) -> s
 
 
 def _calibration_text(run_dir: Path, config: dict) -> str:
-    decision = _read_json(run_dir / "calibration.json")
+    decision = _read_json(run_dir / RunFolder.CALIBRATION)
     reason = f" ({decision['reason']})" if decision.get("reason") else ""
     if config.get("folded_temperature"):
         return (f"A temperature T = {config['folded_temperature']:.4g} fitted on the validation split is folded "
@@ -228,7 +229,7 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
                 "card declares no `base_model`."
                 + (" The tiny preset exists for tests and demos; its scores say nothing about the method."
                    if preset == "tiny" else ""))
-    results = _read_json(run_dir / "test_results.json")
+    results = _read_json(run_dir / RunFolder.TEST_RESULTS)
     n, n_positive = results.get("test_n"), results.get("test_n_positive")
     if metrics:
         intervals = results.get("test_ci95") or {}
@@ -337,7 +338,7 @@ def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, lic
     )
     body = _card_body(run_dir, args, config, metrics, repo_id or str(run_dir), dataset_id)
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
-    path = run_dir / "README.md"
+    path = run_dir / RunFolder.CARD
     card.save(path)
     return path
 
@@ -417,7 +418,7 @@ def hub_files(run_dir: str | os.PathLike) -> list[str]:
 def planned_files(run_dir: str | os.PathLike) -> list[str]:
     """What `push_run` would upload, without Hub access or writing anything (the card is written at push)."""
     _read_run(Path(run_dir))
-    return sorted({*hub_files(run_dir), "README.md"})
+    return sorted({*hub_files(run_dir), RunFolder.CARD})
 
 
 def held_back(run_dir: str | os.PathLike, files: list[str]) -> int:

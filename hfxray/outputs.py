@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import HfxrayError, printable
+from .runs import RunFolder
 
 
 class OutputError(HfxrayError):
@@ -131,7 +132,7 @@ def check_run_folder(output_dir: str | os.PathLike, data_dir=None, checkpoint=No
     if out.is_dir():
         entries = sorted(p.name for p in out.iterdir())
         # args.yaml is written as training starts; TensorBoard's runs/ is all a run stopped before it may leave
-        is_run = bool({"args.yaml", "runs"} & set(entries)) or any(n.startswith("checkpoint-") for n in entries)
+        is_run = bool({RunFolder.ARGS, "runs"} & set(entries)) or any(n.startswith("checkpoint-") for n in entries)
         if entries and not is_run:
             raise OutputError(f"--output_dir {printable(str(out))} holds files that are not a training run's (e.g. "
                               f"{printable(entries[0])}). To fix: pass a new or empty folder.")

@@ -1,7 +1,8 @@
 """A training run as Python data: its configuration (`RunConfig`), what training hands on (`TrainedRun`), and the
 names of the files in its folder (`RunFolder`).
 
-`RunConfig` is built once, from flags and YAML (`RunConfig.from_flags`), and is what `training.train`,
+`RunConfig` is built once, from flags and YAML (`arguments.parse_config`, or `arguments.build_config` from Python
+values), and is what `training.train`,
 `workflow.run` and cross-validation take; a variant of it is `config.replace(...)`, never a re-parsed flag list.
 `train` returns the model it trained, so calibration, evaluation and the card work on what the run holds in
 memory rather than on a copy re-read from disk.
@@ -29,20 +30,6 @@ class RunConfig:
     run: object  # arguments.RunArguments
     training: object  # transformers.TrainingArguments
 
-    @classmethod
-    def from_flags(cls, argv: list[str] | None = None, prog: str = "scripts/train.py") -> RunConfig:
-        """Flags (and the recipe and --config YAML they name), parsed and validated (`arguments.parse_args`)."""
-        from .arguments import parse_args
-
-        return cls(*parse_args(argv, prog=prog))
-
-    @classmethod
-    def build(cls, **values) -> RunConfig:
-        """A config from argument names and Python values, resolved exactly as the same flags would be (recipe <
-        --config < these values, then validated): `RunConfig.build(model="bit", preset="tiny", data_dir=d,
-        output_dir=o, num_train_epochs=2)`."""
-        return cls.from_flags(_flags(values))
-
     def __iter__(self):
         return iter((self.model, self.data, self.recipe, self.run, self.training))
 
@@ -66,18 +53,6 @@ class RunConfig:
         return RunFolder(self.training.output_dir)
 
 
-def _flags(values: dict) -> list[str]:
-    """`{"max_steps": 2, "report_to": ["none"], "hflip": True}` -> `["--max_steps", "2", "--report_to", "none",
-    "--hflip", "true"]`."""
-    flags = []
-    for name, value in values.items():
-        if value is None:
-            continue
-        items = value if isinstance(value, (list, tuple)) else [value]
-        flags += [f"--{name}", *("true" if v is True else "false" if v is False else str(v) for v in items)]
-    return flags
-
-
 @dataclass
 class TrainedRun:
     """What `training.train` hands on: the trained model (as saved), its processor, and the training metrics."""
@@ -86,6 +61,12 @@ class TrainedRun:
     processor: object
     metrics: dict
     folder: RunFolder
+
+
+def reliability_path(results: Path) -> Path:
+    """The reliability diagram written beside a report's JSON (`test_results.json` -> `test_reliability.png`)."""
+    results = Path(results)
+    return results.with_name(results.stem.removesuffix("_results") + "_reliability.png")
 
 
 class RunFolder:
@@ -143,8 +124,6 @@ class RunFolder:
         """An earlier run's result files here (what --overwrite_output_dir removes, so that a new run that fails
         leaves none that look like its own): RESULTS, `hfxray evaluate`'s default outputs (`SPLIT_evaluation.json`)
         and the reliability diagram beside each results JSON. Links are never followed or listed."""
-        from .evaluation import reliability_path
-
         if not self.path.is_dir():
             return []
         results = [self.test_results, *self.path.glob("*_evaluation.json")]

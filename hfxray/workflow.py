@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None, prog: str = "scripts/train.py") -> int:
     configure()
     connect_cpu_processes()
     try:
-        config = RunConfig.from_flags(argv, prog=prog)
+        from .arguments import parse_config
+
+        config = parse_config(argv, prog=prog)
         # hfxray's own messages at INFO on the main process unless --log_level says otherwise; replicas warn only.
         training_args = config.training
         passive = training_args.log_level == "passive" and training_args.should_log

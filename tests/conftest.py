@@ -50,13 +50,13 @@ def prepared_dir(sample_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_runs(prepared_dir, tmp_path_factory) -> dict[str, Path]:
     """Two tiny models trained briefly on the real sample (shared by evaluation, report, hub tests)."""
-    from hfxray.runs import RunConfig
+    from hfxray.arguments import build_config
     from hfxray.workflow import execute
 
     runs = {}
     for kind in ("vit", "bit"):
         out = tmp_path_factory.mktemp("runs") / kind
-        execute(RunConfig.build(model=kind, preset="tiny", recipe="scratch", data_dir=prepared_dir, output_dir=out,
+        execute(build_config(model=kind, preset="tiny", recipe="scratch", data_dir=prepared_dir, output_dir=out,
                                 num_train_epochs=2, max_train_samples=128, logging_steps=2, image_size=64,
                                 resize_size=72))
         runs[kind] = out

@@ -168,11 +168,11 @@ def test_data_cache_command_lists_and_clears(prepared_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_second_training_run_does_not_decode_again(prepared_dir, tmp_path, monkeypatch):
-    from hfxray.runs import RunConfig
+    from hfxray.arguments import parse_config
     from hfxray.training import train
 
     def arguments(out):
-        return RunConfig.from_flags(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data-dir",
+        return parse_config(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data-dir",
                            str(prepared_dir), "--output-dir", str(out), "--cache_dir", str(tmp_path / "cache"),
                            "--max_steps", "2", "--max_train_samples", "32", "--per_device_train_batch_size", "8",
                            "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no",

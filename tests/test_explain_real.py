@@ -49,7 +49,7 @@ def _one_thread(one_torch_thread):
 def real_runs(prepared_dir, tmp_path_factory):
     """kind -> trained scratch run folder (a short version of the README's from-scratch command), trained on first
     use so that each kind's checks run as soon as its own model exists."""
-    from hfxray.runs import RunConfig
+    from hfxray.arguments import build_config
     from hfxray.workflow import execute
 
     runs = {}
@@ -58,7 +58,7 @@ def real_runs(prepared_dir, tmp_path_factory):
         if kind not in runs:
             preset, epochs = TRAINING[kind]
             out = tmp_path_factory.mktemp("real-runs") / kind
-            execute(RunConfig.build(model=kind, preset=preset, recipe="scratch", data_dir=prepared_dir, output_dir=out,
+            execute(build_config(model=kind, preset=preset, recipe="scratch", data_dir=prepared_dir, output_dir=out,
                                     num_train_epochs=epochs, average_last_epochs=2, image_size=128, resize_size=144,
                                     disable_tqdm=True))
             runs[kind] = out

@@ -10,12 +10,12 @@ import json
 import pytest
 
 from hfxray.models import create_model
-from hfxray.runs import RunConfig
+from hfxray.arguments import build_config
 from hfxray.workflow import execute
 
 
 def _train(prepared_dir, out, kind, **extra):
-    execute(RunConfig.build(model=kind, preset="small", recipe="scratch", data_dir=prepared_dir, output_dir=out,
+    execute(build_config(model=kind, preset="small", recipe="scratch", data_dir=prepared_dir, output_dir=out,
                             disable_tqdm=True, report_to="none", **extra))
     return json.loads((out / "test_results.json").read_text()), json.loads((out / "train_results.json").read_text())
 
@@ -38,14 +38,15 @@ def test_each_kind_learns_clearly_better_than_chance_in_a_few_epochs(kind, prepa
 
 @pytest.mark.slow
 def test_refit_of_the_bit_recipe_trains_within_five_minutes_and_beats_chance_clearly(prepared_dir, tmp_path):
+    from hfxray.arguments import parse_config
     from hfxray.cv import FORCED_FLAGS, pool_rows, pool_selector
-    from hfxray.runs import RunConfig
     from hfxray.training import train
     from hfxray.workflow import evaluate_run
 
     out = tmp_path / "bit-refit"
-    config = RunConfig.from_flags(["--model", "bit", "--preset", "small", "--recipe", "scratch", "--data-dir", str(prepared_dir),
-                       "--output-dir", str(out), "--disable_tqdm", "true", "--report_to", "none", *FORCED_FLAGS])
+    config = parse_config(["--model", "bit", "--preset", "small", "--recipe", "scratch", "--data-dir",
+                           str(prepared_dir), "--output-dir", str(out), "--disable_tqdm", "true", "--report_to", "none",
+                           *FORCED_FLAGS])
     files = [row["file"] for row in pool_rows(prepared_dir)]
     trained = train(config, select_splits=pool_selector(prepared_dir, files, None))
     metrics = trained.metrics
