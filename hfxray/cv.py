@@ -267,19 +267,23 @@ def _base_flags(model: str, preset: str, recipe: str, data_dir, common: list[str
             "--report_to", "none", "--disable_tqdm", "true", *common]
 
 
-def check_variants(base_flags: list[str], variants: list[Variant], out: Path) -> None:
-    """Refuse a variant whose flags or model are wrong before any fold trains: a misspelt config field, or an input
-    size the architecture cannot take, would otherwise stop the run only when that variant's turn comes, hours in."""
+def variant_configs(base_flags: list[str], variants: list[Variant], out: Path) -> dict:
+    """Each variant's run configuration, parsed once (folds get copies with their own output folder); a variant
+    whose flags or model are wrong is refused before any fold trains: a misspelt config field, or an input size the
+    architecture cannot take, would otherwise stop the run only when that variant's turn comes, hours in."""
     from .models import create_model, get_spec
 
+    configs = {}
     for variant in variants:
-        model_args, _, recipe_args, _, _ = _parse(base_flags, variant, out / variant.name / "check")
+        configs[variant.name] = _parse(base_flags, variant, out / variant.name)
+        model_args, recipe_args = configs[variant.name].model, configs[variant.name].recipe
         # A from-scratch model is built in a fraction of a second; a pretrained one is not downloaded here, and
         # create_model refuses its --config_overrides before loading anything.
         from_scratch = get_spec(model_args.model, model_args.preset, recipe_args.image_size).checkpoint is None
         if from_scratch or model_args.config_overrides:
             create_model(model_args.model, model_args.preset, image_size=recipe_args.image_size,
                          resize_size=recipe_args.resize_size, config_overrides=model_args.config_overrides)
+    return configs
 
 
 def _parse(base_flags: list[str], variant: Variant, output_dir: Path):
@@ -318,10 +322,12 @@ def _drop_checkpoints(run_dir: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_fold(base_flags: list[str], variant: Variant, fold: dict, rows: list[dict], data_dir, fold_dir: Path) -> dict:
-    """Train on the fold's training part, predict its held-out part once; skipped when already finished."""
+def run_fold(config, flags: list[str], variant: Variant, fold: dict, rows: list[dict], data_dir,
+             fold_dir: Path) -> dict:
+    """Train on the fold's training part, predict its held-out part once; skipped when already finished.
+
+    `config` is the variant's (`variant_configs`); `flags` what it was parsed from, recorded with the results."""
     done = fold_dir / FOLD_RESULTS
-    flags = [*base_flags, *variant.flags]
     if done.is_file():
         finished = json.loads(done.read_text())
         if finished.get("flags", flags) != flags:
@@ -333,7 +339,7 @@ def run_fold(base_flags: list[str], variant: Variant, fold: dict, rows: list[dic
     from .metrics import apply_temperature, binary_metrics
     from .training import train
 
-    config = _parse(base_flags, variant, fold_dir)
+    config = config.replace(training={"output_dir": str(fold_dir)})
     data_args = config.data
     train_files = [rows[i]["file"] for i in fold["train"]]
     evaluation_files = [rows[i]["file"] for i in fold["evaluation"]]
@@ -495,7 +501,7 @@ def cross_validate(model: str, preset: str, recipe: str, data_dir, out, n_folds:
     common, variants = build_variants(sets, variants_file)
     selection_rule(variants_file)  # a wrong rule stops the run before any fold trains
     base_flags = _base_flags(model, preset, recipe, data_dir, common)
-    check_variants(base_flags, variants, out)
+    configs = variant_configs(base_flags, variants, out)
     rows, folds = fold_plan(data_dir, out, n_folds, repeats, fold_seed)
     results: dict[str, list[dict]] = {}
     for variant in variants:
@@ -503,7 +509,8 @@ def cross_validate(model: str, preset: str, recipe: str, data_dir, out, n_folds:
         for fold in folds:
             fold_dir = out / variant.name / f"repeat{fold['repeat']}-fold{fold['fold']}"
             if train_missing or (fold_dir / FOLD_RESULTS).is_file():
-                results[variant.name].append(run_fold(base_flags, variant, fold, rows, data_dir, fold_dir))
+                results[variant.name].append(run_fold(configs[variant.name], [*base_flags, *variant.flags], variant,
+                                                      fold, rows, data_dir, fold_dir))
     meta = dict(model=model, preset=preset, recipe=recipe, n_folds=n_folds, repeats=repeats, fold_seed=fold_seed,
                 n_pool=len(rows), common_flags=common, test_split_used=False, refit_temperature=TRANSFER_NOTE,
                 complete=all(len(r) == len(folds) for r in results.values()))
