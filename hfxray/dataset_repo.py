@@ -354,7 +354,15 @@ def _load(source: str, origin: str):
     if not isinstance(marker, dict) or marker.get("kind") != REPO_KIND:
         raise _unusable(origin, f"not a dataset repo written by `hfxray data push` (no valid {REPO_MARKER})")
     with library_progress_bars_off():
-        dataset = load_dataset(source)
+        if looks_local(source):
+            # datasets 5.2 caches a folder whose card lists `configs` under the folder's name alone: a second repo
+            # folder of the same name (a --local written again, a copy) would be read from the first one's cache.
+            # Naming the shards themselves keys the cache on their modification times.
+            shards = {split: str(Path(source) / SHARD.format(split=split)) for split in SPLITS
+                      if (Path(source) / SHARD.format(split=split)).is_file()}
+            dataset = load_dataset("parquet", data_files=shards)
+        else:
+            dataset = load_dataset(source)
     return dataset, manifest_path.read_bytes(), marker
 
 

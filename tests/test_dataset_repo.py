@@ -215,7 +215,9 @@ def test_hub_id_as_data_dir_reads_back_the_same_prepared_folder(pushed, prepared
 
     def load_dataset(path, *args, **kwargs):
         asked.append(path)
-        return real_load(str(uploaded) if path == REPO_ID else path, *args, **kwargs)
+        if path == REPO_ID:  # the Hub keys its cache on the repo's revision; a folder stands in for it here
+            return real_load(str(uploaded), *args, download_mode="force_redownload", **kwargs)
+        return real_load(path, *args, **kwargs)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
@@ -355,3 +357,27 @@ def test_a_manifest_naming_a_file_outside_its_folder_is_refused(prepared_dir, tm
     _one_line_error(capsys, _push("--data-dir", str(prepared), "--repo-id", REPO_ID, "--local",
                                   str(tmp_path / "repo")), "outside their split/label folder")
     assert not (tmp_path / "repo").exists()
+
+
+def test_two_local_repos_of_one_name_each_read_back_their_own_images(prepared_dir, tmp_path):
+    """datasets 5.2 caches a folder with a `configs` card under the folder's name alone: a second repo folder of that
+    name would be read from the first one's cache. resolve_data_dir names the shards, so each reads its own."""
+    from hfxray.dataset_repo import resolve_data_dir
+
+    first, second = tmp_path / "a" / "repo", tmp_path / "b" / "repo"
+    assert _push("--data-dir", str(prepared_dir), "--repo-id", REPO_ID, "--local", str(first)) == 0
+    changed = tmp_path / "changed"
+    shutil.copytree(prepared_dir, changed, copy_function=os.link, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    rows = read_manifest(prepared_dir)
+    moved = next(r for r in rows if r["status"] == "kept" and r["split"] == "train")
+    new_file = moved["file"].replace("train/", "validation/", 1)
+    os.rename(changed / moved["file"], changed / new_file)
+    moved.update(file=new_file, split="validation")
+    with (changed / MANIFEST_NAME).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert _push("--data-dir", str(changed), "--repo-id", REPO_ID, "--local", str(second)) == 0
+    for repo, source in ((first, prepared_dir), (second, changed)):
+        folder = Path(resolve_data_dir(str(repo), tmp_path / "cache"))
+        assert _listing(folder) == _listing(source)
