@@ -27,6 +27,7 @@ from .runs import reliability_path
 
 SHORTCUT_WARNING = 0.8  # separation (AUROC read both ways) from which the source shortcut check warns
 SHORTCUT_MIN_IMAGES = 5  # images a source needs in a class to enter the check
+SHORTCUT_RESAMPLES = 2000  # bootstrap resamples and permutations of the shortcut check (fixed seed)
 logger = get_logger(__name__)
 
 
@@ -55,11 +56,50 @@ def split_sources(data_dir: str | Path) -> dict[str, dict[str, int]]:
     return {split: dict(sorted(c.items())) for split, c in counts.items()}
 
 
+def _aurocs(scores: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """AUROC of each row of `scores` at telling `second` (True) from the rest (Mann-Whitney, ties 1/2)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=-1)
+    n_second, n_first = second.sum(), (~second).sum()
+    return ((ranks * second).sum(axis=-1) - n_second * (n_second + 1) / 2) / (n_second * n_first)
+
+
+def _separation_interval(low: float, high: float) -> list[float]:
+    """The separation max(A, 1 - A) over an AUROC interval [low, high]."""
+    if low >= 0.5:
+        return [low, high]
+    if high <= 0.5:
+        return [1 - high, 1 - low]
+    return [0.5, max(high, 1 - low)]
+
+
+def _shortcut_uncertainty(scores: np.ndarray, second: np.ndarray, separation: float, seed: int = 0) -> dict:
+    """95 % interval of the separation (images resampled within each source) and its permutation p-value."""
+    rng = np.random.default_rng(seed)
+    index_first, index_second = np.flatnonzero(~second), np.flatnonzero(second)
+    drawn = np.concatenate([rng.choice(index_first, (SHORTCUT_RESAMPLES, len(index_first))),
+                            rng.choice(index_second, (SHORTCUT_RESAMPLES, len(index_second)))], axis=1)
+    labels = np.r_[np.zeros(len(index_first), bool), np.ones(len(index_second), bool)]
+    low, high = np.quantile(_aurocs(scores[drawn], labels), [0.025, 0.975])
+    # The ranks do not change under a permutation of the sources: one matrix product gives every permuted AUROC.
+    shuffled = np.stack([rng.permutation(second) for _ in range(SHORTCUT_RESAMPLES)])
+    from scipy.stats import rankdata
+
+    n_second, n_first = int(second.sum()), int((~second).sum())
+    permuted = (shuffled @ rankdata(scores) - n_second * (n_second + 1) / 2) / (n_second * n_first)
+    null = np.maximum(permuted, 1 - permuted)
+    return {"separation_ci95": _separation_interval(float(low), float(high)),
+            "permutation_p": float((1 + (null >= separation - 1e-12).sum()) / (1 + len(null)))}
+
+
 def source_shortcut(probs_virus, labels, sources, images: str) -> dict:
     """How well p(virus) separates two sources among images of one class (AUROC, and max(AUROC, 1 - AUROC)).
 
     Images of one class should look alike to the classifier whatever their source; a separation near 1 means the
-    model's output carries the source (hospital, age group, scanner, burnt-in marks), i.e. a shortcut.
+    model's output carries the source (hospital, age group, scanner, burnt-in marks), i.e. a shortcut. Each
+    separation comes with a 95 % bootstrap interval (images resampled within each source) and a permutation p-value
+    (sources shuffled within the class; H0: the output does not depend on the source).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -73,7 +113,8 @@ def source_shortcut(probs_virus, labels, sources, images: str) -> dict:
             chosen = in_class & np.isin(sources, [first, second])
             auroc = float(roc_auc_score(sources[chosen] == second, probs[chosen]))
             rows.append({"class": name, "sources": [first, second], "n": [counts[first], counts[second]],
-                         "auroc": auroc, "separation": max(auroc, 1.0 - auroc)})
+                         "auroc": auroc, "separation": max(auroc, 1.0 - auroc),
+                         **_shortcut_uncertainty(probs[chosen], sources[chosen] == second, max(auroc, 1.0 - auroc))})
     worst = max((row["separation"] for row in rows), default=None)
     return {"measure": "AUROC of p(virus) at telling two sources apart among images of one class "
                        "(separation = max(AUROC, 1 - AUROC); 0.5 = indistinguishable)",
@@ -88,8 +129,14 @@ def shortcut_message(check: dict) -> str:
                 f"{SHORTCUT_MIN_IMAGES} each) among the {check.get('images')}; not measured")
     worst = max(check["by_class"], key=lambda row: row["separation"])
     text = (f"source shortcut check: among {worst['class']} images ({check['images']}), the model's p(virus) tells "
-            f"{worst['sources'][0]} from {worst['sources'][1]} with separation {worst['separation']:.2f} "
-            f"(0.5 = cannot tell)")
+            f"{worst['sources'][0]} from {worst['sources'][1]} with separation {worst['separation']:.2f}")
+    if worst.get("separation_ci95"):  # results written before the interval existed have none
+        low, high = worst["separation_ci95"]
+        text += f" (95% CI {low:.2f}-{high:.2f}, permutation p = {worst['permutation_p']:.3g}; 0.5 = cannot tell)"
+        if not check["warning"] and high >= SHORTCUT_WARNING:
+            text += f"; the interval reaches {SHORTCUT_WARNING}, so a shortcut is not ruled out"
+    else:
+        text += " (0.5 = cannot tell)"
     if check["warning"]:
         text = ("WARNING: " + text + f", at or above {SHORTCUT_WARNING}: the model's output carries the source; "
                 "its accuracy may come from where an image was taken rather than from the disease")

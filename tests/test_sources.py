@@ -449,3 +449,38 @@ def test_evaluation_report_and_card_break_metrics_down_by_source(merged, externa
     assert "Trained on coronahack (513); tested on cohen (98)." in card and "source shortcut check" in card
     section = external_validation_section([Run("vit / scratch", out.parent, {}, results, {})])
     assert "| vit / scratch | coronahack (513) | coronahack (91) | cohen (98) |" in section
+
+
+def test_shortcut_check_has_an_interval_and_a_permutation_p():
+    """A middling separation on few images is not called safe: its interval and p-value are stated."""
+    import numpy as np
+
+    from hfxray.evaluation import SHORTCUT_WARNING, shortcut_message, source_shortcut
+
+    rng = np.random.default_rng(5)
+    labels = np.zeros(64, int)
+    sources = np.array(["cohen"] * 19 + ["coronahack"] * 45)
+    probs = np.r_[rng.normal(0.6, 0.2, 19), rng.normal(0.45, 0.2, 45)]
+    check = source_shortcut(probs, labels, sources, "held-out splits")
+    row = check["by_class"][0]
+    low, high = row["separation_ci95"]
+    assert 0.5 <= low <= row["separation"] <= high <= 1 and high - low > 0.1
+    assert 0 < row["permutation_p"] < 0.1
+    message = shortcut_message(check)
+    assert f"95% CI {low:.2f}-{high:.2f}, permutation p" in message
+    if not check["warning"] and high >= SHORTCUT_WARNING:
+        assert "not ruled out" in message
+    same = source_shortcut(rng.random(64), labels, sources, "held-out splits")["by_class"][0]
+    assert same["permutation_p"] > 0.05 and same["separation_ci95"][0] == 0.5
+
+
+def test_shortcut_aurocs_match_sklearn_with_ties():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from hfxray.evaluation import _aurocs
+
+    rng = np.random.default_rng(2)
+    scores = np.round(rng.random((3, 30)), 1)  # ties
+    second = np.arange(30) % 3 == 0
+    assert _aurocs(scores, second) == pytest.approx([roc_auc_score(second, row) for row in scores])
