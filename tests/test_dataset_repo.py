@@ -42,7 +42,8 @@ def _sha(data: bytes) -> str:
 def test_local_repo_loads_with_counts_labels_patient_groups_and_original_bytes(local_repo, prepared_dir):
     from datasets import load_dataset
 
-    dataset = load_dataset(str(local_repo))
+    # force_redownload: datasets 5.2 would read any earlier folder of this name from its cache (docs/hub-data.md)
+    dataset = load_dataset(str(local_repo), download_mode="force_redownload")
     rows = read_manifest(prepared_dir)
     counts = kept_counts(rows)
     assert sorted(dataset) == ["test", "train", "validation"]
