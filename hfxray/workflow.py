@@ -87,6 +87,8 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
     """The readable end of a run: where everything is, the test metrics with CIs, and the next commands."""
     import shlex
 
+    from .families import ADAPTERS
+
     run, data = Path(run_dir), Path(data_dir)
     quoted, data_quoted = shlex.quote(str(run)), shlex.quote(str(data))
     intervals = report.get("ci95") or {}
@@ -99,7 +101,8 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
 
     calibration = (f"T = {decision.temperature:.3g} folded into the head" if decision and decision.fold
                    else "no temperature folded") + (f": {decision.reason}" if decision else "")
-    method = "rollout" if report.get("family") == "vit" else "gradcam"
+    family = ADAPTERS.get(report.get("family"))
+    method = family.explanation if family else "gradcam"
     lines = [
         f"Run finished: {run}",
         f"  model card      {run / 'README.md'}",
