@@ -35,8 +35,8 @@ class ConfigError(HfxrayError):
 class ModelArguments:
     model: str = field(default="vit", metadata={"help": f"Model kind: {', '.join(MODEL_NAMES)}."})
     preset: str = field(default="full", metadata={
-        "help": f"{', '.join(PRESETS)}: pretrained ImageNet-21k weights, a small random model (from-scratch "
-                "control), or a tiny random model (tests/demo)."})
+        "help": f"{', '.join(PRESETS)}: the family's pretrained weights from the Hub (docs/families.md), a small "
+                "random model (from-scratch control), or a tiny random model (tests/demo)."})
     checkpoint: str | None = field(default=None, metadata={
         "help": "Local folder or Hub id replacing the registry's pretrained weights (full preset)."})
     config_overrides: str | None = field(default=None, metadata={
