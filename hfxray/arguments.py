@@ -1,6 +1,7 @@
 """Training arguments: typed dataclasses for HfArgumentParser, recipe and config YAML, validation.
 
-Precedence: dataclass defaults < recipe (`configs/recipes/{family}-{recipe}.yaml`) < `--config FILE.yaml`
+Precedence: dataclass defaults < recipe (`configs/recipes/{family}-{recipe}.yaml`, found by name: the recipes are
+the files there, and each family names its default) < `--config FILE.yaml`
 < command-line flags. A recipe sets TrainingArguments fields wherever the Trainer has one (`optim`, `optim_args`,
 `lr_scheduler_type`, `warmup_steps`, `label_smoothing_factor`, ...); hfxray's own fields are only what the Trainer
 lacks (its extra schedules, augmentation, weight averaging). Everything is validated before any model or data
@@ -19,14 +20,13 @@ import yaml
 from .data import DataError, check_prepared
 from .dataset_repo import resolve_data_dir
 from .errors import HfxrayError, excerpt
+from .families import ADAPTERS, adapter_for_name
 from .models import MODEL_NAMES, PRESETS
 from .recipes import SCHEDULES, TRAINER_SCHEDULE
 from .runs import RunConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-RECIPES = ("seed", "paper", "scratch")
-# Models that share recipe files: the hybrid is fine-tuned as ViT is (the study and ViT's paper did so).
-RECIPE_FAMILY = {"bit_in1k": "bit", "hybrid": "vit"}
+RECIPE_DIR = CONFIG_DIR / "recipes"
 
 
 class ConfigError(HfxrayError):
@@ -37,15 +37,14 @@ class ConfigError(HfxrayError):
 class ModelArguments:
     model: str = field(default="vit", metadata={"help": f"Model kind: {', '.join(MODEL_NAMES)}."})
     preset: str = field(default="full", metadata={
-        "help": f"{', '.join(PRESETS)}: pretrained ImageNet-21k weights, a small random model (from-scratch "
-                "control), or a tiny random model (tests/demo)."})
+        "help": f"{', '.join(PRESETS)}: the family's pretrained weights from the Hub (docs/families.md), a small "
+                "random model (from-scratch control), or a tiny random model (tests/demo)."})
     checkpoint: str | None = field(default=None, metadata={
         "help": "Local folder or Hub id replacing the registry's pretrained weights (full preset)."})
     config_overrides: str | None = field(default=None, metadata={
         "help": "Change a from-scratch model's architecture (small/tiny presets), as transformers' examples do: "
-                "KEY=VALUE pairs of its config, comma-separated, values as JSON, e.g. 'hidden_sizes=[96,192,384,768]'"
-                " or 'depths=[2,2,2,2]' (bit), 'hidden_size=192,intermediate_size=384' (vit), 'embed_dim=192' "
-                "(hybrid: timm create_model arguments)."})
+                "KEY=VALUE pairs of its config, comma-separated, values as JSON, e.g. "
+                + "; ".join(f"{family.override_example} ({family.name})" for family in ADAPTERS.values()) + "."})
 
 
 @dataclass
@@ -61,8 +60,10 @@ class DataArguments:
 
 @dataclass
 class RecipeArguments:
-    recipe: str = field(default="seed", metadata={
-        "help": f"Recipe name ({', '.join(RECIPES)}) read from configs/recipes/, or a YAML file path."})
+    recipe: str | None = field(default=None, metadata={
+        "help": "Recipe name read from configs/recipes/ (<family>-<name>.yaml, else <name>.yaml), or a YAML file "
+                "path. Default: the model family's ("
+                + ", ".join(f"{family.name}: {family.default_recipe}" for family in ADAPTERS.values()) + ")."})
     schedule: str = field(default=TRAINER_SCHEDULE, metadata={
         "help": f"Learning-rate schedule: '{TRAINER_SCHEDULE}' uses the Trainer's --lr_scheduler_type and "
                 f"--warmup_steps; {', '.join(SCHEDULES)} are hfxray's (formulas in hfxray/recipes.py). An explicit "
@@ -162,17 +163,40 @@ def _normalise_flags(argv: list[str]) -> list[str]:
     return normalised
 
 
+def _recipe_prefix(model: str) -> str:
+    """The prefix of a model's recipe files: its family's (the hybrid shares ViT's, bit_in1k BiT's)."""
+    family = adapter_for_name(model)
+    return family.recipes_prefix if family else model
+
+
+def available_recipes(model: str) -> list[str]:
+    """Recipe names `--recipe` accepts for `model`: its family's files, then the ones every family shares."""
+    prefixes = {family.recipes_prefix for family in ADAPTERS.values()}
+    stems = sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
+    own = [stem.partition("-")[2] for stem in stems if stem.startswith(f"{_recipe_prefix(model)}-")]
+    shared = [stem for stem in stems if not any(stem.startswith(f"{prefix}-") for prefix in prefixes)]
+    return own + [name for name in shared if name not in own]
+
+
+def default_recipe(model: str) -> str:
+    """The recipe a model trains with when --recipe is not given: its family's default."""
+    family = adapter_for_name(model)
+    if family is None:
+        raise ConfigError(f"unknown model {model!r}. To fix: choose one of {', '.join(MODEL_NAMES)}")
+    return family.default_recipe
+
+
 def recipe_path(model: str, recipe: str) -> Path:
     """configs/recipes/{family}-{recipe}.yaml, else configs/recipes/{recipe}.yaml, else `recipe` as a path."""
     if recipe.endswith((".yaml", ".yml")):
         path = Path(recipe)
     else:
-        path = CONFIG_DIR / "recipes" / f"{RECIPE_FAMILY.get(model, model)}-{recipe}.yaml"
+        path = RECIPE_DIR / f"{_recipe_prefix(model)}-{recipe}.yaml"
         if not path.is_file():
-            path = CONFIG_DIR / "recipes" / f"{recipe}.yaml"
+            path = RECIPE_DIR / f"{recipe}.yaml"
     if not path.is_file():
         raise ConfigError(f"recipe {recipe!r} for model {model!r}: {path} not found. To fix: use --recipe "
-                          f"{'|'.join(RECIPES)} or the path of a recipe YAML")
+                          f"{'|'.join(available_recipes(model))} or the path of a recipe YAML")
     return path
 
 
@@ -302,7 +326,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
     config_values = _read_yaml(Path(early["config"]), known) if early["config"] else {}
     early = _early(argv, ("model", "recipe", "preset"), config_values, {})
     model = early["model"] or ModelArguments.model
-    recipe = early["recipe"] or RecipeArguments.recipe
+    recipe = early["recipe"] or default_recipe(model)
     recipe_values = _read_yaml(recipe_path(model, recipe), known)
     explicit = _explicit_names(argv) | set(config_values)
     if recipe_values.get("bit_hyperrule") or config_values.get("bit_hyperrule"):
@@ -313,7 +337,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
     notes = fit_recipe_to_preset(recipe_values, early["preset"] or ModelArguments.preset, explicit)
     _apply_explicit(recipe_values, explicit)
     parser = _parser_class()(_dataclasses(), prog=prog)
-    parser.set_defaults(**{**TRAINING_DEFAULTS, **recipe_values, **config_values})
+    parser.set_defaults(**{**TRAINING_DEFAULTS, "recipe": recipe, **recipe_values, **config_values})
     try:
         model_args, data_args, recipe_args, run_args, training_args = parser.parse_args_into_dataclasses(argv)
     except ValueError as err:  # TrainingArguments.__post_init__ checks (e.g. bf16 without a GPU): no traceback

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from .data.coronahack import CSV_NAME, IMAGE_ROOT
+from .families import ADAPTERS
 
-KINDS = ("vit", "bit", "hybrid")
+KINDS = tuple(ADAPTERS)  # every model family (hfxray/families/), in its listing order
 
 
 def generate_source(root: Path, patients_per_class: int = 40, seed: int = 0) -> Path:
@@ -103,10 +104,10 @@ def serve_command(run_dirs) -> str:
 
 
 def explain_one(runs: dict[str, Path], image: Path, out: Path) -> Path:
-    """Grad-CAM for the CNN and the hybrid's backbone, attention rollout for ViT, on one image."""
+    """Each family's first explanation (its adapter's: Grad-CAM for the CNNs and the hybrid's backbone, attention
+    rollout for ViT) on one image."""
     from .explain import explain
 
-    method = {"vit": "rollout", "bit": "gradcam", "hybrid": "gradcam"}
     for kind, run_dir in runs.items():
-        explain(str(run_dir), method[kind], [image], out / kind)
+        explain(str(run_dir), ADAPTERS[kind].explanation, [image], out / kind)
     return out

@@ -21,6 +21,7 @@ from .data import CLASS_NAMES, MANIFEST_NAME, kept_counts, read_manifest
 from .dataset_repo import dataset_repo_id
 from .env import hub_offline, looks_local
 from .errors import HfxrayError
+from .families import ADAPTERS, UnsupportedModelError, adapter_for
 from .runs import RunFolder
 
 # The allow-list: a Hub repo gets these top-level files (README.md is written by `write_model_card`), plus the
@@ -41,7 +42,6 @@ CARD_METRICS = {
     "test_f1": ("f1", "F1 (virus)"),
     "test_ece": ("expected_calibration_error", "ECE (15 bins, top-label, as shipped)"),
 }
-FAMILY_TAGS = {"vit": ["vit"], "bit": ["bit", "resnetv2"], "timm_wrapper": ["timm", "vit", "resnetv2", "hybrid"]}
 BASE_TAGS = ["image-classification", "medical-imaging", "chest-x-ray", "pneumonia", "coronahack", "hfxray"]
 KAGGLE_URL = "https://www.kaggle.com/datasets/praveengovi/coronahack-chest-xraydataset"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -132,7 +132,9 @@ def _recipe_rows(args: dict, run_dir: Path) -> list[tuple[str, object]]:
         ("effective batch size", batch),
         ("label smoothing", args.get("label_smoothing_factor")),
         ("image size", f"shortest edge resized to {resize} px, center crop {crop} x {crop} px, scaled to [-1, 1]"
-         if processor.get("image_mean") == [0.5, 0.5, 0.5] else f"resize {resize} px, crop {crop} px"),
+         if processor.get("image_mean") == [0.5, 0.5, 0.5] else f"resize {resize} px, crop {crop} px"
+         + (f", normalised with mean {processor['image_mean']} and std {processor.get('image_std')}"
+            if processor.get("image_mean") else "")),
         ("augmentation", ", ".join([f"random zoom up to {zoom}x" if zoom > 1 else "no zoom",
                                     "horizontal flips" if args.get("hflip") else "no flips"])),
         ("gradient clipping", f"max norm {clip}" if clip else "none"),
@@ -214,9 +216,24 @@ def _calibration_text(run_dir: Path, config: dict) -> str:
     return f"Scores are the plain softmax of the trained model: no temperature is folded in{reason}."
 
 
+def _listed(names) -> str:
+    """`a, b and c`."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _family(config: dict):
+    """The run's family adapter, or None for a model type hfxray does not know (the card then names none)."""
+    try:
+        return adapter_for(config)
+    except UnsupportedModelError:
+        return None
+
+
 def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float], example_id: str,
                dataset_id: str | None = None) -> str:
     base_model = _base_model(args)
+    family = _family(config)
     preset = args.get("preset")
     if base_model:
         init = (f"Fine-tuned from [`{base_model}`](https://huggingface.co/{base_model}) (ImageNet-21k "
@@ -263,11 +280,12 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
     figures = [name for name in hub_files(run_dir) if name.endswith(".png")]  # aggregate figures only, never maps
     sections = [
         f"# {args.get('model_tag') or run_dir.name}: chest X-ray classifier, normal vs viral pneumonia",
-        f"{init} Trained with hfxray on chest X-rays labelled `normal` or `virus`.",
+        (f"{family.card_text} " if family else "") + f"{init} Trained with hfxray on chest X-rays labelled `normal` or "
+        "`virus`.",
         "## Intended use",
-        "Research and teaching: reproducing and comparing ViT, BiT and R50+ViT hybrid fine-tuning on chest X-rays, "
-        "and studying calibration and explanations. **Not a medical device**; not for diagnosis, triage or any "
-        "clinical decision.",
+        "Research and teaching: reproducing and comparing "
+        f"{_listed(other.display_name for other in ADAPTERS.values())} fine-tuning on chest X-rays, and studying "
+        "calibration and explanations. **Not a medical device**; not for diagnosis, triage or any clinical decision.",
         "## How to use",
         f'```python\nfrom transformers import pipeline\nprint(pipeline("image-classification", model="{example_id}")'
         '("chest_xray.jpeg"))\n```',
@@ -332,7 +350,7 @@ def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, lic
         datasets=[dataset_id] if dataset_id else None,
         license=license_id,
         license_name="mixed-training-data-licenses" if license_id == "other" else None,
-        tags=BASE_TAGS + FAMILY_TAGS.get(config.get("model_type", ""), []),
+        tags=BASE_TAGS + list(family.card_tags if (family := _family(config)) else ()),
         model_name=name,
         eval_results=eval_results or None,
     )

@@ -1,12 +1,14 @@
 """Model registry: `--model NAME --preset PRESET` -> (model, image processor), timm `create_model` style.
 
 Presets:
-- `full`: the study's ImageNet-21k checkpoints from the Hub, with a fresh 2-class head.
+- `full`: the family's pretrained checkpoint from the Hub (the study's ImageNet-21k ones), with a fresh 2-class head.
 - `small`: randomly initialised models of the same classes (0.1-1.5 M parameters, 128 px), the from-scratch control.
 - `tiny`: the smallest models of the same classes (64 px), for tests, CI and the demo.
 
-Every model gets the same kind of processor (resize the shortest edge, center-crop, scale to the model's
-mean/std) so that one data path serves all three and `pipeline("image-classification")` reproduces it.
+What each family builds per preset is its adapter's (`hfxray.families`); this module looks the adapter up, lends it
+the safe loaders below and gives every model the same kind of processor (resize the shortest edge, center-crop,
+scale to the family's mean/std) so that one data path serves all and `pipeline("image-classification")`
+reproduces it.
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 from .data.labels import CLASS_NAMES
 from .env import hub_offline, hub_source, hub_unreachable, looks_local
 from .errors import HfxrayError, excerpt, printable
+from .families import ADAPTERS, BuildRequest, FamilyAdapter, adapter_for_name, model_names
 
 ID2LABEL = dict(enumerate(CLASS_NAMES))
 LABEL2ID = {name: index for index, name in ID2LABEL.items()}
-MODEL_NAMES = ("vit", "bit", "bit_in1k", "hybrid")
+MODEL_NAMES = model_names()  # every family's --model values (hfxray/families/)
 PRESETS = ("full", "small", "tiny")
-# ViT-21k, BiT-M and the original hybrid weights were all trained on inputs scaled to [-1, 1].
+# ViT-21k, BiT-M and the original hybrid weights were all trained on inputs scaled to [-1, 1]; a family whose
+# weights expect otherwise says so in its adapter (`normalisation`).
 MINUS_ONE_TO_ONE = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 
 
@@ -45,7 +49,7 @@ class ModelSpec:
     preset: str
     checkpoint: str | None  # Hub id of the pretrained weights (full preset), else None
     image_size: int
-    build: Callable[["ModelSpec", str | None, dict], object] = field(repr=False, compare=False)
+    family: FamilyAdapter = field(repr=False, compare=False)
 
     @property
     def tag(self) -> str:
@@ -114,7 +118,7 @@ def check_model_folder(checkpoint: str | os.PathLike, *, weights: bool = True) -
     if config.get("auto_map"):
         raise ModelLoadError(f"{name}: config.json asks to run the folder's own Python code (auto_map), which "
                              "hfxray never does. To fix: use a model saved by hfxray or transformers' built-in "
-                             "classes (ViT, BiT, timm wrapper).")
+                             f"classes ({', '.join(family.display_name for family in ADAPTERS.values())}).")
     if weights and not any((folder / safe).is_file() for safe in SAFE_WEIGHTS):
         pickled = [p for p in PICKLED_WEIGHTS if (folder / p).is_file()]
         if pickled:
@@ -255,22 +259,7 @@ def _check_config_keys(config_class, overrides: dict, spec: ModelSpec, preset_fi
                              f"{', '.join(preset_fields)}.")
 
 
-def _vit(spec: ModelSpec, checkpoint: str | None, overrides: dict):
-    from transformers import ViTConfig, ViTForImageClassification
-
-    if spec.preset == "full":
-        model = _from_pretrained(ViTForImageClassification.from_pretrained, checkpoint or spec.checkpoint, **_labels())
-        if model.config.image_size != spec.image_size:
-            resize_vit_position_embeddings(model, spec.image_size)
-        return model
-    sizes = {"tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
-             "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256)}
-    _check_config_keys(ViTConfig, overrides, spec, sizes[spec.preset])
-    return _from_scratch(ViTForImageClassification, ViTConfig, spec,
-                         dict(image_size=spec.image_size, patch_size=16, **sizes[spec.preset], **_labels()) | overrides)
-
-
-def _from_scratch(model_class, config_class, spec: ModelSpec, values: dict):
+def _from_scratch(model_class, config_class, values: dict, *, spec: ModelSpec):
     """A randomly initialised model; a config that cannot be built (e.g. overrides that disagree) is one line."""
     try:
         from huggingface_hub.errors import StrictDataclassError
@@ -285,83 +274,6 @@ def _from_scratch(model_class, config_class, spec: ModelSpec, values: dict):
                              "depth).") from None
 
 
-def resize_vit_position_embeddings(model, image_size: int) -> None:
-    """Resample a ViT's learned position embeddings to a new input size (the study fine-tuned at 128 px).
-
-    Done once on the weights (as timm does when loading at another size) so that the saved model natively
-    takes `image_size` inputs and `pipeline` needs no `interpolate_pos_encoding` flag.
-    """
-    import torch
-    from timm.layers import resample_abs_pos_embed
-
-    embeddings = model.vit.embeddings
-    patch = model.config.patch_size
-    old_grid = model.config.image_size // patch
-    new_grid = image_size // patch
-    with torch.no_grad():
-        resampled = resample_abs_pos_embed(embeddings.position_embeddings.data, new_size=(new_grid, new_grid),
-                                           old_size=(old_grid, old_grid), num_prefix_tokens=1)
-    embeddings.position_embeddings = torch.nn.Parameter(resampled)
-    embeddings.patch_embeddings.image_size = (image_size, image_size)
-    embeddings.patch_embeddings.num_patches = new_grid * new_grid
-    model.config.image_size = image_size
-
-
-def _bit(spec: ModelSpec, checkpoint: str | None, overrides: dict):
-    from transformers import BitConfig, BitForImageClassification
-
-    if spec.preset == "full":
-        if checkpoint and Path(checkpoint).expanduser().is_dir():  # an already converted / fine-tuned folder
-            return _from_pretrained(BitForImageClassification.from_pretrained, checkpoint, **_labels(),
-                                    ignore_mismatched_sizes=True)
-        from .bit_conversion import load_bit_in21k
-
-        return load_bit_in21k(checkpoint or spec.checkpoint, id2label=dict(ID2LABEL), label2id=dict(LABEL2ID))
-    sizes = {"tiny": dict(embedding_size=8, hidden_sizes=[8, 16, 32, 64], num_groups=4),
-             "small": dict(embedding_size=32, hidden_sizes=[64, 128, 256, 512], num_groups=8)}
-    _check_config_keys(BitConfig, overrides, spec, ["depths", *sizes[spec.preset]])
-    return _from_scratch(BitForImageClassification, BitConfig, spec,
-                         dict(depths=[1, 1, 1, 1], layer_type="preactivation", **sizes[spec.preset], **_labels())
-                         | overrides)
-
-
-def _bit_in1k(spec: ModelSpec, checkpoint: str | None, overrides: dict):
-    from transformers import BitForImageClassification
-
-    return _from_pretrained(BitForImageClassification.from_pretrained, checkpoint or spec.checkpoint, **_labels(),
-                            ignore_mismatched_sizes=True)
-
-
-def _hybrid(spec: ModelSpec, checkpoint: str | None, overrides: dict):
-    from transformers import AutoModelForImageClassification, TimmWrapperConfig, TimmWrapperForImageClassification
-
-    if spec.preset == "full":
-        # The in21k hybrid ships no head: ignore_mismatched_sizes lets a fresh 2-class head be created.
-        model = _from_pretrained(AutoModelForImageClassification.from_pretrained, checkpoint or spec.checkpoint,
-                                 **_labels(), ignore_mismatched_sizes=True)
-        if spec.image_size != model.timm_model.patch_embed.img_size[0]:
-            # timm resamples the position embeddings; model_args makes a reload build the same shapes.
-            model.timm_model.set_input_size(img_size=spec.image_size)
-            model.config.model_args = {**(model.config.model_args or {}), "img_size": spec.image_size}
-        return model
-    # timm's R-Ti/16 hybrid: a ResNetV2 stem feeding a ViT, the smallest member of the R50+ViT-B/16 family
-    # (the R26/R50 backbones cannot be shrunk through create_model arguments).
-    sizes = {"tiny": dict(embed_dim=32, depth=2, num_heads=2), "small": dict(embed_dim=128, depth=4, num_heads=4)}
-    # Overrides are timm create_model arguments (embed_dim, depth, num_heads, mlp_ratio, ...), kept in model_args.
-    return _from_scratch(TimmWrapperForImageClassification, TimmWrapperConfig, spec, dict(
-        architecture="vit_tiny_r_s16_p8_224",
-        model_args=dict(img_size=spec.image_size, **sizes[spec.preset]) | overrides,
-        **_labels()))
-
-
-_BUILDERS = {"vit": _vit, "bit": _bit, "bit_in1k": _bit_in1k, "hybrid": _hybrid}
-_CHECKPOINTS = {
-    "vit": "google/vit-base-patch16-224-in21k",
-    "bit": "timm/resnetv2_50x1_bit.goog_in21k",
-    # Not the study's model: BiT-M in21k *then fine-tuned on ImageNet-1k*. Offered for comparison only.
-    "bit_in1k": "google/bit-50",
-    "hybrid": "timm/vit_base_r50_s16_224.orig_in21k",
-}
 _SIZES = {"full": 224, "small": 128, "tiny": 64}
 
 
@@ -372,15 +284,16 @@ def native_image_size(preset: str) -> int:
 
 def get_spec(name: str, preset: str = "full", image_size: int | None = None) -> ModelSpec:
     """Look up a registry entry; `image_size` overrides the preset's input size (e.g. the seed recipe's 128 px)."""
-    if name not in _BUILDERS:
+    family = adapter_for_name(name)
+    if family is None:
         raise ModelSpecError(f"unknown model {name!r}. To fix: choose one of {', '.join(MODEL_NAMES)}")
     if preset not in PRESETS:
         raise ModelSpecError(f"unknown preset {preset!r}. To fix: choose one of {', '.join(PRESETS)}")
-    if name == "bit_in1k" and preset != "full":
-        raise ModelSpecError("bit_in1k exists only as the pretrained google/bit-50. To fix: use --model bit for "
-                         f"--preset {preset}")
-    return ModelSpec(name=name, preset=preset, checkpoint=_CHECKPOINTS[name] if preset == "full" else None,
-                     image_size=image_size or _SIZES[preset], build=_BUILDERS[name])
+    if preset != "full" and (name != family.name or preset not in family.random_presets):
+        raise ModelSpecError(f"{name} exists only as the pretrained {family.pretrained[name]}. To fix: use --model "
+                             f"{family.name} for --preset {preset}")
+    return ModelSpec(name=name, preset=preset, checkpoint=family.pretrained[name] if preset == "full" else None,
+                     image_size=image_size or _SIZES[preset], family=family)
 
 
 def create_model(name: str, preset: str = "full", image_size: int | None = None, resize_size: int | None = None,
@@ -392,8 +305,15 @@ def create_model(name: str, preset: str = "full", image_size: int | None = None,
     if overrides and spec.checkpoint is not None:
         raise ModelSpecError(f"--config_overrides changes the architecture; {spec.tag} loads pretrained weights of a "
                              "fixed one. To fix: use --preset small or tiny (models trained from scratch).")
-    model = spec.build(spec, checkpoint, overrides)
-    processor = build_processor(spec.image_size, resize_size)
+    request = BuildRequest(
+        name=name, preset=preset, image_size=spec.image_size, checkpoint=checkpoint, hub_id=spec.checkpoint,
+        overrides=overrides, labels=_labels(), from_pretrained=_from_pretrained,
+        from_scratch=partial(_from_scratch, spec=spec),
+        check_config_keys=lambda config_class, preset_fields: _check_config_keys(config_class, overrides, spec,
+                                                                                 preset_fields))
+    family = spec.family
+    model = family.load_pretrained(request) if preset == "full" else family.build_random(request)
+    processor = build_processor(spec.image_size, resize_size, **family.normalisation)
     return model, processor, spec
 
 

@@ -43,8 +43,6 @@ DISCLAIMER = ("**Research tool, not a medical device.** The answers below come f
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_UPLOAD_MB = 25  # MiB; a chest radiograph is at most ~20 MiB even as uncompressed 16-bit DICOM
-# Which explanation suits each kind: Grad-CAM where there is a convolutional feature map, rollout for pure ViT.
-EXPLANATION = {"vit": "rollout", "bit": "gradcam", "hybrid": "gradcam"}
 EXPLANATION_TITLE = {"rollout": "attention rollout (class-agnostic)", "gradcam": "Grad-CAM of the predicted class"}
 # Display images go to the page as JPEG: PNG encoding took longer than a small model's whole analysis.
 DISPLAY_SIDE = 384  # overlays are enlarged to this many pixels so a 64 px tiny-model input is still readable
@@ -75,7 +73,10 @@ class ServedModel:
 
     @property
     def method(self) -> str:
-        return EXPLANATION[self.family]
+        """The explanation the family's adapter shows first (hfxray.families)."""
+        from .families import ADAPTERS
+
+        return ADAPTERS[self.family].explanation
 
 
 @dataclass

@@ -99,6 +99,7 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
     """The readable end of a run: where everything is, the test metrics with CIs, and the next commands."""
     import shlex
 
+    from .families import ADAPTERS
     from .metrics import ece_text
 
     run, data = Path(run_dir), Path(data_dir)
@@ -115,7 +116,8 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
 
     calibration = (f"T = {decision.temperature:.3g} folded into the head" if decision and decision.fold
                    else "no temperature folded") + (f": {decision.reason}" if decision else "")
-    method = "rollout" if report.get("family") == "vit" else "gradcam"
+    family = ADAPTERS.get(report.get("family"))
+    method = family.explanation if family else "gradcam"
     # Maps show patients' X-rays: suggest a folder beside the run, never in it (what `push` publishes)
     maps = shlex.quote(str(run.parent / f"{run.name}-maps"))
     lines = [

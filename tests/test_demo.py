@@ -7,6 +7,7 @@ import csv
 from hfxray.cli import main
 from hfxray.data import prepare
 from hfxray.demo import generate_source
+from hfxray.families import ADAPTERS
 
 
 def test_demo_runs_every_stage_offline(sample_dir, tmp_path, monkeypatch, capsys):
@@ -15,13 +16,15 @@ def test_demo_runs_every_stage_offline(sample_dir, tmp_path, monkeypatch, capsys
     assert main(["demo", "--out", str(out), "--epochs", "1"]) == 0
     printed = capsys.readouterr().out
     assert "using the real CoronaHack sample" in printed and "6/6 done" in printed
-    assert printed.rstrip().endswith(" ".join(f"--model {out / 'runs' / kind}" for kind in ("vit", "bit", "hybrid")))
+    assert printed.rstrip().endswith(" ".join(f"--model {out / 'runs' / kind}" for kind in ADAPTERS))
     with (out / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 92 and all(r["label"] in ("normal", "virus") and not r["error"] for r in rows)
     assert (out / "report" / "report.md").is_file() and (out / "report" / "figure1_test_metrics.png").is_file()
-    for kind, method in (("vit", "rollout"), ("bit", "gradcam"), ("hybrid", "gradcam")):
-        assert list((out / "explain" / kind).glob(f"*.{method}.png")), kind
+    assert {"vit": "rollout", "bit": "gradcam", "hybrid": "gradcam"}.items() <= \
+        {kind: family.explanation for kind, family in ADAPTERS.items()}.items()  # every family's own, shown first
+    for kind, family in ADAPTERS.items():
+        assert list((out / "explain" / kind).glob(f"*.{family.explanation}.png")), kind
         assert (out / "runs" / kind / "test_results.json").is_file() and (out / "runs" / kind / "README.md").is_file()
 
 

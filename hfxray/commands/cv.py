@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..families import ADAPTERS  # the registry imports no torch: --help stays fast
+
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="model kind (vit, bit, hybrid, ...)")
+    parser.add_argument("--model", required=True, help=f"model kind ({', '.join(ADAPTERS)})")
     parser.add_argument("--preset", default="small", help="full, small or tiny (default: small)")
     parser.add_argument("--recipe", default="scratch", help="recipe name or YAML path (default: scratch)")
     parser.add_argument("--data-dir", required=True, help="prepared ImageFolder (hfxray data prepare)")

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import sys
 
+from ..families import ADAPTERS, METHODS  # the registry imports no torch: --help stays fast
 from ..logs import get_logger
 
 logger = get_logger(__name__)
-METHODS = ("gradcam", "rollout", "actmax")  # mirrors hfxray.explain.METHODS without importing torch for --help
+
+
+def _applies_to() -> str:
+    """`gradcam: all kinds; rollout: vit, hybrid; ...` from the family adapters."""
+    parts = []
+    for method in METHODS:
+        kinds = [family.name for family in ADAPTERS.values() if method in family.explanations]
+        parts.append(f"{method}: {'all kinds' if len(kinds) == len(ADAPTERS) else ', '.join(kinds)}")
+    return "; ".join(parts)
 
 
 def add_arguments(parser) -> None:
@@ -15,7 +24,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, action="append", metavar="DIR",
                         help="trained model folder; repeat to compare models (actmax: one grid row per model)")
     parser.add_argument("--method", required=True, choices=METHODS,
-                        help="gradcam: all kinds; rollout: vit and hybrid; actmax: all kinds")
+                        help=_applies_to())
     parser.add_argument("--out", required=True,
                         help="output folder: <image>.<model folder name>.<method>.png per image, its map as "
                              ".npz in the image file's pixel grid, and <model folder name>.<method>.csv/.json with "

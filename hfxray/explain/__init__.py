@@ -8,8 +8,8 @@
     explain("runs/vit-tiny", "actmax", [], "figures/")           # vit-tiny.actmax.png, a row per model
 
 `gradcam_map`, `rollout_map` and `activation_maximization` work on a loaded model and tensors, for notebooks and
-tests. Which method applies to which kind: Grad-CAM to all three, rollout to ViT and the hybrid (BiT has no
-attention), activation maximization to all three.
+tests. Which method applies to which kind is each family adapter's `explanations` (`hfxray.families`): Grad-CAM
+and activation maximization to every family, rollout to those with attention (ViT, the hybrid).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from torch import nn
 
 from ..errors import HfxrayError
 from ..imaging import ImageProblem, expand_paths, load_rgb
+from ..families import METHODS, UnsupportedModelError, adapter_for, model_family
 from ..outputs import csv_row
-from ..families import UnsupportedModelError, adapter_for, model_family
 from ..logs import progress_bar_disable
 from .actmax import ActMaxResult, activation_maximization, input_spec
 from .arrays import array_origin, input_geometry, save_map_array
@@ -34,8 +34,6 @@ from .figures import save_actmax_grid, save_heatmap_figure
 from .localisation import localisation
 from .gradcam import QUANTITY, STATUS_TEXT, GradCamResult, gradcam_map, gradcam_target, gradcam_with_status
 from .rollout import NotApplicable, rollout_map
-
-METHODS = ("gradcam", "rollout", "actmax")
 
 __all__ = [
     "METHODS", "QUANTITY", "ActMaxResult", "Explained", "ExplainError", "GradCamResult", "NotApplicable",
@@ -68,9 +66,10 @@ def check_applicable(model: nn.Module, method: str) -> str:
         adapter = adapter_for(model)
     except UnsupportedModelError as err:
         raise ExplainError(str(err)) from None
-    if method == "rollout" and adapter.attention is None:  # Grad-CAM and actmax apply to every family
-        raise ExplainError(f"rollout does not apply to {adapter.name} models (no attention to roll out). To fix: "
-                           "use --method gradcam or actmax")
+    if method not in adapter.explanations:
+        why = " (no attention to roll out)" if method == "rollout" else ""
+        raise ExplainError(f"{method} does not apply to {adapter.name} models{why}. To fix: use --method "
+                           f"{' or '.join(adapter.explanations)}")
     return adapter.name
 
 

@@ -1,4 +1,4 @@
-"""Grad-CAM for the three model kinds through pytorch-grad-cam, explaining the decision rather than one logit.
+"""Grad-CAM for every model family through pytorch-grad-cam, explaining the decision rather than one logit.
 
 What is explained: the predicted (or requested) class's **logit margin**, its logit minus the log-sum-exp of the
 other logits, i.e. the log-odds softmax gives it (for the binary head: logit(class) - logit(other)), the quantity
@@ -8,8 +8,8 @@ whose own logit is negative (only less negative than the other) has no positive 
 the real sample the margin and the logit gave the same empty maps, though: what emptied them was the layer.
 
 Where: each family's adapter names a layer whose activations are signed, so that evidence for a class can show
-as positive cells (`hfxray.families`, with the measurements behind each choice): BiT's last stage output, the
-tokens entering the hybrid's last block, the tokens entering ViT's second-to-last block (class token dropped).
+as positive cells (`hfxray/families/<family>.py`, with the measurements behind each choice; e.g. BiT's last stage
+output, the tokens entering ViT's second-to-last block with the class token dropped).
 pytorch-grad-cam computes the map at that layer's resolution; hfxray keeps its signed sum, judges it (`judge`)
 and upsamples it itself so that BiT's cells land where they are (`upsample.py`).
 """
