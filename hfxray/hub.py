@@ -22,7 +22,8 @@ from .env import hub_offline, looks_local
 from .errors import HfxrayError
 
 # Top-level files a Hub repo gets (README.md is written by `write_model_card`), plus *_results.json and PNG figures.
-HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "args.yaml")
+HUB_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "args.yaml", "ood.json",
+             "ood.safetensors")  # ood.*: the out-of-distribution check (hfxray.scope)
 REQUIRED_FILES = ("config.json", "model.safetensors")
 # Belt and braces on top of the explicit allow-list: never checkpoints, TensorBoard events or pickles.
 NEVER_UPLOAD = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.bin", "*.pkl", "*.pickle", "*.pt", "*.pth", "*.ckpt"]

@@ -1,4 +1,4 @@
-"""`scripts/train.py` / `hfxray train`: train -> calibrate -> evaluate -> model card -> optional push.
+"""`scripts/train.py` / `hfxray train`: train -> calibrate -> evaluate -> OOD check -> model card -> optional push.
 
 Each step is a function a reader can call alone on a run folder; `run` only chains them. The Hub token is read
 once, before training, and kept out of the TrainingArguments so that nothing the Trainer writes can hold it.
@@ -67,6 +67,7 @@ def run(model_args, data_args, recipe_args, run_args, training_args, hub_repo: s
     from .families import model_family
     from .hub import push_run, write_model_card
     from .models import load_trained
+    from .scope import fit_ood_run
     from .training import train
 
     train(model_args, data_args, recipe_args, run_args, training_args)
@@ -76,6 +77,7 @@ def run(model_args, data_args, recipe_args, run_args, training_args, hub_repo: s
     model, processor = load_trained(str(run_dir))
     decision = calibrate_run(run_dir, data_args.data_dir, run_args.calibrate, model, processor, data_args.cache_dir)
     report = evaluate_run(run_dir, data_args.data_dir, model, processor, cache_dir=data_args.cache_dir)
+    fit_ood_run(run_dir, data_args.data_dir, model, processor, cache_dir=data_args.cache_dir)  # hfxray.scope
     write_model_card(run_dir, repo_id=hub_repo)
     if hub_repo:
         uploaded = push_run(run_dir, hub_repo, token=hub_token, private=bool(training_args.hub_private_repo))
