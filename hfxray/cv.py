@@ -476,7 +476,7 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
     """Train the chosen variant on all of train + validation, calibrate from out-of-fold logits, test once."""
     from .calibration import TemperatureDecision, decide_temperature, fold_temperature
     from .models import load_trained
-    from .scope import fit_ood_run
+    from .scope import fit_ood_or_say_why
     from .training import train
     from .workflow import CALIBRATION_FILE, evaluate_run
 
@@ -512,7 +512,8 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
                        if out_of_fold is not None else None)
     (run_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n")
     report = evaluate_run(run_dir, data_dir, fitted, processor)
-    fit_ood_run(run_dir, data_dir, fitted, processor, splits=("train", "validation"))  # what the refit trained on
+    # the out-of-distribution check describes what the refit trained on
+    fit_ood_or_say_why(run_dir, data_dir, fitted, processor, splits=("train", "validation"))
     result = dict(variant=chosen.name, overrides=dict(chosen.overrides), n_train=len(files),
                   train_runtime=train_metrics.get("train_runtime"), calibration=calibration,
                   test={k: report[k] for k in ("accuracy", "auroc", "ece", "n", "folded_temperature")},

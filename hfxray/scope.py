@@ -201,6 +201,9 @@ def fit_ood(features: dict[str, np.ndarray], folds: int = FOLDS, seed: int = 0,
     from sklearn.model_selection import KFold
 
     count = min(len(values) for values in features.values())
+    if not all(np.isfinite(values).all() for values in features.values()):
+        raise OodError("the model's features hold NaN or infinite values (a diverged training?). To fix: retrain, "
+                       "then refit with `hfxray ood`")
     if count < MIN_IMAGES:
         raise OodError(f"{count} training images: too few for a 99th percentile. To fix: fit on a split of at least "
                        f"{MIN_IMAGES} images")
@@ -249,6 +252,17 @@ def split_features(model, processor, data_dir, splits: Sequence[str], cache_dir=
     return stacked(captured)
 
 
+def fit_ood_or_say_why(run_dir: str | os.PathLike, data_dir, model, processor, splits: Sequence[str] = ("train",),
+                       cache_dir=None) -> "OodCheck | None":
+    """`fit_ood_run` at the end of training: a check that cannot be fitted (too few images, NaN features) is a
+    warning, not a failed run; the run's answers then say "not checked"."""
+    try:
+        return fit_ood_run(run_dir, data_dir, model, processor, splits=splits, cache_dir=cache_dir)
+    except OodError as err:
+        logger.warning("out-of-distribution check not fitted: %s", err)
+        return None
+
+
 def fit_ood_run(run_dir: str | os.PathLike, data_dir, model=None, processor=None, splits: Sequence[str] = ("train",),
                 cache_dir=None) -> OodCheck:
     """Fit the check on the run's training split(s), write ood.json / ood.safetensors, and log how often it flags
@@ -257,11 +271,13 @@ def fit_ood_run(run_dir: str | os.PathLike, data_dir, model=None, processor=None
     from .models import load_trained
 
     run_dir = Path(run_dir)
+    counts = prepared_counts(data_dir)
+    splits = [split for split in splits if sum(counts[split].values())]  # a cv refit without a validation split
     if model is None:
         model, processor = load_trained(str(run_dir))
     check = fit_ood(split_features(model, processor, data_dir, splits, cache_dir=cache_dir))
     check.info["fitted_on"] = list(splits)
-    if "validation" not in splits and sum(prepared_counts(data_dir)["validation"].values()):
+    if "validation" not in splits and sum(counts["validation"].values()):
         flagged = [r.flagged for r in check.judge(split_features(model, processor, data_dir, ["validation"],
                                                                  cache_dir=cache_dir))]
         check.info["validation_flagged"] = {"flagged": int(sum(flagged)), "n": len(flagged),

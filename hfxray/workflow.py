@@ -67,7 +67,7 @@ def run(model_args, data_args, recipe_args, run_args, training_args, hub_repo: s
     from .families import model_family
     from .hub import push_run, write_model_card
     from .models import load_trained
-    from .scope import fit_ood_run
+    from .scope import fit_ood_or_say_why
     from .training import train
 
     train(model_args, data_args, recipe_args, run_args, training_args)
@@ -77,7 +77,7 @@ def run(model_args, data_args, recipe_args, run_args, training_args, hub_repo: s
     model, processor = load_trained(str(run_dir))
     decision = calibrate_run(run_dir, data_args.data_dir, run_args.calibrate, model, processor, data_args.cache_dir)
     report = evaluate_run(run_dir, data_args.data_dir, model, processor, cache_dir=data_args.cache_dir)
-    fit_ood_run(run_dir, data_args.data_dir, model, processor, cache_dir=data_args.cache_dir)  # hfxray.scope
+    fit_ood_or_say_why(run_dir, data_args.data_dir, model, processor, cache_dir=data_args.cache_dir)
     write_model_card(run_dir, repo_id=hub_repo)
     if hub_repo:
         uploaded = push_run(run_dir, hub_repo, token=hub_token, private=bool(training_args.hub_private_repo))

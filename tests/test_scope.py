@@ -156,3 +156,12 @@ def test_explain_says_which_images_are_out_of_scope(tiny_runs, wg04, tmp_path):
     result = explain_images(tiny_runs["bit"], "gradcam", [wg04["RG3_UNCR"]], tmp_path)
     (row,) = result.rows
     assert row["ood"] == FLAGGED and "EXTREMITY" in row["warning"] and "unlike the training images" in row["warning"]
+
+
+def test_a_check_that_cannot_be_fitted_says_why():
+    from hfxray.scope import OodError
+
+    with pytest.raises(OodError, match="too few"):
+        fit_ood({"features": np.zeros((10, 4))})
+    with pytest.raises(OodError, match="NaN"):
+        fit_ood({"features": np.full((40, 4), np.nan)})

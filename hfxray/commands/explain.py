@@ -80,5 +80,6 @@ def run(args) -> int:
         return 2
     bad = len({path for path, _ in skipped})
     print(f"{args.method}: explained {total - bad} of {total} images ({written} figures), skipped {bad} unreadable, "
-          f"{degenerate} degenerate map(s), {flagged} out of scope -> {out} (per-image status: {', '.join(p.name for p in summaries)})")
+          f"{degenerate} degenerate map(s), {flagged} out of scope -> {out} (per-image status: "
+          f"{', '.join(p.name for p in summaries)})")
     return 0 if written else 1
