@@ -25,6 +25,7 @@ COMMANDS = {
     "demo": ("hfxray.commands.demo", "the whole path offline on the sample data, in minutes"),
     "serve": ("hfxray.commands.serve", "a web page (Gradio) that shows each model's answer and explanation"),
     "cv": ("hfxray.commands.cv", "patient-grouped cross-validation on train + validation, and the refit"),
+    "ood": ("hfxray.commands.ood", "fit a run's out-of-distribution check on its training split (older runs)"),
 }
 
 

@@ -547,6 +547,7 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
           variants_file: str | None = None) -> dict:
     """Train the chosen variant on all of train + validation, calibrate from out-of-fold logits, test once."""
     from .calibration import TemperatureDecision, decide_temperature
+    from .scope import fit_ood_or_say_why
     from .training import train
     from .workflow import evaluate_run, record_calibration
 
@@ -582,6 +583,8 @@ def refit(model: str, preset: str, recipe: str, data_dir, out, variant_name_: st
         if out_of_fold is not None else None,
         transfer=TRANSFER_NOTE if out_of_fold is not None else None)
     report = evaluate_run(run_dir, data_dir, fitted, processor)
+    # the out-of-distribution check describes what the refit trained on
+    fit_ood_or_say_why(run_dir, data_dir, fitted, processor, splits=("train", "validation"))
     result = dict(variant=chosen.name, overrides=dict(chosen.overrides), n_train=len(files),
                   train_runtime=train_metrics.get("train_runtime"), calibration=calibration,
                   test={k: report[k] for k in ("accuracy", "auroc", "ece", "ece_noise_floor", "ece_debiased", "n",

@@ -15,6 +15,11 @@ Display pipeline (DICOM PS3.3 C.11 / C.7.6.3):
 Refused with the reason: files without pixel data (reports, presentation states), multi-frame objects, colour
 images, and modalities that are not a projection radiograph (CT, MR, US...: cross-sections or other physics the
 models never saw). Accepted modalities: CR, DX and DR; a file that does not say its modality is accepted.
+
+Read but out of scope (`header_scope`): a radiograph whose header says it is not of the chest (`BodyPartExamined`)
+or not a frontal view (`ViewPosition` LL, RL, oblique...). The image is still decoded and classified (a header can
+be wrong; a reader decides), and the reasons travel with it in `image.info["out_of_scope"]` so that predict, explain
+and serve can say so beside the answer.
 """
 
 from __future__ import annotations
@@ -42,6 +47,29 @@ REFUSED_MODALITIES = {
     "RF": "a fluoroscopy run is not a chest radiograph",
     "SR": "a structured report holds no image",
 }
+
+
+# BodyPartExamined values (DICOM PS3.16 Annex L defined terms, and the local words vendors write) that name the
+# chest; a value containing any of these stems is in scope. An absent or empty value is not flagged.
+CHEST_BODY_PART_STEMS = ("CHEST", "THORA", "TORAX", "TORACE", "LUNG", "PULM")
+FRONTAL_VIEWS = {"PA", "AP"}  # the models were trained on frontal chest films only
+LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
+INFO_KEY = "out_of_scope"  # image.info key holding the header's out-of-scope reasons, "; "-joined
+
+
+def header_scope(dataset) -> list[str]:
+    """Why a readable radiograph is outside what the models were trained on, from its header alone ([] if nothing
+    says so). Trained on: frontal (PA/AP) chest radiographs."""
+    reasons = []
+    body_part = str(dataset.get("BodyPartExamined", "") or "").strip().upper()
+    if body_part and not any(stem in body_part for stem in CHEST_BODY_PART_STEMS):
+        reasons.append(f"the DICOM header says body part {body_part}, not the chest")
+    view = str(dataset.get("ViewPosition", "") or "").strip().upper()
+    first_word = view.replace("_", " ").split(" ")[0] if view else ""
+    if view and first_word not in FRONTAL_VIEWS:
+        kind = "a lateral view" if first_word in LATERAL_VIEWS else "not a frontal (PA/AP) view"
+        reasons.append(f"the DICOM header says view position {view}: {kind}")
+    return reasons
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
@@ -180,4 +208,7 @@ def read_dicom(path: str | os.PathLike, max_pixels: int) -> tuple[Image.Image, s
         scaled = 1.0 - scaled
         window += ", MONOCHROME1 inverted"
     image = Image.fromarray(np.round(scaled * 255.0).astype(np.uint8), mode="L")
+    scope = header_scope(dataset)
+    if scope:  # PIL copies info through convert / resize, so the reasons reach every caller of hfxray.imaging
+        image.info[INFO_KEY] = "; ".join(scope)
     return image, window

@@ -27,8 +27,9 @@ from .runs import RunFolder
 # The allow-list: a Hub repo gets these top-level files (README.md is written by `write_model_card`), plus the
 # top-level `*_results.json` and the reliability diagrams beside them. Nothing else goes up: explanation maps and
 # figures (`hfxray explain --out`) show patients' X-rays, so a PNG someone put in the run folder stays local.
+# ood.*: the out-of-distribution check (hfxray.scope), statistics of the training images' features, no image.
 HUB_FILES = (RunFolder.CONFIG, RunFolder.WEIGHTS, RunFolder.PROCESSOR, RunFolder.CARD, RunFolder.ARGS,
-             RunFolder.CALIBRATION)
+             RunFolder.CALIBRATION, "ood.json", "ood.safetensors")
 HUB_PATTERNS = ("*_results.json", "*_reliability.png")
 REQUIRED_FILES = (RunFolder.CONFIG, RunFolder.WEIGHTS)
 # Belt and braces on top of the explicit allow-list: never checkpoints, TensorBoard events or pickles.

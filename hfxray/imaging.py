@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .dicom import has_dicom_magic, is_dicom, read_dicom
+from .dicom import INFO_KEY, has_dicom_magic, is_dicom, read_dicom
 from .errors import HfxrayError, ImageProblem  # noqa: F401 (ImageProblem is imaging's error, kept below dicom)
 
 # Chest X-rays are at most ~4,000 x 4,000 px; anything far beyond is a decompression bomb, not a radiograph.
@@ -39,6 +39,7 @@ class ImageCheck:
     format: str | None
     window: str = ""  # DICOM only: how stored values became 8-bit (see hfxray.dicom)
     inspected: object = None  # what `check_image(inspect=...)` returned for this decode
+    out_of_scope: str = ""  # DICOM only: why the header says it is not a frontal chest radiograph (hfxray.dicom)
 
     @property
     def needs_conversion(self) -> bool:
@@ -97,7 +98,14 @@ def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
         standard = to_standard_mode(image)
         _refuse_blank(image, standard)
         return ImageCheck(width=image.width, height=image.height, mode=image.mode, format=image.format,
-                          window=image.info.get("window", ""), inspected=inspect(standard) if inspect else None)
+                          window=image.info.get("window", ""), inspected=inspect(standard) if inspect else None,
+                          out_of_scope=out_of_scope(image))
+
+
+def out_of_scope(image: Image.Image) -> str:
+    """Why the file's own header says the image is outside what the models were trained on ("" when nothing says
+    so; only DICOM headers can, see `hfxray.dicom.header_scope`). Kept by `load_standard_image` and `load_rgb`."""
+    return str(image.info.get(INFO_KEY, ""))
 
 
 def _refuse_blank(original: Image.Image, standard: Image.Image) -> None:
@@ -158,6 +166,7 @@ def load_standard_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_P
         image.close()
         raise
     if converted is not image:
+        converted.info.update({key: image.info[key] for key in (INFO_KEY, "window") if key in image.info})
         image.close()
     return converted
 

@@ -3,6 +3,11 @@
 Files are opened with `hfxray.imaging.load_rgb`, so a corrupt or empty file becomes a row with its reason instead of
 stopping the run; the decoded images go to the pipeline in batches. Probabilities are calibrated when training
 folded a temperature into the head (`hfxray.calibration`).
+
+Each row also says whether the image is within what the model was trained on (`hfxray.scope`): `ood` is "in range",
+"unlike the training images" or "not checked" (a run without ood.json), `ood_score` the score, and `warning` every
+reason to doubt the answer (a DICOM header that names another body part or a lateral view, the OOD flag). Flagged
+images are still predicted.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from pathlib import Path
 
 from .env import hub_offline
 from .errors import HfxrayError, excerpt, printable
-from .imaging import ImageProblem, load_rgb
+from .imaging import ImageProblem, load_rgb, out_of_scope
 from .logs import progress_bar_disable
 from .outputs import csv_row
+from .scope import NOT_CHECKED
 
 OUTPUT_FORMATS = (".csv", ".json")
-COLUMNS = ("file", "label", "probability", "p_virus", "error")
+COLUMNS = ("file", "label", "probability", "p_virus", "ood", "ood_score", "warning", "error")
 
 
 class PredictError(HfxrayError):
@@ -37,6 +43,9 @@ class Prediction:
     label: str = ""
     probability: float | None = None
     p_virus: float | None = None
+    ood: str = ""  # hfxray.scope: "in range", "unlike the training images" or "not checked"
+    ood_score: float | None = None
+    warning: str = ""  # why the answer is out of scope ("" when nothing says so)
     error: str = ""
 
 
@@ -84,10 +93,14 @@ def check_device(device: str | None) -> None:
                            "cpu, or another GPU index.")
 
 
-def predict_files(classifier, files: list[Path], batch_size: int = 16, progress: bool = True) -> list[Prediction]:
+def predict_files(classifier, files: list[Path], batch_size: int = 16, progress: bool = True,
+                  ood_check=None) -> list[Prediction]:
     """One Prediction per file, in order. Images are decoded one chunk of `batch_size` at a time, so memory stays
-    bounded however many files there are."""
+    bounded however many files there are. `ood_check` (`hfxray.scope.OodCheck`, read from the same forward pass as
+    the probabilities) flags images unlike the training ones; None marks every row "not checked"."""
     from tqdm.auto import tqdm
+
+    from .scope import capture_features, judge_images, stacked, warning_text
 
     num_labels = classifier.model.config.num_labels
     predictions: list[Prediction] = []
@@ -95,18 +108,24 @@ def predict_files(classifier, files: list[Path], batch_size: int = 16, progress:
     with tqdm(total=len(files), desc="predicting", unit="img", disable=disable) as bar:
         for start in range(0, len(files), batch_size):
             chunk = [Prediction(file=str(path)) for path in files[start:start + batch_size]]
-            readable, images = [], []
+            readable, images, scopes = [], [], []
             for row in chunk:
                 try:
                     images.append(load_rgb(row.file))
                     readable.append(row)
+                    scopes.append(out_of_scope(images[-1]))
                 except ImageProblem as problem:
                     row.error = str(problem)
             if images:
-                for row, scores in zip(readable, classifier(images, batch_size=batch_size, top_k=num_labels)):
+                with capture_features(classifier.model) as captured:
+                    answers = classifier(images, batch_size=batch_size, top_k=num_labels)
+                judged = judge_images(ood_check, stacked(captured), len(images))
+                for row, scores, scope, ood in zip(readable, answers, scopes, judged):
                     by_label = {entry["label"]: entry["score"] for entry in scores}
                     row.label, row.probability = scores[0]["label"], scores[0]["score"]
                     row.p_virus = by_label.get("virus")
+                    row.ood, row.ood_score = ood.status, None if ood.score is None else round(ood.score, 4)
+                    row.warning = warning_text(scope, ood)
             predictions += chunk
             bar.update(len(chunk))
     return predictions
@@ -143,9 +162,17 @@ def check_output_path(out: str | os.PathLike | None) -> None:
 
 
 def summary_line(predictions: list[Prediction]) -> str:
-    """`predicted 3 of 5 files; 2 unreadable: a.jpg (zero-byte file); ...`"""
+    """`predicted 3 of 5 files; 2 unreadable: a.jpg (zero-byte file); ...; 1 out of scope (see the warning
+    column): b.dcm`"""
     failed = [p for p in predictions if p.error]
     line = f"predicted {len(predictions) - len(failed)} of {len(predictions)} files"
     if failed:
         line += f"; {len(failed)} unreadable: " + "; ".join(f"{p.file} ({p.error})" for p in failed)
+    flagged = [p for p in predictions if p.warning]
+    if flagged:
+        line += f"; {len(flagged)} out of scope (see the warning column): " + ", ".join(
+            Path(p.file).name for p in flagged[:5]) + (" ..." if len(flagged) > 5 else "")
+    readable = [p for p in predictions if not p.error]
+    if readable and all(p.ood == NOT_CHECKED for p in readable):
+        line += "; out-of-distribution check: not checked (the run has no ood.json)"
     return line

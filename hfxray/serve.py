@@ -11,6 +11,12 @@ file gets the same one-line reason as in `hfxray predict`), the run's `pipeline(
 `rollout_map` give the heatmap. `analyze` is that whole request without the web layer, for notebooks and the
 benchmark.
 
+For a clinician reading the page: the input is shown with the area the models analyse drawn on it (the centre
+crop of the processor: a wide film loses its sides), each heatmap has its colour scale, the training population and
+its limits (the "Limitations" of the run's model card) stand beside the disclaimer with the whole card in an
+accordion, methods are named in plain words, and an image outside what the models were trained on is said to be
+so (`hfxray.scope`: its DICOM header, or the run's out-of-distribution check).
+
 Safety: models load once at start-up; one analysis runs at a time (Grad-CAM hooks into the shared model, so two
 at once would mix their gradients) and further requests wait in Gradio's queue; uploads are capped in size;
 bad files become a message in the page; the server listens on 127.0.0.1 and is never shared unless asked.
@@ -34,16 +40,21 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from .errors import HfxrayError, printable  # noqa: E402
-from .imaging import DEFAULT_MAX_PIXELS, ImageProblem, load_rgb  # noqa: E402
+from .imaging import DEFAULT_MAX_PIXELS, ImageProblem, load_rgb, out_of_scope  # noqa: E402
+from .serve_content import (analysed_area_text, analysed_box, mark_analysed_area, ood_markdown,  # noqa: E402
+                            population_markdown, read_card, scope_markdown, with_colour_scale)
 
 logger = logging.getLogger(__name__)
 
-DISCLAIMER = ("**Research tool, not a medical device.** The answers below come from models trained on a small "
-              "public data set; they are not validated for diagnosis and must not guide the care of a patient.")
+DISCLAIMER = ("**Research tool, not a medical device.** The answers below are not validated for diagnosis and must "
+              "not guide the care of a patient. Who the models were trained on, and what that leaves out, is beside "
+              "this note.")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_MAX_UPLOAD_MB = 25  # MiB; a chest radiograph is at most ~20 MiB even as uncompressed 16-bit DICOM
-EXPLANATION_TITLE = {"rollout": "attention rollout (class-agnostic)", "gradcam": "Grad-CAM of the predicted class"}
+# Plain words for the methods (hfxray explain's figures name them technically: attention rollout, Grad-CAM).
+EXPLANATION_TITLE = {"rollout": "where the model's attention went (all classes)",
+                     "gradcam": "areas that raised the score of its answer"}
 # Display images go to the page as JPEG: PNG encoding took longer than a small model's whole analysis.
 DISPLAY_SIDE = 384  # overlays are enlarged to this many pixels so a 64 px tiny-model input is still readable
 NUM_EXAMPLES = 4
@@ -62,6 +73,8 @@ class ServedModel:
     classifier: Any  # transformers ImageClassificationPipeline
     family: str
     test_results: dict = field(default_factory=dict)
+    ood_check: Any = None  # hfxray.scope.OodCheck, None when the run has none ("not checked")
+    card: str = ""  # the run's model card (README.md) without its metadata header; "" when it has none
 
     @property
     def model(self):
@@ -89,6 +102,7 @@ class ModelAnswer:
     method: str
     heatmap: np.ndarray  # (H, W) in [0, 1], on the model's input grid
     model_input: np.ndarray  # (H, W, 3) uint8: the pixels the heatmap refers to (after resize and crop)
+    ood: Any = None  # hfxray.scope.OodResult: the run's out-of-distribution check on this image
 
     def overlay(self, side: int = DISPLAY_SIDE) -> Image.Image:
         """The input with the heatmap blended on top, in the colours of `hfxray explain`'s figures."""
@@ -161,8 +175,13 @@ def load_served_model(run_dir: str | os.PathLike, device: str | None = None) -> 
     except HfxrayError as err:
         raise ServeError(f"{run_dir}: {err}") from None  # UnsupportedModelError says what to use instead
     path = Path(run_dir)
+    from .scope import load_check
+
+    ood_check, why_not = load_check(path)
+    if ood_check is None:
+        logger.warning("%s: out-of-distribution check: not checked (%s)", path.name or run_dir, why_not)
     return ServedModel(name=path.name or str(run_dir), run_dir=path, classifier=classifier, family=family,
-                       test_results=read_test_results(path))
+                       test_results=read_test_results(path), ood_check=ood_check, card=read_card(path))
 
 
 def _model_input(pixel_values, processor) -> np.ndarray:
@@ -180,11 +199,15 @@ def answer(served: ServedModel, image: Image.Image) -> ModelAnswer:
     import torch
 
     from .explain import gradcam_map, rollout_map
+    from .scope import capture_features, judge_images, stacked
 
     model = served.model
     labels = model.config.id2label
-    # The same pipeline call as `hfxray predict`, so the page and the command line agree to the last digit.
-    scores = served.classifier(image, top_k=len(labels))
+    # The same pipeline call as `hfxray predict`, so the page and the command line agree to the last digit (and
+    # the OOD check reads the features of that very forward pass).
+    with capture_features(model) as captured:
+        scores = served.classifier(image, top_k=len(labels))
+    ood = judge_images(served.ood_check, stacked(captured), 1)[0]
     probabilities = {entry["label"]: float(entry["score"]) for entry in scores}
     label = scores[0]["label"]
     pixel_values = served.processor(images=image, return_tensors="pt")["pixel_values"]
@@ -197,7 +220,8 @@ def answer(served: ServedModel, image: Image.Image) -> ModelAnswer:
             heatmap = rollout_map(model, pixel_values)[0]
     return ModelAnswer(name=served.name, label=label, probabilities=probabilities, method=served.method,
                        heatmap=np.asarray(heatmap, dtype=np.float64), model_input=_model_input(pixel_values[0],
-                                                                                              served.processor))
+                                                                                              served.processor),
+                       ood=ood)
 
 
 def check_upload(path: str | os.PathLike, max_bytes: int) -> None:
@@ -259,7 +283,8 @@ def _percent(probability: float) -> str:
 
 def answer_markdown(result: ModelAnswer) -> str:
     probabilities = ", ".join(f"p({name}) = {value:.4f}" for name, value in result.probabilities.items())
-    return f"**Prediction: {result.label}** ({_percent(result.probabilities[result.label])}) — {probabilities}"
+    line = f"**Prediction: {result.label}** ({_percent(result.probabilities[result.label])}) — {probabilities}"
+    return line + "\n\n" + ood_markdown(result.ood)
 
 
 def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLike] = (),
@@ -302,13 +327,20 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
             logger.exception("analysis failed for %s", path)
             return empty(f"**Analysis failed** ({type(err).__name__}). To fix: try another image; the server log "
                          "has the details.")
-        outputs: list = [f"Analysed **{Path(path).name}** ({image.width}×{image.height} px) with "
-                         f"{len(answers)} model(s).", _thumbnail(image)]
+        boxes = [analysed_box(served.processor, image.width, image.height) for served in models]
+        status = "\n\n".join(part for part in (
+            scope_markdown(image, answers),
+            f"Analysed **{Path(path).name}** ({image.width}×{image.height} px) with {len(answers)} model(s). "
+            + analysed_area_text(image.width, image.height, boxes)) if part)
+        outputs: list = [status, mark_analysed_area(_thumbnail(image), image.width, boxes)]
         raw = []
         for result in answers:
-            outputs += [result.probabilities, result.overlay(), answer_markdown(result)]
+            outputs += [result.probabilities, with_colour_scale(result.overlay(), result.method),
+                        answer_markdown(result)]
             raw.append({"model": result.name, "label": result.label, "probabilities": result.probabilities,
-                        "explanation": result.method})
+                        "explanation": result.method, "out_of_scope": out_of_scope(image),
+                        "ood": result.ood.status if result.ood else "not checked",
+                        "ood_score": result.ood.score if result.ood else None})
         return outputs + [raw]
 
     # System fonts only: the page must work, and leak nothing, on a hospital network without internet access.
@@ -322,7 +354,11 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
     with gr.Blocks(title="hfxray serve", analytics_enabled=False, delete_cache=sweep) as app:
         app.hfxray_theme = theme  # applied at launch (Gradio 6 takes themes there)
         gr.Markdown(f"# {title}")
-        gr.Markdown(DISCLAIMER, elem_id="disclaimer")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                gr.Markdown(DISCLAIMER, elem_id="disclaimer")
+            with gr.Column(scale=3):
+                gr.Markdown(population_markdown(models), elem_id="population")
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="X-ray file: PNG, JPEG or DICOM", type="filepath", elem_id="upload")
@@ -334,8 +370,8 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
             with gr.Column(scale=1):
                 status = gr.Markdown("Drop an X-ray (PNG, JPEG or DICOM), paste one, or pick an example.",
                                      elem_id="status")
-                preview = gr.Image(label="decoded input", interactive=False, type="pil", format="jpeg",
-                                   elem_id="preview")
+                preview = gr.Image(label="decoded input (dashed: the area the models analyse)", interactive=False,
+                                   type="pil", format="jpeg", elem_id="preview")
         per_model: list = []
         with gr.Row():
             for index, served in enumerate(models):
@@ -349,6 +385,9 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
                                        interactive=False, type="pil", format="jpeg", elem_id=f"heatmap-{index}")
                     line = gr.Markdown(elem_id=f"answer-{index}")
                     gr.Markdown(metrics_markdown(served.test_results), elem_id=f"metrics-{index}")
+                    with gr.Accordion(f"Model card of {served.name}: training data, recipe, evaluation, limits",
+                                      open=False, elem_id=f"card-{index}"):
+                        gr.Markdown(served.card or "_This run folder has no model card (README.md)._")
                     per_model += [label, overlay, line]
         with gr.Accordion("Raw answer (JSON, full precision)", open=False):
             raw = gr.JSON(elem_id="raw")

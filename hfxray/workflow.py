@@ -1,4 +1,4 @@
-"""`scripts/train.py` / `hfxray train`: train -> calibrate -> evaluate -> model card -> optional push.
+"""`scripts/train.py` / `hfxray train`: train -> calibrate -> evaluate -> OOD check -> model card -> optional push.
 
 Each step is a function a reader can call alone on a run folder; `run` only chains them, handing each the model
 training returned (no reload from disk). The Hub token is read once, before training, and kept out of the
@@ -78,6 +78,7 @@ def run(config: RunConfig, hub_repo: str | None = None, hub_token: str | None = 
     """Train, then (main process only) calibrate, evaluate, write the model card and push; returns test metrics."""
     from .families import model_family
     from .hub import push_run, write_model_card
+    from .scope import fit_ood_or_say_why
     from .training import train
 
     trained = train(config)
@@ -88,6 +89,7 @@ def run(config: RunConfig, hub_repo: str | None = None, hub_token: str | None = 
     decision = calibrate_run(run_dir, data_args.data_dir, config.run.calibrate, model, processor,
                              data_args.cache_dir)
     report = evaluate_run(run_dir, data_args.data_dir, model, processor, cache_dir=data_args.cache_dir)
+    fit_ood_or_say_why(run_dir, data_args.data_dir, model, processor, cache_dir=data_args.cache_dir)
     write_model_card(run_dir, repo_id=hub_repo)
     if hub_repo:
         uploaded = push_run(run_dir, hub_repo, token=hub_token, private=bool(training_args.hub_private_repo))

@@ -230,5 +230,7 @@ def test_cv_trains_each_fold_once_resumes_and_refits(prepared_dir, tmp_path, mon
     assert "out-of-fold" in calibration["fitted_on"] and calibration["transfer"] == cv.TRANSFER_NOTE
     assert "Not checked on the refit model" in json.loads((out / cv.CV_RESULTS).read_text())["refit_temperature"]
     assert (refit_dir / "test_results.json").is_file() and result["test"]["n"] > 0
+    # the out-of-distribution check describes what the refit trained on (hfxray.scope)
+    assert json.loads((refit_dir / "ood.json").read_text())["fitted_on"] == ["train", "validation"]
     assert cv.refit("bit", "tiny", "scratch", prepared_dir, out, "recipe", sets) == result  # not repeated
     assert len(calls) == 1

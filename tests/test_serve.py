@@ -21,7 +21,7 @@ from PIL import Image
 from hfxray.serve import ServeError, build_app, find_examples, metrics_markdown
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-UPLOAD_CAP_MB = 2  # small, so that the too-large case needs only a small file
+UPLOAD_CAP_MB = 8  # small, so that the too-large case needs only a small file; above the 5.9 MB WG04 RG3 file
 BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync", "--window-size=1400,1800")
 
@@ -80,6 +80,17 @@ def client(server):
 
 
 @pytest.fixture(scope="module")
+def limb() -> Path:
+    """NEMA WG04 RG3_UNCR.dcm (pydicom-data): a real CR of a tibia, BodyPartExamined EXTREMITY."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG3_UNCR.dcm")
+    if path is None:
+        pytest.skip("the NEMA WG04 files are not installed (pip install pydicom-data, in the [dev] extra)")
+    return Path(path)
+
+
+@pytest.fixture(scope="module")
 def xray(sample_dir) -> Path:
     return find_examples(sample_dir, count=2)[1]  # a virus case of the test split
 
@@ -117,7 +128,7 @@ def test_client_answers_equal_hfxray_predict(server, client, tiny_runs, xray, xr
     expected = {name: _predict_cli(tiny_runs[name], [xray, xray_dicom], tmp_path / f"{name}.json") for name in names}
     for path in (xray, xray_dicom):
         status, preview, *rest = _analyze(client, path)
-        assert status.startswith("Analysed"), status
+        assert "Analysed" in status and "dashed amber rectangle is the area the models analyse" in status, status
         assert Path(preview).is_file()
         raw = rest[-1]
         for index, name in enumerate(names):
@@ -132,6 +143,12 @@ def test_client_answers_equal_hfxray_predict(server, client, tiny_runs, xray, xr
                 assert probabilities["normal"] == pytest.approx(1 - cli["p_virus"], abs=1e-5)
             assert f"Prediction: {cli['label']}" in line
             assert _not_blank(overlay) > 5, f"{name}'s overlay is blank"
+            width, height = Image.open(overlay).size
+            assert width > height + 50  # the colour scale beside the square heatmap
+            # the run's OOD check read the same forward pass as predict: same status, same score
+            assert raw[index]["ood"] == cli["ood"] != "not checked"
+            assert raw[index]["ood_score"] == pytest.approx(cli["ood_score"], abs=1e-3)
+            assert "Similarity to the training images" in line or "unlike the training images" in line
         assert [entry["explanation"] for entry in raw] == ["rollout", "gradcam"]
 
 
@@ -181,7 +198,7 @@ def test_too_large_upload_is_refused_and_the_server_lives(server, client, xray, 
         client.predict(handle_file(str(big)), api_name="/analyze")
     assert server["process"].poll() is None
     status, *_ = _analyze(client, xray)  # still serving
-    assert status.startswith("Analysed")
+    assert "Analysed" in status
 
 
 def test_two_users_at_once_are_both_answered(server, client, xray, xray_dicom):
@@ -200,9 +217,19 @@ def test_two_users_at_once_are_both_answered(server, client, xray, xray_dicom):
     for thread in threads:
         thread.join(timeout=120)
     assert set(results) == {"a", "b"}
-    assert all(result[0].startswith("Analysed") for result in results.values())
+    assert all("Analysed" in result[0] for result in results.values())
     # Same radiograph, two encodings: equal labels show the queue kept the two requests apart.
     assert [r["label"] for r in results["a"][-1]] == [r["label"] for r in results["b"][-1]]
+
+
+def test_an_extremity_radiograph_is_flagged_out_of_scope(server, client, limb):
+    status, preview, *rest = _analyze(client, limb)
+    assert "Out of scope: the DICOM header says body part EXTREMITY, not the chest" in status, status
+    assert "unlike the images vit, bit were trained on" in status  # both models' OOD checks flag it too
+    raw = rest[-1]
+    assert [entry["ood"] for entry in raw] == ["unlike the training images"] * 2
+    assert all("unlike the training images" in line for line in rest[2:-1:3])
+    assert Path(preview).is_file() and all(entry["label"] for entry in raw)  # flagged, still answered
 
 
 def _chromium() -> str | None:
@@ -232,8 +259,15 @@ def test_browser_upload_shows_label_and_heatmap(server, tiny_runs, xray, tmp_pat
         wait = WebDriverWait(driver, 90)
         assert "not a medical device" in wait.until(
             expected_conditions.visibility_of_element_located((By.ID, "disclaimer"))).text
+        population = driver.find_element(By.ID, "population").text  # from the runs' model cards
+        assert "children aged 1-5, one hospital" in population and "Shortcut risk" in population
+        assert "attention rollout" not in driver.page_source and "Grad-CAM" not in driver.page_source
+        assert "where the model's attention went (all classes)" in driver.find_element(By.ID, "model-0").text
         driver.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(xray))
         wait.until(lambda d: "Analysed" in d.find_element(By.ID, "status").text)
+        assert "dashed amber rectangle" in driver.find_element(By.ID, "status").text
+        assert "Similarity to the training images" in driver.find_element(By.ID, "answer-1").text or \
+            "unlike the training images" in driver.find_element(By.ID, "answer-1").text
         expected = _predict_cli(tiny_runs["bit"], [xray], tmp_path / "bit.json")[xray.name]["label"]
         # gr.Label shows the top class as its heading (data-testid="label-output-value").
         heading = (By.CSS_SELECTOR, "#label-1 [data-testid=label-output-value]")
@@ -245,13 +279,26 @@ def test_browser_upload_shows_label_and_heatmap(server, tiny_runs, xray, tmp_pat
         shot = tmp_path / "heatmap.png"
         shot.write_bytes(heatmap.screenshot_as_png)
         assert _not_blank(shot) > 5, "the heatmap image is blank"
+        assert driver.execute_script("return arguments[0].naturalWidth > arguments[0].naturalHeight + 50", heatmap)
+        preview = driver.find_element(By.CSS_SELECTOR, "#preview img")
+        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", preview))
+        shot.write_bytes(preview.screenshot_as_png)
+        pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
+        amber = (pixels[..., 0] > 200) & (pixels[..., 1] > 140) & (pixels[..., 1] < 230) & (pixels[..., 2] < 90)
+        assert amber.sum() > 200, "no analysed-area rectangle on the input"  # a gray X-ray has no amber pixel
         page = tmp_path / "serve.png"
+        driver.set_window_size(1400, driver.execute_script("return document.body.scrollHeight") + 40)
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(page))
         assert page.stat().st_size > 0
         if os.environ.get("HFXRAY_UPDATE_SCREENSHOT"):  # refresh the README's picture: docs/serve.png
             picture = Image.open(page).convert("RGB")
             picture = picture.resize((900, round(picture.height * 900 / picture.width)), Image.Resampling.LANCZOS)
             picture.quantize(colors=128).save(REPO_ROOT / "docs" / "serve.png", optimize=True)  # small in git
+        card = driver.find_element(By.ID, "card-1")  # the model card, one click away
+        assert "Model card of bit" in card.text and "Training recipe" not in card.text  # closed until asked
+        card.find_element(By.TAG_NAME, "button").click()
+        wait.until(lambda d: "Training recipe" in d.find_element(By.ID, "card-1").text)
     finally:
         driver.quit()
 
@@ -300,3 +347,35 @@ def test_examples_asked_for_by_name_and_not_found_stop_before_serving(tmp_path, 
     code = cli_main(["serve", "--model", str(tmp_path / "never-loaded"), "--examples", str(tmp_path / "nope")])
     err = capsys.readouterr().err
     assert code == 2 and "--examples" in err and "To fix" in err and len(err.strip().splitlines()) == 1
+
+
+def test_analysed_box_is_the_processors_centre_crop():
+    from types import SimpleNamespace
+
+    from hfxray.serve_content import analysed_area_text, analysed_box
+
+    crop = SimpleNamespace(size={"shortest_edge": 72}, do_center_crop=True, crop_size={"height": 64, "width": 64})
+    # 512 x 315: shortest edge 315 -> 72, so the 64 px crop is 280 px of the film, centred
+    left, top, right, bottom = analysed_box(crop, 512, 315)
+    assert (right - left, bottom - top) == (pytest.approx(280), pytest.approx(280))
+    assert (left, top) == (pytest.approx(116), pytest.approx(17.5))
+    assert "the 51 % of the image outside it" in analysed_area_text(512, 315, [(left, top, right, bottom)])
+    squash = SimpleNamespace(size={"height": 224, "width": 224}, do_center_crop=False)
+    assert analysed_box(squash, 512, 315) == (0, 0, 512, 315)  # resized whole, nothing cut off
+    assert analysed_area_text(512, 315, [(0, 0, 512, 315)]) == "The models see the whole image (resized)."
+
+
+def test_population_comes_from_the_cards_limitations(tiny_runs, tmp_path):
+    from types import SimpleNamespace
+
+    from hfxray.serve import read_card
+    from hfxray.serve_content import population_markdown
+
+    cards = {name: read_card(tiny_runs[name]) for name in ("vit", "bit")}
+    assert not cards["vit"].startswith("---") and "![" not in cards["vit"]  # no Hub metadata, no dead figure links
+    models = [SimpleNamespace(name=name, card=card) for name, card in cards.items()]
+    text = population_markdown(models)
+    assert text.count("**Paediatric, single site.**") == 1 and "aged 1-5" in text and "Shortcut risk" in text
+    assert text.count("**Small test set.**") == 2  # each run's own interval, named
+    missing = population_markdown([SimpleNamespace(name="old", card=read_card(tmp_path))])
+    assert "no model card" in missing and "unknown" in missing

@@ -70,13 +70,17 @@ def run(args) -> int:
             skipped.append((path, reason))
             tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
 
-        written, degenerate, summaries = 0, 0, []
+        written, degenerate, summaries, flagged = 0, 0, [], 0
         for name, (model, processor) in loaded.items():
             result = explain_images(model, args.method, args.images, out, processor, target_class=args.target_class,
                                     progress=True, on_skip=report, name=name, source=sources[name])
             written += len(result.figures)
             degenerate += len(result.degenerate)
             summaries.append(result.summary_csv)
+            for row in result.rows:
+                if row["warning"]:
+                    flagged += 1
+                    tqdm.write(f"{row['image']} [{name}]: {row['warning']}", file=sys.stderr)
             for row in result.degenerate:
                 tqdm.write(f"degenerate map ({row['status']}) for {row['image']} [{name}]: see {row['figure']}",
                            file=sys.stderr)
@@ -85,5 +89,6 @@ def run(args) -> int:
         return 2
     bad = len({path for path, _ in skipped})
     print(f"{args.method}: explained {total - bad} of {total} images ({written} figures), skipped {bad} unreadable, "
-          f"{degenerate} degenerate map(s) -> {out} (per-image status: {', '.join(p.name for p in summaries)})")
+          f"{degenerate} degenerate map(s), {flagged} out of scope -> {out} (per-image status: "
+          f"{', '.join(p.name for p in summaries)})")
     return 0 if written else 1

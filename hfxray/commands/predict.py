@@ -44,7 +44,12 @@ def run(args) -> int:
     temperature = folded_temperature(classifier.model)
     if temperature != 1.0:
         logger.info(f"probabilities temperature-scaled with T = {temperature:.4g}")
-    predictions = predict_files(classifier, files, batch_size=args.batch_size)
+    from ..scope import load_check
+
+    ood_check, why_not = load_check(classifier.model.name_or_path)
+    if ood_check is None:
+        logger.warning(f"out-of-distribution check: not checked ({why_not})")
+    predictions = predict_files(classifier, files, batch_size=args.batch_size, ood_check=ood_check)
     write_predictions(predictions, args.out)
     failed = any(p.error for p in predictions)
     (logger.warning if failed else logger.info)(summary_line(predictions) +

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import HfxrayError
-from ..imaging import ImageProblem, expand_paths, load_rgb
+from ..imaging import ImageProblem, expand_paths, load_rgb, out_of_scope
 from ..families import METHODS, UnsupportedModelError, adapter_for, model_family
 from ..outputs import csv_row
 from ..logs import progress_bar_disable
@@ -174,18 +174,21 @@ class Explained:
 
 
 SUMMARY_FIELDS = ("image", "figure", "array", "predicted", "probability", "explained", "quantity", "layer", "status",
-                  "positive_share", "body_lift", "body_area", "band_lift", "band_area")
+                  "positive_share", "body_lift", "body_area", "band_lift", "band_area", "ood", "ood_score", "warning")
 
 
 def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                    processor=None, *, target_class: int | str | None = None, progress: bool = False,
                    on_skip: Callable[[Path, str], None] | None = None, name: str | None = None,
-                   source: str | None = None) -> Explained:
+                   source: str | None = None, ood_check=None) -> Explained:
     """Grad-CAM or rollout figures for one model, `<image>.<name>.<method>.png`, plus `<name>.<method>.csv/.json`.
 
     Each map is also saved as `<image>.<name>.<method>.npz` beside its figure, in the pixel grid of the image file
     (`hfxray.explain.arrays`); the summary gives each map's lift over the body and over the outer band
     (`hfxray.explain.localisation`: 1 = a uniform map's value) with the regions' area shares.
+    Each row and figure says when the image is out of scope (`hfxray.scope`): its DICOM header names another body
+    part or view, or the run's OOD check (`ood_check`, default: read from the `source` folder) finds it unlike the
+    training images; "not checked" when the run has no check.
 
     `name` labels the figures (default: the model folder's name, or the model kind); `source` identifies the model
     for the overwrite check (default: the resolved model folder, else `name`). A figure this model and method wrote
@@ -209,6 +212,14 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
     origin = _origin(source, method)
     check_overwrite([*planned, *(path.with_suffix(".npz") for path in planned), result.summary_csv,
                      result.summary_json], origin)
+    if ood_check is None:
+        from ..scope import load_check
+
+        ood_check, why_not = load_check(source)
+        if ood_check is None:
+            from ..logs import get_logger
+
+            get_logger(__name__).warning("out-of-distribution check of %s: not checked (%s)", name, why_not)
     out.mkdir(parents=True, exist_ok=True)
     items = zip(paths, planned)
     if progress:
@@ -226,8 +237,12 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
                 on_skip(path, str(problem))
             continue
         pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
+        from ..scope import capture_features, judge_images, stacked, warning_text
+
+        with torch.no_grad(), capture_features(model) as captured:
             probabilities = model(pixel_values=pixel_values).logits.softmax(-1)[0]
+        ood = judge_images(ood_check, stacked(captured), 1)[0]
+        scope_warning = warning_text(out_of_scope(image), ood)
         predicted = int(probabilities.argmax())
         if method == "gradcam":
             explained = predicted if target_class is None else target_class
@@ -245,7 +260,8 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
         warning = "" if status == "ok" else f"degenerate map ({status}): {STATUS_TEXT[status]}"
         title = f"{Path(path).name}: predicted {labels[predicted]} (p = {probabilities[predicted]:.2f})  [{name}]"
         seen = _decode(pixel_values[0], processor)
-        result.figures.append(save_heatmap_figure(seen, heatmap, figure_path, title, heatmap_title, warning, origin))
+        result.figures.append(save_heatmap_figure(seen, heatmap, figure_path, title, heatmap_title, warning, origin,
+                                                  scope_warning))
         array_path = save_map_array(
             figure_path.with_suffix(".npz"), heatmap, input_geometry(processor, (image.height, image.width)),
             method=method, model=source, model_name=name, layer=layer, quantity=quantity, status=status,
@@ -259,7 +275,9 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
                             "quantity": quantity, "layer": layer, "status": status,
                             "positive_share": round(float(share), 4),
                             **{key: _rounded(lifts.get(key)) for key in ("body_lift", "body_area", "band_lift",
-                                                                          "band_area")}})
+                                                                          "band_area")},
+                            "ood": ood.status, "ood_score": None if ood.score is None else round(ood.score, 4),
+                            "warning": scope_warning})
     _write_summary(result, origin, name)
     return result
 

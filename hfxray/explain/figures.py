@@ -66,11 +66,13 @@ def _stretch(image: np.ndarray) -> np.ndarray:
 
 
 def save_heatmap_figure(image: np.ndarray, heatmap: np.ndarray, path: str | Path, title: str,
-                        heatmap_title: str, warning: str = "", origin: Mapping[str, str] | None = None) -> Path:
+                        heatmap_title: str, warning: str = "", origin: Mapping[str, str] | None = None,
+                        scope_warning: str = "") -> Path:
     """Three panels (input as the model saw it | heatmap | overlay); `image` and `heatmap` share one grid.
 
     `warning` (e.g. "degenerate map: ...") is written in red across the heatmap and overlay panels and under the
-    title, so a blank map never passes for "nothing relevant here".
+    title, so a blank map never passes for "nothing relevant here". `scope_warning` (`hfxray.scope.warning_text`:
+    the image is unlike the training data) is written in red under the title.
     """
     if image.shape[:2] != heatmap.shape:
         raise ValueError(f"heatmap {heatmap.shape} does not match image {image.shape[:2]}: they would misalign")
@@ -87,6 +89,10 @@ def save_heatmap_figure(image: np.ndarray, heatmap: np.ndarray, path: str | Path
     if not warning:  # a degenerate map would only lay a uniform veil over the image
         axes[2].imshow(heatmap, cmap=HEATMAP_CMAP, vmin=0, vmax=1, alpha=OVERLAY_ALPHA)
     axes[2].set_title("overlay")
+    if scope_warning:
+        import textwrap
+
+        title = f"{title}\n" + textwrap.fill(scope_warning, width=120)
     if warning:
         for axis in axes[1:]:
             axis.text(0.5, 0.5, "DEGENERATE MAP\n(shows nothing)", transform=axis.transAxes, ha="center",
@@ -96,7 +102,7 @@ def save_heatmap_figure(image: np.ndarray, heatmap: np.ndarray, path: str | Path
 
         title = f"{title}\n" + textwrap.fill(warning, width=120)  # the figure is ~120 characters wide
     suptitle = figure.suptitle(title, fontsize=13)
-    if warning:
+    if warning or scope_warning:
         suptitle.set_color(WARNING_COLOR)
     return _save(figure, path, origin)
 
