@@ -18,7 +18,7 @@ import yaml
 
 from .data import DataError, check_prepared
 from .errors import HfxrayError, excerpt
-from .models import MODEL_NAMES, PRESETS
+from .models import PRESETS, model_names
 from .recipes import SCHEDULES, TRAINER_SCHEDULE
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -36,7 +36,7 @@ class ConfigError(HfxrayError):
 
 @dataclass
 class ModelArguments:
-    model: str = field(default="vit", metadata={"help": f"Model kind: {', '.join(MODEL_NAMES)}."})
+    model: str = field(default="vit", metadata={"help": f"Model kind: {', '.join(model_names())}."})
     preset: str = field(default="full", metadata={
         "help": f"{', '.join(PRESETS)}: pretrained ImageNet-21k weights, a small random model (from-scratch "
                 "control), or a tiny random model (tests/demo)."})
@@ -149,6 +149,9 @@ def _parser_class():
         def error(self, message: str):
             raise ConfigError(f"{message}. To fix: see `{self.prog} --help`.")
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{"allow_abbrev": False, **kwargs})  # --learning_rat is refused, not guessed
+
     return Parser
 
 
@@ -161,6 +164,18 @@ def _normalise_flags(argv: list[str]) -> list[str]:
             token = "--" + name.replace("-", "_") + sep + value
         normalised.append(token)
     return normalised
+
+
+def _refuse_unknown_flags(parser, argv: list[str]) -> None:
+    """A flag no dataclass defines: one line, pointing a familiar transformers-example flag to hfxray's."""
+    from .train_help import unknown_flag_message
+
+    _, remaining = parser.parse_known_args(argv)
+    unknown = [token for token in remaining if token.startswith("--")]
+    if unknown:
+        known = [option[2:] for action in parser._actions for option in action.option_strings
+                 if option.startswith("--")]
+        raise ConfigError(unknown_flag_message(unknown[0], known))
 
 
 def recipe_path(model: str, recipe: str) -> Path:
@@ -260,7 +275,7 @@ def _early(argv: list[str], names: tuple[str, ...], config_values: dict, recipe_
     """Values of `names` before the full parse: flag, else --config, else recipe."""
     import argparse
 
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for name in names:
         pre.add_argument(f"--{name}")
     flags = vars(pre.parse_known_args(argv)[0])
@@ -268,22 +283,21 @@ def _early(argv: list[str], names: tuple[str, ...], config_values: dict, recipe_
             for name in names}
 
 
-def print_help(prog: str, everything: bool = False) -> None:
-    """`--help`: hfxray's arguments and the common Trainer flags; `--help_all`: every TrainingArguments field."""
-    parser = _parser_class()(_dataclasses() if everything else _dataclasses()[:4], prog=prog,
-                             description="Fine-tune one model: recipe (configs/recipes/) < --config YAML < flags.",
-                             epilog=None if everything else "--help_all lists every TrainingArguments flag.")
-    if not everything:
-        from transformers import TrainingArguments
+def _help(argv: list[str], prog: str, everything: bool) -> None:
+    """--help with the defaults of the model, recipe and preset on the command line (vit, seed, full if none)."""
+    from .train_help import print_help
 
-        group = parser.add_argument_group("common TrainingArguments flags (all of them: --help_all)")
-        for item in fields(TrainingArguments):
-            if item.name in COMMON_TRAINER_FLAGS:
-                default = TRAINING_DEFAULTS.get(item.name, item.default)
-                text = " ".join(str(item.metadata.get("help", "")).split())
-                text = text.split(". ")[0][:150]
-                group.add_argument(f"--{item.name}", help=f"{text} (default: {default})".replace("%", "%%"))
-    parser.print_help()
+    try:
+        early = _early(argv, ("model", "recipe", "preset"), {}, {})
+        model = early["model"] or ModelArguments.model
+        recipe, preset = early["recipe"] or RecipeArguments.recipe, early["preset"] or ModelArguments.preset
+        values = _read_yaml(recipe_path(model, recipe), _field_types())
+        fit_recipe_to_preset(values, preset, set())
+    except (HfxrayError, SystemExit):  # a wrong name here is reported by the run itself, not by --help
+        model, recipe, preset, values = ModelArguments.model, RecipeArguments.recipe, ModelArguments.preset, {}
+    note = (f"Defaults shown are those of --model {model} --recipe {recipe} --preset {preset} (add other values "
+            "before --help to see theirs).\nPrecedence: recipe (configs/recipes/) < --config YAML < flags.")
+    print_help(_parser_class(), _dataclasses(), prog, {**TRAINING_DEFAULTS, **values}, note, everything)
 
 
 def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
@@ -295,7 +309,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
     """
     argv = _normalise_flags(list(sys.argv[1:] if argv is None else argv))
     if "--help_all" in argv or "-h" in argv or "--help" in argv:
-        print_help(prog, everything="--help_all" in argv)
+        _help(argv, prog, everything="--help_all" in argv)
         raise SystemExit(0)
     known = _field_types()
     early = _early(argv, ("config",), {}, {})
@@ -303,6 +317,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
     early = _early(argv, ("model", "recipe", "preset"), config_values, {})
     model = early["model"] or ModelArguments.model
     recipe = early["recipe"] or RecipeArguments.recipe
+    if model not in model_names():  # before the recipe lookup, which would blame a recipe file
+        raise ConfigError(f"--model {model}: unknown model. To fix: choose one of {', '.join(model_names())}.")
     recipe_values = _read_yaml(recipe_path(model, recipe), known)
     explicit = _explicit_names(argv) | set(config_values)
     if recipe_values.get("bit_hyperrule") or config_values.get("bit_hyperrule"):
@@ -314,6 +330,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
     _apply_explicit(recipe_values, explicit)
     parser = _parser_class()(_dataclasses(), prog=prog)
     parser.set_defaults(**{**TRAINING_DEFAULTS, **recipe_values, **config_values})
+    _refuse_unknown_flags(parser, argv)
     try:
         model_args, data_args, recipe_args, run_args, training_args = parser.parse_args_into_dataclasses(argv)
     except ValueError as err:  # TrainingArguments.__post_init__ checks (e.g. bf16 without a GPU): no traceback

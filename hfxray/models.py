@@ -23,7 +23,6 @@ from .errors import HfxrayError, excerpt, printable
 
 ID2LABEL = dict(enumerate(CLASS_NAMES))
 LABEL2ID = {name: index for index, name in ID2LABEL.items()}
-MODEL_NAMES = ("vit", "bit", "bit_in1k", "hybrid")
 PRESETS = ("full", "small", "tiny")
 # ViT-21k, BiT-M and the original hybrid weights were all trained on inputs scaled to [-1, 1].
 MINUS_ONE_TO_ONE = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
@@ -355,6 +354,11 @@ def _hybrid(spec: ModelSpec, checkpoint: str | None, overrides: dict):
 
 
 _BUILDERS = {"vit": _vit, "bit": _bit, "bit_in1k": _bit_in1k, "hybrid": _hybrid}
+
+
+def model_names() -> tuple[str, ...]:
+    """The --model names, read from the registry: the one list every message and help text shows."""
+    return tuple(_BUILDERS)
 _CHECKPOINTS = {
     "vit": "google/vit-base-patch16-224-in21k",
     "bit": "timm/resnetv2_50x1_bit.goog_in21k",
@@ -373,7 +377,7 @@ def native_image_size(preset: str) -> int:
 def get_spec(name: str, preset: str = "full", image_size: int | None = None) -> ModelSpec:
     """Look up a registry entry; `image_size` overrides the preset's input size (e.g. the seed recipe's 128 px)."""
     if name not in _BUILDERS:
-        raise ModelSpecError(f"unknown model {name!r}. To fix: choose one of {', '.join(MODEL_NAMES)}")
+        raise ModelSpecError(f"unknown model {name!r}. To fix: choose one of {', '.join(model_names())}")
     if preset not in PRESETS:
         raise ModelSpecError(f"unknown preset {preset!r}. To fix: choose one of {', '.join(PRESETS)}")
     if name == "bit_in1k" and preset != "full":

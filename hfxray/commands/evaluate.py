@@ -19,6 +19,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..data import check_prepared
+    from ..env import looks_local
     from ..evaluation import reliability_path, report_split, shortcut_message
     from ..outputs import check_output_file
     from . import UsageError, require_positive, require_seed
@@ -27,9 +28,10 @@ def run(args) -> int:
     require_positive(n_resamples=args.n_resamples)
     require_seed(seed=args.seed)
     check_prepared(args.data_dir)
-    if args.out is None and not Path(args.model).is_dir():
-        raise UsageError(f"--model {args.model} is not a local folder, so there is none to write the evaluation "
-                         "into. To fix: pass --out FILE.json.")
+    if not Path(args.model).is_dir() and (looks_local(args.model) or args.out is None):
+        hub = "" if looks_local(args.model) else ", or --out FILE.json to evaluate it as a Hub id"
+        raise UsageError(f"--model {args.model}: no such folder. To fix: pass the folder a training run wrote (its "
+                         f"--output-dir, e.g. runs/quick-bit){hub}.")
     out = Path(args.out) if args.out else Path(args.model) / f"{args.split}_evaluation.json"
     data = [("the --data-dir", args.data_dir)]
     check_output_file(out, "--out" if args.out else "the default --out", data)
