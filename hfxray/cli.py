@@ -33,7 +33,8 @@ EXAMPLES = {
              "--output-dir runs/quick-bit",
     "evaluate": "hfxray evaluate --model runs/quick-bit --data-dir ~/data/coronahack-prepared",
     "report": "hfxray report runs/vit-seed runs/bit-paper --out report/",
-    "explain": "hfxray explain --model runs/quick-bit --method gradcam --out maps/ ~/data/coronahack-prepared/test/virus",
+    "explain": "hfxray explain --model runs/quick-bit --method gradcam --out maps/ "
+               "~/data/coronahack-prepared/test/virus",
     "predict": "hfxray predict --model runs/quick-bit ~/data/coronahack-prepared/test --out predictions.csv",
     "push": "hfxray push runs/quick-bit your-name/hfxray-bit",
     "demo": "hfxray demo --out /tmp/hfxray-demo",

@@ -134,6 +134,31 @@ def split_logits(model, processor, data_dir, split: str, cache_dir=None, counts=
     return logits, np.asarray(images.labels), images.files
 
 
+def predictions_path(out: Path) -> Path:
+    """Each image's prediction, beside a report's JSON (`test_results.json` -> `test_predictions.csv`): what a
+    paired comparison of two models on the same images needs (`hfxray report`)."""
+    return out.with_name(out.stem.removesuffix("_results") + "_predictions.csv")
+
+
+def write_predictions_csv(path: Path, files, groups, labels, probs_virus) -> None:
+    import csv
+
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "patient_group", "label", "p_virus"])
+        # repr keeps every digit: rounded probabilities of a near-constant model tie, and ties change the AUROC
+        writer.writerows(zip(files, groups, (int(label) for label in labels), (repr(float(p)) for p in probs_virus)))
+
+
+def read_predictions_csv(path: Path) -> dict[str, tuple[str, int, float]]:
+    """{file: (patient group, label, p(virus))} from `write_predictions_csv`."""
+    import csv
+
+    with path.open(newline="") as handle:
+        return {row["file"]: (row["patient_group"], int(row["label"]), float(row["p_virus"]))
+                for row in csv.DictReader(handle)}
+
+
 def reliability_path(out: Path) -> Path:
     """The reliability diagram written beside a report's JSON (`test_results.json` -> `test_reliability.png`)."""
     return out.with_name(out.stem.removesuffix("_results") + "_reliability.png")
@@ -178,6 +203,8 @@ def report_split(model, processor, data_dir, split: str = "test", out: str | Pat
                                      panel_titles=("Before folding (T = 1)", f"As shipped (T = {temperature:.3g} "
                                                                              "folded)"))
         report["reliability_diagram"] = diagram.name
+        write_predictions_csv(predictions_path(out), files, groups, labels, shipped)
+        report["predictions"] = predictions_path(out).name
         out.write_text(json.dumps(prefixed(report, prefix) if prefix else report, indent=2))
     return report
 

@@ -206,6 +206,8 @@ def _calibration_text(run_dir: Path, config: dict) -> str:
 
 
 def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float], example_id: str) -> str:
+    from .metrics import chance_sentence, chance_verdict
+
     base_model = _base_model(args)
     preset = args.get("preset")
     if base_model:
@@ -221,6 +223,8 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
                    if preset == "tiny" else ""))
     results = _read_json(run_dir / "test_results.json")
     n, n_positive = results.get("test_n"), results.get("test_n_positive")
+    chance = chance_sentence({key.removeprefix("test_"): value for key, value in results.items()},
+                             results.get("test_ci95"))
     if metrics:
         intervals = results.get("test_ci95") or {}
         unit = results.get("test_bootstrap_unit", "image")
@@ -236,6 +240,8 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
             evaluation.append(f"\nn = {n} test images" + (f" ({n_positive} virus)." if n_positive is not None
                                                            else "."))
         evaluation += _per_source_card(results)
+        if chance:
+            evaluation.insert(0, f"**{chance}**\n")
     else:
         evaluation = ["No test_results.json in the run folder: this model was not evaluated."]
     small = f"n = {n} test images" if n else "A few hundred test images at most"
@@ -247,7 +253,9 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
     figures = sorted(p.relative_to(run_dir).as_posix() for p in _pngs(run_dir))
     sections = [
         f"# {args.get('model_tag') or run_dir.name}: chest X-ray classifier, normal vs viral pneumonia",
-        f"{init} Trained with hfxray on chest X-rays labelled `normal` or `virus`.",
+        f"{init} Trained with hfxray on chest X-rays labelled `normal` or `virus`."
+        + (f" **This model is {chance_verdict(results.get('test_ci95'))} on its test split** (see Evaluation)."
+           if chance else ""),
         "## Intended use",
         "Research and teaching: reproducing and comparing ViT, BiT and R50+ViT hybrid fine-tuning on chest X-rays, "
         "and studying calibration and explanations. **Not a medical device**; not for diagnosis, triage or any "

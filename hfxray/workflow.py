@@ -87,6 +87,8 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
     """The readable end of a run: where everything is, the test metrics with CIs, and the next commands."""
     import shlex
 
+    from .metrics import chance_sentence
+
     run, data = Path(run_dir), Path(data_dir)
     quoted, data_quoted = shlex.quote(str(run)), shlex.quote(str(data))
     intervals = report.get("ci95") or {}
@@ -108,6 +110,7 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
         f"  test split      n = {report.get('n')}; {with_ci('accuracy', 'accuracy')}; {with_ci('auroc', 'AUROC')}; "
         f"{with_ci('ece', 'ECE')} (95% CIs, {report.get('bootstrap_unit', 'image')}-level bootstrap)",
         f"  calibration     {calibration}",
+        *([f"  {chance}"] if (chance := chance_sentence(report, intervals)) else []),
         "  next:",
         f"    hfxray evaluate --model {quoted} --data-dir {data_quoted}",
         f"    hfxray explain --model {quoted} --method {method} --out {shlex.quote(str(run / 'maps'))} "

@@ -89,7 +89,8 @@ def test_abbreviations_are_refused_with_the_full_name(capsys, fake_prepared, tmp
         parse_args(["--data-dir", str(fake_prepared), "--output-dir", str(tmp_path), "--learning_rat", "0.1"])
     with pytest.raises(ConfigError, match="unknown flag --mod\\b"):
         parse_args(["--data-dir", str(fake_prepared), "--output-dir", str(tmp_path), "--mod", "bit"])
-    code = main(["cv", "--model", "bit", "--data-dir", str(fake_prepared), "--out", str(tmp_path / "cv"), "--fold", "3"])
+    code = main(["cv", "--model", "bit", "--data-dir", str(fake_prepared), "--out", str(tmp_path / "cv"),
+                 "--fold", "3"])
     assert "--fold" in _error_line(capsys, code)
     code = main(["data", "prepare", "--sourc", str(tmp_path), "--out", str(tmp_path / "o")])
     assert "--sourc" in _error_line(capsys, code)

@@ -8,7 +8,8 @@ from __future__ import annotations
 def add_arguments(parser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     prepare = actions.add_parser("prepare", help="CSV + images -> OUT/{train,validation,test}/{normal,virus}/",
-                                 example="hfxray data prepare --source ~/data/coronahack --out ~/data/coronahack-prepared",
+                                 example="hfxray data prepare --source ~/data/coronahack "
+                                         "--out ~/data/coronahack-prepared",
                                  description="Write a binary ImageFolder split by patient, with a manifest of every "
                                              "kept and skipped image.")
     prepare.add_argument("--source", required=True, action="append", metavar="DIR",
