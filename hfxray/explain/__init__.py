@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import HfxrayError
 from ..imaging import ImageProblem, expand_paths, load_rgb
 from ..families import UnsupportedModelError, adapter_for, model_family
-from ..logs import progress_bar_disable
+from .. import logs
 from .actmax import ActMaxResult, activation_maximization, input_spec
 from .figures import save_actmax_grid, save_heatmap_figure
 from .gradcam import QUANTITY, STATUS_TEXT, GradCamResult, gradcam_map, gradcam_target, gradcam_with_status
@@ -199,11 +199,8 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
     check_overwrite([*planned, result.summary_csv, result.summary_json], origin)
     out.mkdir(parents=True, exist_ok=True)
     items = zip(paths, planned)
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, total=len(paths), desc=f"{method} {name}", unit="image",
-                     disable=progress_bar_disable())  # none in logs or under -q
+    if progress:  # a bar on a terminal, else a line every 10 s; nothing under -q
+        items = logs.progress(items, total=len(paths), desc=f"{method} {name}", unit="image")
     model.eval()
     layer = quantity = ""
     for path, figure_path in items:
