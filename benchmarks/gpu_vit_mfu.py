@@ -30,7 +30,7 @@ def measured_matmul_tflops(device: str, size: int = 2048, repeats: int = 5) -> f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 128 on a GPU, 8 on the CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (>= 1); default: 30 on a GPU, 3 on the CPU")
     parser.add_argument("--warmup", type=int, default=None, help="default: 10 on a GPU, 1 on the CPU")

@@ -64,7 +64,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bit", choices=("vit", "bit", "hybrid"))
     parser.add_argument("--preset", default="small", choices=("tiny", "small", "full"))
     parser.add_argument("--run", default=None, help="serve this trained run folder instead of a random-weight model")

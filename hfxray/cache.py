@@ -471,10 +471,25 @@ def list_entries(cache_dir: str | os.PathLike | None = None, data_dir: str | os.
     """(folder, info) of each complete cache entry, optionally only those of one prepared folder."""
     root = cache_root(cache_dir)
     wanted = str(Path(data_dir).resolve()) if data_dir is not None else None
+    names: dict[tuple, str | None] = {}
+
+    def reads(folder: Path, info: dict) -> bool:
+        """Whether a run on `data_dir` reads this entry: one built from it, or from another folder with the same
+        files (a copy), which has the same fingerprint and is therefore shared."""
+        if info.get("data_dir") == wanted:
+            return True
+        key = (info.get("split"), info.get("resize"))
+        if key not in names:
+            try:
+                names[key] = f"{key[0]}-{int(key[1])}px-{fingerprint(data_dir, key[0], int(key[1]))}"
+            except (OSError, ValueError, TypeError, HfxrayError):  # no such split there
+                names[key] = None
+        return folder.name == names[key]
+
     entries = []
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         info = _read_info(folder) if folder.is_dir() and not folder.name.startswith(".") else None
-        if info is not None and (wanted is None or info.get("data_dir") == wanted):
+        if info is not None and (wanted is None or reads(folder, info)):
             entries.append((folder, info))
     return entries
 
@@ -517,9 +532,14 @@ def describe(cache_dir: str | os.PathLike | None = None, data_dir: str | os.Path
     entries = list_entries(cache_dir, data_dir)
     total = sum(info["bytes"] for _, info in entries)
     echo(f"decode cache: {printable(str(root))}")
+    shown = str(Path(data_dir).resolve()) if data_dir is not None else None
     for folder, info in entries:
+        # listed for --data-dir, an entry built from a copy of that folder is its own (the same files): it is
+        # named under the folder asked about, with where it was built from
+        where = printable(shown or info["data_dir"]) + (f" (built from {printable(info['data_dir'])}, the same "
+                                                        "files)" if shown and info["data_dir"] != shown else "")
         echo(f"  {info['split']:<10} {info['resize']:>5} px {info['rows']:>8} images {info['bytes'] / 2**20:>9.1f} MiB"
-             f"  {printable(info['data_dir'])}  ({folder.name})")
+             f"  {where}  ({folder.name})")
     echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {total / 2**20:.1f} MiB")
     unusable = _unusable_entries(root, data_dir)
     if unusable:

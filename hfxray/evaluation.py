@@ -23,7 +23,8 @@ import numpy as np
 
 from .data import CLASS_NAMES, SPLITS, DataError, prepared_counts, read_manifest
 from .logs import get_logger, progress_bar_disable
-from .runs import reliability_path
+from .outputs import csv_cell, read_csv_row
+from .runs import predictions_path, reliability_path
 
 SHORTCUT_WARNING = 0.8  # separation (AUROC read both ways) from which the source shortcut check warns
 SHORTCUT_MIN_IMAGES = 5  # images a source needs in a class to enter the check
@@ -182,6 +183,26 @@ def split_logits(model, processor, data_dir, split: str, cache_dir=None, counts=
     return logits, np.asarray(images.labels), images.files
 
 
+def write_predictions_csv(path: Path, files, groups, labels, probs_virus) -> None:
+    import csv
+
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "patient_group", "label", "p_virus"])
+        # repr keeps every digit: rounded probabilities of a near-constant model tie, and ties change the AUROC
+        writer.writerows(zip(map(csv_cell, files), map(csv_cell, groups), (int(label) for label in labels),
+                             (repr(float(p)) for p in probs_virus)))
+
+
+def read_predictions_csv(path: Path) -> dict[str, tuple[str, int, float]]:
+    """{file: (patient group, label, p(virus))} from `write_predictions_csv`."""
+    import csv
+
+    with path.open(newline="") as handle:
+        rows = [read_csv_row(row) for row in csv.DictReader(handle)]  # csv_cell's quotes removed
+    return {row["file"]: (row["patient_group"], int(row["label"]), float(row["p_virus"])) for row in rows}
+
+
 def report_split(model, processor, data_dir, split: str = "test", out: str | Path | None = None,
                  n_resamples: int = 1000, seed: int = 0, title: str | None = None, prefix: str = "",
                  cache_dir: str | None = None) -> dict:
@@ -223,6 +244,8 @@ def report_split(model, processor, data_dir, split: str = "test", out: str | Pat
                                      panel_titles=("Before folding (T = 1)", f"As shipped (T = {temperature:.3g} "
                                                                              "folded)"))
         report["reliability_diagram"] = diagram.name
+        write_predictions_csv(predictions_path(out), files, groups, labels, shipped)
+        report["predictions"] = predictions_path(out).name
         out.write_text(json.dumps(prefixed(report, prefix) if prefix else report, indent=2))
     return report
 

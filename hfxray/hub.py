@@ -233,6 +233,8 @@ def _family(config: dict):
 
 def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float], example_id: str,
                dataset_id: str | None = None) -> str:
+    from .metrics import chance_sentence, chance_verdict
+
     base_model = _base_model(args)
     family = _family(config)
     preset = args.get("preset")
@@ -249,6 +251,8 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
                    if preset == "tiny" else ""))
     results = _read_json(run_dir / RunFolder.TEST_RESULTS)
     n, n_positive = results.get("test_n"), results.get("test_n_positive")
+    chance = chance_sentence({key.removeprefix("test_"): value for key, value in results.items()},
+                             results.get("test_ci95"))
     if metrics:
         intervals = results.get("test_ci95") or {}
         unit = results.get("test_bootstrap_unit", "image")
@@ -270,6 +274,8 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
             evaluation.append(f"\nn = {n} test images" + (f" ({n_positive} virus)." if n_positive is not None
                                                            else "."))
         evaluation += _per_source_card(results)
+        if chance:
+            evaluation.insert(0, f"**{chance}**\n")
     else:
         evaluation = ["No test_results.json in the run folder: this model was not evaluated."]
     small = f"n = {n} test images" if n else "A few hundred test images at most"
@@ -282,7 +288,9 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
     sections = [
         f"# {args.get('model_tag') or run_dir.name}: chest X-ray classifier, normal vs viral pneumonia",
         (f"{family.card_text} " if family else "") + f"{init} Trained with hfxray on chest X-rays labelled `normal` or "
-        "`virus`.",
+        "`virus`."
+        + (f" **This model is {chance_verdict(results.get('test_ci95'))} on its test split** (see Evaluation)."
+           if chance else ""),
         "## Intended use",
         "Research and teaching: reproducing and comparing "
         f"{_listed(other.display_name for other in ADAPTERS.values())} fine-tuning on chest X-rays, and studying "

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .dicom import INFO_KEY, has_dicom_magic, is_dicom, read_dicom
-from .errors import HfxrayError, ImageProblem  # noqa: F401 (ImageProblem is imaging's error, kept below dicom)
+from .errors import ImageProblem  # noqa: F401 (imaging's error, kept in errors.py below imaging and dicom)
 
 # Chest X-rays are at most ~4,000 x 4,000 px; anything far beyond is a decompression bomb, not a radiograph.
 DEFAULT_MAX_PIXELS = 64_000_000

@@ -70,6 +70,33 @@ def progress_bar_disable() -> bool | None:
     return True if _quiet else None
 
 
+def progress(items, total: int, desc: str, unit: str = "item", every_s: float = 10.0):
+    """Iterate `items` with a progress bar on a terminal; without one (a log file, a pipe, CI) a plain line
+    `desc: 40/92 images (43 %), 25 s` at most every `every_s` seconds and at the end, so a command that runs for
+    minutes is never silent. Nothing under -q."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    if _quiet:
+        yield from items
+        return
+    if sys.stderr.isatty():
+        yield from tqdm(items, total=total, desc=desc, unit=unit)
+        return
+    logger = get_logger("progress")
+    start = last = time.monotonic()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - last >= every_s or done == total:
+            last = now
+            percent = f" ({100 * done / total:.0f} %)" if total else ""
+            logger.info("%s: %d/%d %ss%s, %.0f s", desc, done, total, unit, percent, now - start)
+
+
 @contextlib.contextmanager
 def library_progress_bars_off(active: bool = True):
     """Inside the block (when `active`) the libraries' progress bars are off; afterwards they are as they were."""
@@ -102,3 +129,26 @@ def _library_progress_bars(show: bool) -> None:
         import datasets
 
         (datasets.enable_progress_bars if show else datasets.disable_progress_bars)()
+
+
+# transformers 5.x draws these bars for every model read or written, a local folder read in well under a second
+# included: noise in every command's output, and in logs without a terminal one line per update.
+HIDDEN_LIBRARY_BARS = ("Loading weights", "Writing model shards")
+
+
+def hide_weight_loading_bars() -> None:
+    """Turn off transformers' per-model weight loading/saving bars (idempotent; download bars stay)."""
+    from transformers.utils import logging as transformers_logging
+
+    if not hasattr(transformers_logging, "set_tqdm_hook"):  # releases before 5.x draw no such bar
+        return
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") in HIDDEN_LIBRARY_BARS:
+            kwargs = {**kwargs, "disable": True}
+        return factory(*args, **kwargs)
+
+    hook.hfxray = True
+    previous = transformers_logging.set_tqdm_hook(hook)
+    if previous is not None and not getattr(previous, "hfxray", False):
+        transformers_logging.set_tqdm_hook(previous)  # someone else's hook stays

@@ -39,6 +39,8 @@ PERCENTILE = "percentile bootstrap"
 DEBIASED_ECE = "debiased ECE, bootstrap pivot; 0 at the low end unless perfect calibration is rejected"
 INTERVAL_METHODS = {"accuracy": WILSON, "sensitivity": WILSON, "specificity": WILSON, "precision": WILSON,
                     "balanced_accuracy": PERCENTILE, "auroc": PERCENTILE, "f1": PERCENTILE, "ece": DEBIASED_ECE}
+# A model is "at chance" when the 95 % interval of either of these includes 0.5 (`chance_verdict`).
+CHANCE_METRICS = {"auroc": "AUROC", "balanced_accuracy": "balanced accuracy"}
 # Upper bound on resamples x samples held in memory at once by the bootstrap.
 BOOTSTRAP_CHUNK_CELLS = 2_000_000
 
@@ -147,6 +149,51 @@ def _weighted_metrics(weights: np.ndarray, labels: np.ndarray, probs: np.ndarray
     }
 
 
+def _resample_weights(y: np.ndarray, groups, n_resamples: int, seed: int):
+    """Chunks of (resamples x samples) weights: how often each sample is drawn when whole groups (patients; each
+    sample its own group without `groups`) are drawn with replacement."""
+    if groups is None:
+        group_of = np.arange(len(y))
+    else:
+        group_ids = np.asarray(groups)
+        if group_ids.shape != y.shape:
+            raise ValueError(f"groups and labels differ in length: {group_ids.size} groups vs {len(y)} labels")
+        group_of = np.unique(group_ids, return_inverse=True)[1].ravel()
+    n_groups = int(group_of.max()) + 1
+    rng = np.random.default_rng(seed)
+    chunk = max(1, BOOTSTRAP_CHUNK_CELLS // max(len(y), n_groups))
+    for start in range(0, n_resamples, chunk):
+        rows = min(chunk, n_resamples - start)
+        drawn = rng.integers(0, n_groups, size=(rows, n_groups))
+        cells = (np.arange(rows)[:, None] * n_groups + drawn).ravel()
+        times_drawn = np.bincount(cells, minlength=rows * n_groups).reshape(rows, n_groups)
+        yield times_drawn[:, group_of]
+
+
+def paired_difference(labels, probs_a, probs_b, groups=None, n_resamples: int = 1000, confidence: float = 0.95,
+                      seed: int = 0, metrics: Sequence[str] = ("auroc", "accuracy")) -> dict[str, tuple]:
+    """{metric: (a - b, low, high)}: the difference between two models on the same images, with a percentile
+    bootstrap interval that draws the same patients for both (a paired comparison: two models' unpaired intervals
+    overlap far more than the interval of their difference is wide)."""
+    y, p_a = _check_labels_probs(labels, probs_a)
+    _, p_b = _check_labels_probs(labels, probs_b)
+    point_a, point_b = binary_metrics(y, p_a), binary_metrics(y, p_b)
+    differences: dict[str, list[np.ndarray]] = {name: [] for name in metrics}
+    for weights in _resample_weights(y, groups, n_resamples, seed):
+        values_a, values_b = _weighted_metrics(weights, y, p_a), _weighted_metrics(weights, y, p_b)
+        for name in metrics:
+            differences[name].append(values_a[name] - values_b[name])
+    alpha = (1 - confidence) / 2
+    result = {}
+    for name in metrics:
+        values = np.concatenate(differences[name])
+        values = values[~np.isnan(values)]
+        low, high = np.quantile(values, [alpha, 1 - alpha]) if len(values) else (math.nan, math.nan)
+        point = None if point_a[name] is None or point_b[name] is None else point_a[name] - point_b[name]
+        result[name] = (point, float(low), float(high))
+    return result
+
+
 def bootstrap_ci(
     labels: Sequence[int] | np.ndarray,
     probs: Sequence[float] | np.ndarray,
@@ -169,24 +216,9 @@ def bootstrap_ci(
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if groups is None:
-        group_of = np.arange(len(y))
-    else:
-        group_ids = np.asarray(groups)
-        if group_ids.shape != y.shape:
-            raise ValueError(f"groups and labels differ in length: {group_ids.size} groups vs {len(y)} labels")
-        group_of = np.unique(group_ids, return_inverse=True)[1].ravel()
-    n_groups = int(group_of.max()) + 1
-
-    rng = np.random.default_rng(seed)
-    chunk = max(1, BOOTSTRAP_CHUNK_CELLS // max(len(y), n_groups))
     values: dict[str, list[np.ndarray]] = {name: [] for name in CI_METRICS}
-    for start in range(0, n_resamples, chunk):
-        rows = min(chunk, n_resamples - start)
-        drawn = rng.integers(0, n_groups, size=(rows, n_groups))
-        cells = (np.arange(rows)[:, None] * n_groups + drawn).ravel()
-        times_drawn = np.bincount(cells, minlength=rows * n_groups).reshape(rows, n_groups)
-        for name, vals in _weighted_metrics(times_drawn[:, group_of], y, p).items():
+    for weights in _resample_weights(y, groups, n_resamples, seed):
+        for name, vals in _weighted_metrics(weights, y, p).items():
             values[name].append(vals)
 
     alpha = (1 - confidence) / 2
@@ -320,7 +352,8 @@ def reliability_figure(
               label="Under-confident: accuracy above mean confidence"),
         Line2D([], [], color="black", linestyle="--", linewidth=1.2, label="Perfect calibration"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=9)
+    # Two columns fit under two panels; under one panel (5.5 in wide) they ran past the figure's edges and were cut.
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(panels), fontsize=9)
     fig.suptitle(title, fontsize=13)
     return fig
 
@@ -367,7 +400,7 @@ def evaluation_report(
     perfectly calibrated model with these confidences), "ece_calibrated_p" (share of such models reaching the
     observed ECE), "ece_debiased", "ci95" {metric: [low, high]} (for "ece": the interval of the true calibration
     error, around "ece_debiased"), "ci95_method" {metric: how}, "ci95_n_resamples_used", "bootstrap_unit"
-    ("patient" or "image"), "n_resamples", "threshold", "ece_n_bins".
+    ("patient" or "image"), "n_resamples", "threshold", "ece_n_bins", "chance" (`chance_verdict`).
     """
     from .intervals import ece_estimates, proportion_interval
 
@@ -390,6 +423,7 @@ def evaluation_report(
         "ece_calibrated_p": ece["ece_calibrated_p"],
         "ece_debiased": ece["ece_debiased"],
         "ci95": intervals,
+        "chance": chance_verdict(intervals),
         "ci95_method": dict(INTERVAL_METHODS),
         "ci95_n_resamples_used": ci["n_resamples_used"],
         "bootstrap_unit": "image" if groups is None else "patient",
@@ -412,3 +446,35 @@ def ece_text(ece: float | None, interval: Sequence[float | None] | None = None, 
         return f"{ece:.3f}" + (f" ({bounds})" if bounds else "")
     return (f"{ece:.3f} (noise floor {noise_floor:.3f}; debiased {debiased:.3f}"
             + (f", 95% CI {bounds}" if bounds else "") + ")")
+
+
+def chance_verdict(ci95: dict | None) -> str | None:
+    """"at chance" when the 95 % interval of the AUROC or of the balanced accuracy includes 0.5, "below chance" when
+    one lies wholly below it, else None: the one rule every place that shows a model's figures applies."""
+    verdict = None
+    for name in CHANCE_METRICS:
+        low, high = (ci95 or {}).get(name) or (None, None)
+        if low is None or high is None:
+            continue
+        if low <= 0.5 <= high:
+            return "at chance"
+        if high < 0.5:
+            verdict = "below chance"
+    return verdict
+
+
+def chance_sentence(metrics: dict, ci95: dict | None) -> str | None:
+    """The plain words shown beside the figures of a model `chance_verdict` flags, naming the intervals; None when
+    the model does better than chance."""
+    verdict = chance_verdict(ci95)
+    if verdict is None:
+        return None
+    figures = []
+    for name, label in CHANCE_METRICS.items():
+        low, high = (ci95 or {}).get(name) or (None, None)
+        if metrics.get(name) is not None and low is not None and high is not None:
+            figures.append(f"{label} {metrics[name]:.3f} ({low:.3f}-{high:.3f})")
+    where = "includes" if verdict == "at chance" else "lies below"
+    return (f"{verdict.upper()}: {' and '.join(figures)}; an interval that {where} 0.5 means this model does not tell "
+            "normal from virus better than a coin on these images, and its ECE, however low, says nothing about how "
+            "well it decides.")

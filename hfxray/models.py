@@ -143,6 +143,9 @@ def _from_pretrained(loader, checkpoint: str, *, weights: bool = True, **kwargs)
 
     `weights=False` for loaders that read no weights (image processors).
     """
+    from .logs import hide_weight_loading_bars
+
+    hide_weight_loading_bars()
     folder, source = model_source(checkpoint, weights=weights)
     kwargs["trust_remote_code"] = False
     if weights:

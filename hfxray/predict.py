@@ -53,8 +53,10 @@ def load_classifier(model: str, device: str | None = None):
     """`pipeline("image-classification")` for a run folder or Hub id; raises PredictError with what to change."""
     from transformers import pipeline
 
+    from .logs import hide_weight_loading_bars
     from .models import ModelLoadError, check_labels, hub_load_message, load_errors, model_source
 
+    hide_weight_loading_bars()
     check_device(device)
     try:
         folder, source = model_source(model)

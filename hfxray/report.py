@@ -120,6 +120,21 @@ def _metric_with_ci(run: Run, metric: str) -> tuple[float | None, list | None]:
     return run.test.get(f"test_{metric}"), (run.test.get("test_ci95") or {}).get(metric)
 
 
+def _with_ci(run: Run, metric: str) -> str:
+    value, ci = _metric_with_ci(run, metric)
+    if value is None:
+        return "—"
+    return f"{_fmt(value)} ({_fmt(ci[0])}–{_fmt(ci[1])})" if ci and None not in ci else _fmt(value)
+
+
+def _verdict(run: Run) -> str:
+    """"**at chance**" (or below) by `metrics.chance_verdict`, the one rule; else "above chance"."""
+    from .metrics import chance_verdict
+
+    verdict = chance_verdict(run.test.get("test_ci95"))
+    return f"**{verdict}**" if verdict else "above chance"
+
+
 def figure1(runs: list[Run], path: Path) -> Path:
     """Test accuracy and AUROC per run with 95 % bootstrap CIs."""
     import matplotlib
@@ -151,7 +166,7 @@ def figure1(runs: list[Run], path: Path) -> Path:
     return path
 
 
-def figure4(runs: list[Run], path: Path) -> Path:
+def figure2(runs: list[Run], path: Path) -> Path:
     """Training loss, training accuracy and validation accuracy per run, from the TensorBoard events."""
     import matplotlib
 
@@ -171,32 +186,63 @@ def figure4(runs: list[Run], path: Path) -> Path:
         ax.set_ylabel(title.split()[-1])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Figure 4 — training curves (TensorBoard events)")
+    fig.suptitle("Figure 2 — training curves (TensorBoard events)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def comparison_paragraph(runs: list[Run]) -> str:
-    """Which run wins on test AUROC (else accuracy), and whether its lead is outside the CIs."""
-    metric = "auroc" if all(_metric_with_ci(r, "auroc")[0] is not None for r in runs) else "accuracy"
-    ranked = sorted(runs, key=lambda r: _metric_with_ci(r, metric)[0] or 0.0, reverse=True)
-    best = ranked[0]
-    best_value, best_ci = _metric_with_ci(best, metric)
-    text = [f"On the test split, **{best.name}** has the highest {metric.upper() if metric == 'auroc' else metric} "
-            f"({_fmt(best_value)}, 95 % CI {_fmt(best_ci[0]) if best_ci else '—'}–{_fmt(best_ci[1]) if best_ci else '—'})."]
-    for other in ranked[1:]:
-        value, ci = _metric_with_ci(other, metric)
-        overlap = bool(best_ci and ci and best_ci[0] is not None and ci[1] is not None and ci[1] >= best_ci[0])
-        verdict = ("inside the confidence intervals: the test split cannot separate them" if overlap
-                   else "outside the confidence intervals")
-        text.append(f"{other.name} reaches {_fmt(value)}; the difference ({_fmt((best_value or 0) - (value or 0))}) "
-                    f"is {verdict}.")
-    n = best.test.get("test_n")
-    text.append(f"Intervals come from {best.test.get('test_bootstrap_unit', 'image')}-level bootstrap resampling of "
-                f"{n} test images; with so few images, differences of a few points are not evidence.")
-    return " ".join(text)
+def comparison_paragraph(runs: list[Run], n_resamples: int = 1000) -> str:
+    """Each pair of runs compared on the same test images (a paired patient-level bootstrap of the difference in
+    AUROC and accuracy), in the order given; no ranking from each run's own intervals, which overlap even when
+    the paired difference is clear. Runs at chance are named first."""
+    from .evaluation import read_predictions_csv
+    from .metrics import chance_verdict, paired_difference
+
+    text = []
+    for run in runs:
+        verdict = chance_verdict(run.test.get("test_ci95"))
+        if verdict:
+            text.append(f"- **{run.name} is {verdict}** (AUROC {_with_ci(run, 'auroc')}, balanced accuracy "
+                        f"{_with_ci(run, 'balanced_accuracy')}): its figures, its ECE included, describe a model "
+                        "that does not tell normal from virus.")
+    predictions = {}
+    for run in runs:
+        path = run.path / "test_predictions.csv"
+        predictions[run.name] = read_predictions_csv(path) if path.is_file() else None
+    for index, first in enumerate(runs):
+        for second in runs[index + 1:]:
+            a, b = predictions[first.name], predictions[second.name]
+            if a is None or b is None:
+                missing = first.name if a is None else second.name
+                text.append(f"- {first.name} vs {second.name}: not compared ({missing} has no test_predictions.csv; "
+                            "re-run its training to write it).")
+                continue
+            if set(a) != set(b):
+                text.append(f"- {first.name} vs {second.name}: not compared (they were tested on different images).")
+                continue
+            files = sorted(a)
+            labels = [a[f][1] for f in files]
+            difference = paired_difference(labels, [a[f][2] for f in files], [b[f][2] for f in files],
+                                           groups=[a[f][0] for f in files], n_resamples=n_resamples)
+            parts = []
+            for metric, label in (("auroc", "AUROC"), ("accuracy", "accuracy")):
+                value, low, high = difference[metric]
+                if value is None:
+                    continue
+                if low > 0 or high < 0:
+                    verdict = f"{first.name if low > 0 else second.name} is ahead"
+                else:
+                    verdict = "the test split cannot separate them"
+                parts.append(f"{label} {value:+.3f} (95 % CI {low:+.3f} to {high:+.3f}): {verdict}")
+            text.append(f"- {first.name} minus {second.name}: " + "; ".join(parts) + ".")
+    if len(runs) == 1:
+        return "\n".join([*text, "One run: nothing to compare."])
+    unit = runs[0].test.get("test_bootstrap_unit", "image")
+    text.append(f"\nDifferences are paired: each bootstrap resample ({unit}-level, {n_resamples} resamples) draws the "
+                f"same {unit}s of the {runs[0].test.get('test_n')} test images for both models.")
+    return "\n".join(text)
 
 
 def external_validation_section(runs: list[Run]) -> str:
@@ -244,13 +290,16 @@ def calibration_section(runs: list[Run], out_dir: Path) -> str:
     import shutil
 
     from .metrics import ece_text
+    from .metrics import chance_verdict
 
     rows, images = [], []
     for index, run in enumerate(runs):
         ece_ci = (run.test.get("test_ci95") or {}).get("ece") or [None, None]
         folded = run.test.get("test_folded_temperature") or 1.0
+        verdict = chance_verdict(run.test.get("test_ci95"))
+        chance = f" — **{verdict}**: the ECE of probabilities that decide nothing" if verdict else ""
         rows.append([run.name, ece_text(run.test.get("test_ece"), ece_ci, run.test.get("test_ece_noise_floor"),
-                                        run.test.get("test_ece_debiased")),
+                                        run.test.get("test_ece_debiased")) + chance,
                      _fmt(folded, 2) if folded != 1.0 else "none", _fmt(run.test.get("test_ece_before_folding")),
                      run.args.get("label_smoothing_factor")])
         diagram = run.path / "test_reliability.png"
@@ -275,13 +324,13 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     table_1 = table1(data_dir) if data_dir else "_The prepared folder named in args.yaml was not found._"
     hyper_rows = [[run.name, *(_hyperparameter(run.args, key) for key, _ in HYPERPARAMETERS[1:])] for run in runs]
     table_2 = _table(["run", *(label for _, label in HYPERPARAMETERS[1:])], hyper_rows)
-    metric_rows = [[run.name, *(_fmt(run.test.get(f"test_{m}")) for m in
+    metric_rows = [[run.name, *(_with_ci(run, m) for m in
                                 ("accuracy", "balanced_accuracy", "auroc", "sensitivity", "specificity", "f1")),
-                    run.test.get("test_n")] for run in runs]
-    metrics_table = _table(["run", "accuracy", "balanced acc.", "AUROC", "sensitivity", "specificity", "F1", "n"],
-                           metric_rows)
+                    run.test.get("test_n"), _verdict(run)] for run in runs]
+    metrics_table = _table(["run", "accuracy", "balanced acc.", "AUROC", "sensitivity", "specificity", "F1", "n",
+                            "verdict"], metric_rows)
     figure1(runs, out_dir / "figure1_test_metrics.png")
-    figure4(runs, out_dir / "figure4_training_curves.png")
+    figure2(runs, out_dir / "figure2_training_curves.png")
     markdown = f"""# hfxray comparison report
 
 Runs: {", ".join(f"`{r.path}`" for r in runs)}. Everything below is read from these folders.
@@ -294,18 +343,18 @@ Runs: {", ".join(f"`{r.path}`" for r in runs)}. Everything below is read from th
 
 {table_2}
 
-## Test metrics (virus = positive class)
+## Table 3 — test metrics (virus = positive class; 95 % CIs)
 
 {metrics_table}
 
 ![Figure 1](figure1_test_metrics.png)
 
-## Figure 4 — training curves
+## Figure 2 — training curves
 
-![Figure 4](figure4_training_curves.png)
+![Figure 2](figure2_training_curves.png)
 
 {external_validation_section(runs)}
-## Calibration
+## Table 4 — calibration (as shipped, 95 % CIs) and reliability diagrams
 
 {calibration_section(runs, out_dir)}
 

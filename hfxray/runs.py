@@ -69,6 +69,13 @@ def reliability_path(results: Path) -> Path:
     return results.with_name(results.stem.removesuffix("_results") + "_reliability.png")
 
 
+def predictions_path(results: Path) -> Path:
+    """Each image's prediction, beside a report's JSON (`test_results.json` -> `test_predictions.csv`): what a
+    paired comparison of two models on the same images needs (`hfxray report`)."""
+    results = Path(results)
+    return results.with_name(results.stem.removesuffix("_results") + "_predictions.csv")
+
+
 class RunFolder:
     """The files of a run folder, named once. A run folder is a complete Hub model repo."""
 
@@ -123,9 +130,10 @@ class RunFolder:
     def earlier_results(self) -> list[Path]:
         """An earlier run's result files here (what --overwrite_output_dir removes, so that a new run that fails
         leaves none that look like its own): RESULTS, `hfxray evaluate`'s default outputs (`SPLIT_evaluation.json`)
-        and the reliability diagram beside each results JSON. Links are never followed or listed."""
+        and the reliability diagram and predictions beside each results JSON. Links are never followed or listed."""
         if not self.path.is_dir():
             return []
         results = [self.test_results, *self.path.glob("*_evaluation.json")]
-        candidates = [self.path / name for name in self.RESULTS] + results + [reliability_path(p) for p in results]
+        candidates = [self.path / name for name in self.RESULTS] + results + [reliability_path(p) for p in results] \
+            + [predictions_path(p) for p in results]
         return [path for path in dict.fromkeys(candidates) if path.is_file() and not path.is_symlink()]

@@ -154,6 +154,53 @@ def _eta_callback(max_cpu_seconds: float = 3600.0):
     return EtaWarning()
 
 
+# How a logged key reads in a progress line (the Trainer's keys; eval_ keys are read without their prefix).
+LOG_NAMES = {"loss": "loss", "train_accuracy": "accuracy", "learning_rate": "learning rate", "grad_norm": "grad norm",
+             "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "auroc": "AUROC",
+             "sensitivity": "sensitivity", "specificity": "specificity", "ece": "ECE"}
+
+
+def format_log(logs: dict, step: int, max_steps: int) -> str:
+    """One readable line for a Trainer log entry (the Trainer prints a dict of quoted strings)."""
+    def number(value) -> str:
+        return f"{value:.3g}" if isinstance(value, float) and abs(value) < 1e-3 and value else (
+            f"{value:.3f}" if isinstance(value, float) else str(value))
+
+    epoch = logs.get("epoch")
+    where = f"step {step}/{max_steps}" + (f" (epoch {epoch:.2f})" if isinstance(epoch, (int, float)) else "")
+    if "train_runtime" in logs:
+        return (f"training done: {logs['train_runtime']:.0f} s, {logs.get('train_steps_per_second', 0):.2f} "
+                f"steps/s, mean loss {number(logs.get('train_loss'))}")
+    if any(key.startswith("eval_") for key in logs):
+        values = {key[5:]: value for key, value in logs.items() if key.startswith("eval_")}
+        shown = ", ".join(f"{LOG_NAMES[key]} {number(values[key])}" for key in LOG_NAMES if key in values
+                          and key not in ("train_accuracy", "learning_rate", "grad_norm"))
+        return f"validation at {where}: {shown}" + (f" ({values['n']} images)" if "n" in values else "")
+    shown = ", ".join(f"{LOG_NAMES.get(key, key)} {number(value)}" for key, value in logs.items()
+                      if key not in ("epoch", "total_flos"))
+    return f"{where}: {shown}"
+
+
+def _readable_logs(trainer) -> None:
+    """The Trainer's progress bar (or, without one, its printer) writes `format_log` lines instead of dicts."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class ReadableProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                self.training_bar.write(format_log(logs, state.global_step, state.max_steps))
+
+    class ReadablePrinter(PrinterCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_local_process_zero and logs:
+                logger.info(format_log(logs, state.global_step, state.max_steps))
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(ReadableProgress())
+    if trainer.pop_callback(PrinterCallback) is not None:
+        trainer.add_callback(ReadablePrinter())
+
+
 def _epoch_callback(dataset):
     from transformers import TrainerCallback
 
@@ -343,6 +390,8 @@ def train(config: RunConfig, select_splits=None) -> TrainedRun:
 
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
+    else:
+        _readable_logs(trainer)
     resolved = resolved_config(model_args, data_args, recipe_args, run_args, training_args)
     resolved.update(model_tag=spec.tag, pretrained_checkpoint=model_args.checkpoint or spec.checkpoint,
                   world_size=training_args.world_size, train_size=len(splits["train"]),

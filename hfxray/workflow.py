@@ -103,6 +103,7 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
 
     from .families import ADAPTERS
     from .metrics import ece_text
+    from .metrics import chance_sentence
 
     run, data = Path(run_dir), Path(data_dir)
     quoted, data_quoted = shlex.quote(str(run)), shlex.quote(str(data))
@@ -130,6 +131,7 @@ def summary(run_dir: str | Path, data_dir: str | Path, report: dict, decision=No
         f"  test split      n = {report.get('n')}; {with_ci('accuracy', 'accuracy')}; {with_ci('auroc', 'AUROC')}; "
         f"{with_ci('ece', 'ECE')} (95% CIs, {report.get('bootstrap_unit', 'image')}-level; Wilson for proportions)",
         f"  calibration     {calibration}",
+        *([f"  {chance}"] if (chance := chance_sentence(report, intervals)) else []),
         "  next:",
         f"    hfxray evaluate --model {quoted} --data-dir {data_quoted}",
         f"    hfxray explain --model {quoted} --method {method} --out {maps} "

@@ -252,3 +252,22 @@ def test_bytes_overwritten_mid_file_are_never_used_the_entry_is_rebuilt(prepared
     assert all(torch.equal(a, b) for a, b in zip(rebuilt, originals))
     [(_, again)] = list_entries(tmp_path, prepared_dir)
     assert not cache.damaged_files(folder, again) and again["crc32"] == info["crc32"]
+
+
+def test_data_cache_lists_an_entry_for_every_folder_that_reads_it(prepared_dir, tmp_path, capsys):
+    """A copy of a prepared folder has the same fingerprint, so its runs read the original's entries: `data cache
+    --data-dir COPY` lists them under the copy (saying where they were built), and no entry is left out."""
+    from hfxray.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared_dir, copy)  # copy2 keeps sizes and times: the same fingerprint
+    decoded_split(prepared_dir, "validation", 64, cache_dir=tmp_path / "cache",
+                  split=load_imagefolder(prepared_dir)["validation"])
+    assert len(list_entries(tmp_path / "cache", copy)) == 1 == len(list_entries(tmp_path / "cache", prepared_dir))
+    assert main(["data", "cache", "--cache-dir", str(tmp_path / "cache"), "--data-dir", str(copy)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "validation" in line and " px " in line)
+    assert f"{copy.resolve()} (built from {prepared_dir.resolve()}, the same files)" in line
+    assert main(["data", "cache", "--cache-dir", str(tmp_path / "cache"), "--data-dir", str(prepared_dir)]) == 0
+    assert "built from" not in capsys.readouterr().out
+    (copy / "validation" / "normal" / next((copy / "validation" / "normal").iterdir()).name).unlink()
+    assert list_entries(tmp_path / "cache", copy) == []  # a changed copy reads entries of its own

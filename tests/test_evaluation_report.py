@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from hfxray.cli import main as cli_main
 from hfxray.data import read_manifest
+from hfxray.evaluation import read_predictions_csv
+from hfxray.metrics import chance_verdict, paired_difference
 from hfxray.report import _hyperparameter, comparison_paragraph, load_run
 
 
@@ -66,6 +69,19 @@ def test_evaluate_matches_an_independent_computation(tiny_runs, prepared_dir, tm
         assert "folded_temperature" not in config and report["folded_temperature"] == 1.0
         assert "ece_before_folding" not in report
     assert calibration["reason"] in card
+    # what a person reads: a table with the CIs, and the chance verdict of the one rule, here and on the card
+    table = capsys.readouterr().out
+    assert not table.lstrip().startswith("{")
+    low, high = report["ci95"]["auroc"]
+    assert re.search(rf"^  AUROC +{report['auroc']:.3f}   {low:.3f}-{high:.3f}$", table, re.M), table
+    verdict = chance_verdict(report["ci95"])
+    assert report["chance"] == trained["test_chance"] == verdict
+    assert (verdict or "").upper() + ":" in table if verdict else "CHANCE" not in table
+    assert (f"This model is {verdict} on its test split" in card) == bool(verdict)
+    assert cli_main(["evaluate", "--model", str(run), "--data-dir", str(prepared_dir), "--out", str(out),
+                     "--json"]) == 0
+    machine = json.loads(capsys.readouterr().out)
+    assert machine["auroc"] == pytest.approx(report["auroc"]) and machine["ci95"]["auroc"] == [low, high]
 
 
 def test_report_tables_figures_and_curves_from_real_event_files(tiny_runs, prepared_dir, tmp_path):
@@ -76,7 +92,7 @@ def test_report_tables_figures_and_curves_from_real_event_files(tiny_runs, prepa
     assert "| test | 45 | 47 | 92 |" in markdown
     assert "| vit.tiny / scratch | scratch | random init | adamw_torch | 0.001 | onecycle (hfxray/recipes.py) | 2 |" \
         in markdown
-    for png in ("figure1_test_metrics.png", "figure4_training_curves.png"):
+    for png in ("figure1_test_metrics.png", "figure2_training_curves.png"):
         pixels = np.asarray(Image.open(out / png).convert("L"))
         assert pixels.std() > 10, f"{png} looks blank"
     assert len(list(out.glob("reliability_*.png"))) == 2
@@ -87,10 +103,31 @@ def test_report_tables_figures_and_curves_from_real_event_files(tiny_runs, prepa
     assert [(s, pytest.approx(v, abs=1e-6)) for s, v in run.curves["eval/accuracy"]] == expected_eval
     assert len(run.curves["train/train_accuracy"]) >= 2 and len(run.curves["train/loss"]) >= 2
 
+    numbers = [int(n) for n in re.findall(r"^## Figure (\d+)|!\[Figure (\d+)\]", markdown, re.M) for n in n if n]
+    assert sorted(set(numbers)) == list(range(1, max(numbers) + 1)) and numbers == sorted(numbers)
+    tables = [int(n) for n in re.findall(r"^## Table (\d+)", markdown, re.M)]
+    assert tables == list(range(1, len(tables) + 1))
+
     runs = [load_run(tiny_runs["vit"]), load_run(tiny_runs["bit"])]
-    best = max(runs, key=lambda r: r.test["test_auroc"])
-    assert f"**{best.name}** has the highest AUROC" in comparison_paragraph(runs)
-    assert "confidence intervals" in markdown
+    # Table 3 gives each metric with its CI and the verdict of the one chance rule
+    for run in runs:
+        auroc, (low, high) = run.test["test_auroc"], run.test["test_ci95"]["auroc"]
+        row = next(line for line in markdown.splitlines() if line.startswith(f"| {run.name} |") and "–" in line)
+        assert f"{auroc:.3f} ({low:.3f}–{high:.3f})" in row
+        verdict = chance_verdict(run.test["test_ci95"])
+        assert (f"**{verdict}**" if verdict else "above chance") in row
+    # the comparison is paired, on the same test images: no ranking from each run's own intervals
+    paragraph = comparison_paragraph(runs)
+    assert "highest" not in paragraph and f"{runs[0].name} minus {runs[1].name}: AUROC" in paragraph
+    a, b = (read_predictions_csv(run.path / "test_predictions.csv") for run in runs)
+    files = sorted(a)
+    assert files == sorted(b) and len(files) == runs[0].test["test_n"]
+    difference = paired_difference([a[f][1] for f in files], [a[f][2] for f in files], [b[f][2] for f in files],
+                                   groups=[a[f][0] for f in files])
+    value, low, high = difference["auroc"]
+    assert value == pytest.approx(runs[0].test["test_auroc"] - runs[1].test["test_auroc"], abs=2e-5)
+    assert f"AUROC {value:+.3f} (95 % CI {low:+.3f} to {high:+.3f})" in paragraph
+    assert "paired" in markdown
 
 
 def test_report_names_a_missing_file(tmp_path, capsys):

@@ -51,9 +51,13 @@ def test_quiet_predict_prints_only_its_results(tiny_runs, prepared_dir, tmp_path
     assert "predicted" in capsys.readouterr().err  # the info line is back once -q is not given
 
 
-def test_quiet_evaluate_prints_only_its_json(tiny_runs, prepared_dir, tmp_path, capsys):
+def test_quiet_evaluate_prints_only_its_table_or_json(tiny_runs, prepared_dir, tmp_path, capsys):
     assert cli(["-q", "evaluate", "--model", str(tiny_runs["vit"]), "--data-dir", str(prepared_dir),
                 "--out", str(tmp_path / "eval"), "--n-resamples", "20"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "95% CI" in captured.out
+    assert cli(["-q", "evaluate", "--model", str(tiny_runs["vit"]), "--data-dir", str(prepared_dir),
+                "--out", str(tmp_path / "eval"), "--n-resamples", "20", "--json"]) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out.lstrip().startswith("{")
 
@@ -94,3 +98,42 @@ def test_library_bars_are_off_only_inside_the_block():
     with library_progress_bars_off():
         pass
     assert not transformers_logging.is_progress_bar_enabled()  # leaving the block does not lift -q
+
+
+def test_weight_loading_bars_are_hidden_and_download_bars_kept():
+    from transformers.utils import logging as transformers_logging
+
+    from hfxray.logs import hide_weight_loading_bars
+
+    hide_weight_loading_bars()
+    hide_weight_loading_bars()  # idempotent
+    for desc in ("Loading weights", "Writing model shards"):
+        assert transformers_logging.tqdm(range(3), desc=desc).disable
+    assert not transformers_logging.tqdm(range(3), desc="Downloading", disable=False).disable
+
+
+def test_training_logs_read_as_lines_not_dicts():
+    from hfxray.training import format_log
+
+    step = format_log({"loss": 0.6198, "grad_norm": 1.191, "learning_rate": 9.011e-05, "train_accuracy": 0.727,
+                       "epoch": 7.143}, 100, 420)
+    assert step == "step 100/420 (epoch 7.14): loss 0.620, grad norm 1.191, learning rate 9.01e-05, accuracy 0.727"
+    validation = format_log({"eval_loss": 0.6071, "eval_accuracy": 0.7975, "eval_auroc": 0.8481, "eval_n": 79,
+                             "eval_runtime": 0.23, "epoch": 7.0}, 98, 420)
+    assert validation == "validation at step 98/420 (epoch 7.00): loss 0.607, accuracy 0.797, AUROC 0.848 (79 images)"
+    assert "{" not in step + validation and "'" not in step + validation
+
+
+def test_progress_without_a_terminal_prints_lines(capsys, monkeypatch):
+    import io
+
+    from hfxray import logs
+
+    logs.configure("INFO", quiet=False)
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal: no bar
+    clock = iter(range(0, 1000, 4))  # each image takes 4 s
+    monkeypatch.setattr("time.monotonic", lambda: next(clock))
+    assert list(logs.progress(range(7), total=7, desc="gradcam bit", unit="image")) == list(range(7))
+    lines = [line for line in __import__("sys").stderr.getvalue().splitlines() if line.startswith("gradcam bit")]
+    assert lines[-1] == "gradcam bit: 7/7 images (100 %), 28 s" and 2 <= len(lines) <= 4
+    assert "\r" not in __import__("sys").stderr.getvalue()

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from hfxray.metrics import (
     CI_METRICS,
@@ -294,3 +295,50 @@ def test_ece_text_reads_new_and_old_results():
         evaluation_report([0, 1, 1], [[0.0, 1.0], [1.0, 0.0]])
     with pytest.raises(ValueError, match="shape \\[n, 2\\]"):
         apply_temperature([0.1, 0.2], 1.0)
+
+
+def test_chance_verdict_is_the_one_rule_for_auroc_and_balanced_accuracy():
+    from hfxray.metrics import chance_sentence, chance_verdict
+
+    above = {"auroc": [0.62, 0.81], "balanced_accuracy": [0.55, 0.70]}
+    assert chance_verdict(above) is None and chance_sentence({"auroc": 0.7}, above) is None
+    assert chance_verdict({**above, "auroc": [0.43, 0.67]}) == "at chance"
+    assert chance_verdict({**above, "balanced_accuracy": [0.5, 0.5]}) == "at chance"  # one class predicted
+    assert chance_verdict({"auroc": [0.20, 0.40], "balanced_accuracy": [0.30, 0.45]}) == "below chance"
+    sentence = chance_sentence({"auroc": 0.547, "balanced_accuracy": 0.51},
+                               {"auroc": [0.43, 0.66], "balanced_accuracy": [0.45, 0.57]})
+    assert sentence.startswith("AT CHANCE: AUROC 0.547 (0.430-0.660) and balanced accuracy 0.510 (0.450-0.570)")
+
+
+def test_paired_difference_draws_the_same_patients_for_both_models():
+    from hfxray.metrics import paired_difference
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 40)
+    groups = np.arange(80) // 2
+    good = labels * 0.3 + rng.uniform(0, 0.7, 80)  # overlapping classes: accuracy about 0.8
+    coin = rng.uniform(0, 1, 80)
+    same = paired_difference(labels, good, good, groups=groups)
+    assert same["auroc"] == (0.0, 0.0, 0.0) and same["accuracy"] == (0.0, 0.0, 0.0)
+    value, low, high = paired_difference(labels, good, coin, groups=groups)["auroc"]
+    assert value == pytest.approx(roc_auc_score(labels, good) - roc_auc_score(labels, coin))
+    assert 0 < low < value < high
+    # a nearly identical second model: the paired interval is far narrower than either model's own
+    near = np.clip(good + rng.normal(0, 0.02, 80), 0, 1)
+    _, low, high = paired_difference(labels, good, near, groups=groups)["accuracy"]
+    own = bootstrap_ci(labels, good, groups=groups)["accuracy"]
+    assert 0 < high - low < (own[1] - own[0]) / 2
+
+
+@pytest.mark.parametrize("two_panels", [False, True])
+def test_reliability_legend_lies_inside_the_figure(two_panels, tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 60)
+    probs = rng.uniform(0, 1, 60)
+    path = plot_reliability_diagram(labels, probs, tmp_path / "r.png", "Reliability", probs if two_panels else None,
+                                    ("before", "after"))
+    pixels = np.asarray(Image.open(path).convert("L"))
+    legend_rows = pixels[int(pixels.shape[0] * 0.9):]
+    # a legend cut by the figure's edge leaves its text in the outermost columns
+    assert legend_rows[:, :3].min() > 240 and legend_rows[:, -3:].min() > 240
+    assert legend_rows.min() < 100  # the legend is there

@@ -132,12 +132,25 @@ def test_recipes_no_longer_offer_duplicate_flags(fake_prepared, tmp_path):
             parse_args(["--data_dir", str(fake_prepared), "--output_dir", str(tmp_path), duplicate, "1"])
 
 
-def test_paper_recipes_fit_small_presets_and_say_so(fake_prepared, tmp_path):
+def test_recipes_fit_small_presets_and_say_so(fake_prepared, tmp_path):
     base = ["--data_dir", str(fake_prepared), "--output_dir", str(tmp_path)]
-    _, _, recipe, _, args = parse_args(["--model", "vit", "--recipe", "paper", "--preset", "tiny", *base])
+    recipe_file = tmp_path / "recipe.yaml"  # a recipe written for a pretrained model on accelerators
+    recipe_file.write_text("per_device_train_batch_size: 64\ngradient_accumulation_steps: 8\nlearning_rate: 0.016\n"
+                           "image_size: 384\n")
+    _, _, recipe, _, args = parse_args(["--model", "vit", "--recipe", str(recipe_file), "--preset", "tiny", *base])
     assert (recipe.image_size, args.per_device_train_batch_size * args.gradient_accumulation_steps) == (128, 32)
-    assert args.learning_rate == pytest.approx(0.03 * 32 / 512) and args.optim == "sgd"
+    assert args.learning_rate == pytest.approx(0.016 * 32 / 512)
     assert any("batch 32 (recipe: 512)" in note for note in recipe.preset_notes)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_fine_tuning_recipes_are_refused_on_random_weights_in_one_line(fake_prepared, tmp_path, preset):
+    base = ["--data_dir", str(fake_prepared), "--output_dir", str(tmp_path)]
+    for model in ("vit", "bit", "hybrid"):
+        with pytest.raises(ConfigError) as refused:
+            parse_args(["--model", model, "--recipe", "paper", "--preset", preset, *base])
+        message = str(refused.value)
+        assert "\n" not in message and "--recipe paper" in message and "To fix: use --recipe scratch" in message
     _, _, full, _, full_args = parse_args(["--model", "vit", "--recipe", "paper", *base])
     assert (full.image_size, full_args.per_device_train_batch_size * full_args.gradient_accumulation_steps) == \
         (384, 512) and not full.preset_notes

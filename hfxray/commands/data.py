@@ -8,7 +8,11 @@ from __future__ import annotations
 
 def add_arguments(parser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    prepare = actions.add_parser("prepare", help="CSV + images -> OUT/{train,validation,test}/{normal,virus}/")
+    prepare = actions.add_parser("prepare", help="CSV + images -> OUT/{train,validation,test}/{normal,virus}/",
+                                 example="hfxray data prepare --source ~/data/coronahack "
+                                         "--out ~/data/coronahack-prepared",
+                                 description="Write a binary ImageFolder split by patient, with a manifest of every "
+                                             "kept and skipped image.")
     prepare.add_argument("--source", required=True, action="append", metavar="DIR",
                          help="source folder: Kaggle CoronaHack, Cohen collection or Kermany chest_xray; repeat to "
                               "merge several sources into one patient-level set")
@@ -25,7 +29,9 @@ def add_arguments(parser) -> None:
     prepare.add_argument("--val-fraction", type=float, default=0.15, help="share of TRAIN patients for validation")
     prepare.add_argument("--seed", type=int, default=42, help="seed of the patient-level validation split")
     prepare.add_argument("--min-side", type=int, default=64, help="skip images whose shorter side is below this")
-    cache = actions.add_parser("cache", help="show (or --clear) the decoded images cached for training")
+    cache = actions.add_parser("cache", help="show (or --clear) the decoded images cached for training",
+                               example="hfxray data cache --data-dir ~/data/coronahack-prepared",
+                               description="Show (or --clear) the decoded images cached for training.")
     cache.add_argument("--data-dir", help="only the entries of this prepared folder (default: all)")
     cache.add_argument("--cache-dir", help="the cache's parent folder (default: HF_DATASETS_CACHE)")
     cache.add_argument("--clear", action="store_true", help="delete the entries shown")

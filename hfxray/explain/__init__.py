@@ -27,7 +27,7 @@ from ..errors import HfxrayError
 from ..imaging import ImageProblem, expand_paths, load_rgb, out_of_scope
 from ..families import METHODS, UnsupportedModelError, adapter_for, model_family
 from ..outputs import csv_row
-from ..logs import progress_bar_disable
+from .. import logs
 from .actmax import ActMaxResult, activation_maximization, input_spec
 from .arrays import array_origin, input_geometry, save_map_array
 from .figures import save_actmax_grid, save_heatmap_figure
@@ -222,11 +222,8 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
             get_logger(__name__).warning("out-of-distribution check of %s: not checked (%s)", name, why_not)
     out.mkdir(parents=True, exist_ok=True)
     items = zip(paths, planned)
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, total=len(paths), desc=f"{method} {name}", unit="image",
-                     disable=progress_bar_disable())  # none in logs or under -q
+    if progress:  # a bar on a terminal, else a line every 10 s; nothing under -q
+        items = logs.progress(items, total=len(paths), desc=f"{method} {name}", unit="image")
     model.eval()
     layer = quantity = ""
     for path, figure_path in items:
