@@ -312,11 +312,12 @@ def _help(argv: list[str], prog: str, everything: bool) -> None:
     try:
         early = _early(argv, ("model", "recipe", "preset"), {}, {})
         model = early["model"] or ModelArguments.model
-        recipe, preset = early["recipe"] or RecipeArguments.recipe, early["preset"] or ModelArguments.preset
+        recipe, preset = early["recipe"] or default_recipe(model), early["preset"] or ModelArguments.preset
         values = _read_yaml(recipe_path(model, recipe), _field_types())
         fit_recipe_to_preset(values, preset, set())
     except (HfxrayError, SystemExit):  # a wrong name here is reported by the run itself, not by --help
-        model, recipe, preset, values = ModelArguments.model, RecipeArguments.recipe, ModelArguments.preset, {}
+        model, preset, values = ModelArguments.model, ModelArguments.preset, {}
+        recipe = default_recipe(model)
     note = (f"Defaults shown are those of --model {model} --recipe {recipe} --preset {preset} (add other values "
             "before --help to see theirs).\nPrecedence: recipe (configs/recipes/) < --config YAML < flags.")
     print_help(_parser_class(), _dataclasses(), prog, {**TRAINING_DEFAULTS, **values}, note, everything)

@@ -40,6 +40,7 @@ EXAMPLES = {
     "push": "hfxray push runs/quick-bit your-name/hfxray-bit",
     "demo": "hfxray demo --out /tmp/hfxray-demo",
     "serve": "hfxray serve --model runs/quick-bit",
+    "ood": "hfxray ood --model runs/quick-bit --data-dir ~/data/coronahack-prepared",
     "cv": "hfxray cv --model bit --preset small --recipe scratch --data-dir ~/data/coronahack-prepared --folds 5 "
           "--out cv/bit",
 }

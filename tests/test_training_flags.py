@@ -49,7 +49,9 @@ CHECKS = {
     "optim_args": (["--optim_args", "momentum=0.5"],
                    lambda t, lrs, a: _optimizer(t).param_groups[0]["momentum"] == 0.5),
     "learning_rate": (["--learning_rate", "0.0123"],
-                      lambda t, lrs, a: _optimizer(t).param_groups[0]["initial_lr"] == pytest.approx(0.0123)),
+                      # the peak of torch's OneCycleLR (it starts at max_lr / div), else the base of the LambdaLR
+                      lambda t, lrs, a: _optimizer(t).param_groups[0].get(
+                          "max_lr", _optimizer(t).param_groups[0]["initial_lr"]) == pytest.approx(0.0123)),
     "weight_decay": (["--weight_decay", "0.25"],
                      lambda t, lrs, a: _optimizer(t).param_groups[0]["weight_decay"] == 0.25),
     "lr_scheduler_type": (["--lr_scheduler_type", "linear", "--warmup_steps", "0"],
