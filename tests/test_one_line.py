@@ -80,3 +80,56 @@ def test_an_unusable_cache_location_is_one_line_for_every_command_that_uses_it(w
         assert main(argv) == 2, argv
         line = _one_line(capsys.readouterr().err)
         assert line.startswith(f"error: {location}/hfxray-decoded: unusable as the decode cache ("), line
+
+
+@pytest.mark.parametrize("kind, overrides, expected", [
+    ("bit", "num_groups=0", "cannot build bit.tiny"),
+    ("bit", "hidden_sizes=[]", "cannot build bit.tiny"),
+    ("vit", "num_attention_heads=0", "cannot build vit.tiny"),
+    ("hybrid", "num_heads=0", "cannot build hybrid.tiny"),
+    ("bit", "depths=[100000,1,1,1]", "bit.tiny with 100003 blocks: above hfxray's limit of 256"),
+    ("vit", "hidden_size=65536,intermediate_size=65536", " M parameters (estimated without allocating), above "
+                                                         "hfxray's limit of 1,000 M"),
+])
+def test_overrides_that_cannot_build_or_are_too_large_are_one_line(kind, overrides, expected, fake_prepared,
+                                                                   tmp_path, capsys):
+    import resource
+    import time
+
+    start, peak = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert main(["train", "--model", kind, "--preset", "tiny", "--data-dir", str(fake_prepared), "--output-dir",
+                 str(tmp_path / "run"), "--config_overrides", overrides]) == 2
+    assert expected in _one_line(capsys.readouterr().err)
+    # Refused from shapes alone: no 200 GB of weights allocated, no minutes of building blocks.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 2**20  # KiB: under 1 GiB more
+    assert time.perf_counter() - start < 60
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("config.json", "[" * 200_000 + "]" * 200_000, "nested deeper than Python's recursion limit"),
+    ("config.json", '{"a": ' * 70 + "1" + "}" * 70, "nested more than 64 levels deep"),
+    ("preprocessor_config.json", '{"a": ' * 70 + "1" + "}" * 70, "nested more than 64 levels deep"),
+    ("config.json", None, "MiB, above hfxray's limit of 4 MiB"),
+])
+def test_model_json_too_deep_or_too_large_is_one_line_for_every_loader(name, content, expected, tiny_models,
+                                                                       prepared_dir, tmp_path, capsys):
+    from hfxray.serve import ServeError, load_served_model
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models / "vit", model)
+    if content is None:  # sparse: 5 MiB of zeros, never parsed
+        with (model / name).open("wb") as handle:
+            handle.truncate(5 * 2**20)
+    else:
+        (model / name).write_text(content)
+    image = str(sorted((prepared_dir / "test" / "virus").iterdir())[0])
+    for argv in (["predict", image, "--model", str(model)],
+                 ["explain", "--model", str(model), "--method", "rollout", "--out", str(tmp_path / "maps"), image],
+                 ["evaluate", "--model", str(model), "--data-dir", str(prepared_dir), "--out",
+                  str(tmp_path / "e.json")]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        line = _one_line(capsys.readouterr().err)
+        assert f"{model / name}: " in line and expected in line, line
+    with pytest.raises(ServeError, match=expected):  # serve's loader, without starting a server
+        load_served_model(model)
