@@ -160,15 +160,22 @@ def _normalise_flags(argv: list[str]) -> list[str]:
     return normalised
 
 
+def _is_file(path: Path) -> bool:
+    try:  # a name too long for the file system, or with a NUL byte, names no file rather than raising
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def recipe_path(model: str, recipe: str) -> Path:
     """configs/recipes/{family}-{recipe}.yaml, else configs/recipes/{recipe}.yaml, else `recipe` as a path."""
     if recipe.endswith((".yaml", ".yml")):
         path = Path(recipe)
     else:
         path = CONFIG_DIR / "recipes" / f"{RECIPE_FAMILY.get(model, model)}-{recipe}.yaml"
-        if not path.is_file():
+        if not _is_file(path):
             path = CONFIG_DIR / "recipes" / f"{recipe}.yaml"
-    if not path.is_file():
+    if not _is_file(path):
         raise ConfigError(f"recipe {recipe!r} for model {model!r}: {path} not found. To fix: use --recipe "
                           f"{'|'.join(RECIPES)} or the path of a recipe YAML")
     return path
@@ -313,7 +320,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
     parser.set_defaults(**{**TRAINING_DEFAULTS, **recipe_values, **config_values})
     try:
         model_args, data_args, recipe_args, run_args, training_args = parser.parse_args_into_dataclasses(argv)
-    except ValueError as err:  # TrainingArguments.__post_init__ checks (e.g. bf16 without a GPU): no traceback
+    except (ValueError, OverflowError) as err:  # TrainingArguments.__post_init__ checks (e.g. bf16 without a GPU,
+        # an infinite step count): no traceback
         raise ConfigError(f"{' '.join(str(err).split())} (from transformers' TrainingArguments). To fix: change the "
                           "flag it names.") from None
     if {"image_size"} & explicit and not {"resize_size"} & explicit and recipe_values.get("image_size") \
