@@ -199,15 +199,22 @@ def _refuse_unknown_flags(parser, argv: list[str]) -> None:
         raise ConfigError(unknown_flag_message(unknown[0], known))
 
 
+def _is_file(path: Path) -> bool:
+    try:  # a name too long for the file system, or with a NUL byte, names no file rather than raising
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def recipe_path(model: str, recipe: str) -> Path:
     """configs/recipes/{family}-{recipe}.yaml, else configs/recipes/{recipe}.yaml, else `recipe` as a path."""
     if recipe.endswith((".yaml", ".yml")):
         path = Path(recipe)
     else:
         path = RECIPE_DIR / f"{_recipe_prefix(model)}-{recipe}.yaml"
-        if not path.is_file():
+        if not _is_file(path):
             path = RECIPE_DIR / f"{recipe}.yaml"
-    if not path.is_file():
+    if not _is_file(path):
         raise ConfigError(f"recipe {recipe!r} for model {model!r}: {path} not found. To fix: use --recipe "
                           f"{'|'.join(available_recipes(model))} or the path of a recipe YAML")
     return path
@@ -356,7 +363,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
     _refuse_unknown_flags(parser, argv)
     try:
         model_args, data_args, recipe_args, run_args, training_args = parser.parse_args_into_dataclasses(argv)
-    except ValueError as err:  # TrainingArguments.__post_init__ checks (e.g. bf16 without a GPU): no traceback
+    except (ValueError, OverflowError) as err:  # TrainingArguments.__post_init__ checks (e.g. bf16 without a GPU,
+        # an infinite step count): no traceback
         raise ConfigError(f"{' '.join(str(err).split())} (from transformers' TrainingArguments). To fix: change the "
                           "flag it names.") from None
     if {"image_size"} & explicit and not {"resize_size"} & explicit and recipe_values.get("image_size") \

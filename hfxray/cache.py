@@ -68,6 +68,19 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir).expanduser() / CACHE_FOLDER
 
 
+def check_cache_folder(folder: Path, what: str) -> None:
+    """Refuse, in one line, a cache location that is a file, lies under a file, or cannot be created or written
+    (from --cache_dir or HF_DATASETS_CACHE alike), before `datasets` or a build fails on it with a traceback."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as err:
+        raise CacheError(f"{printable(str(folder))}: unusable as {what} ({err.strerror or type(err).__name__}). "
+                         "To fix: point --cache_dir (or HF_DATASETS_CACHE) at a folder you can write, or create "
+                         "it.") from None
+
+
 def split_listing(data_dir: str | os.PathLike, split_name: str) -> list[tuple[str, int, int]]:
     """(path relative to the split folder, size, modification time in ns) of every file under it, sorted."""
     root = Path(data_dir) / split_name
@@ -213,6 +226,7 @@ def decoded_split(data_dir: str | os.PathLike, split_name: str, resize: int,
     from .transforms import available_cores
 
     root = cache_root(cache_dir)
+    check_cache_folder(root, "the decode cache")
     key = fingerprint(data_dir, split_name, resize)
     entry = root / f"{split_name}-{int(resize)}px-{key}"
     info = _read_info(entry)
@@ -225,8 +239,11 @@ def decoded_split(data_dir: str | os.PathLike, split_name: str, resize: int,
         return DecodedImages([str(entry / name) for name in info["files"]])
 
     if split is None:
+        from datasets import config
+
         from .data import load_imagefolder
 
+        check_cache_folder(Path(config.HF_DATASETS_CACHE), "the datasets cache (HF_DATASETS_CACHE)")
         split = load_imagefolder(data_dir)[split_name]
     cores = available_cores()
     num_proc = num_proc if num_proc is not None else _auto_processes(len(split), cores)

@@ -90,6 +90,42 @@ SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model.pt")
 
 
+# A model folder's JSON is a few KiB (a config with a thousand class names ~100 KiB) and a few levels deep; larger
+# or deeper files are refused before parsing (a 1 GB config.json took 58 s and 6 GB; 200,000 levels overflow).
+MAX_JSON_BYTES = 4 * 2**20
+MAX_JSON_DEPTH = 64
+
+
+def _json_depth(value, limit: int, depth: int = 1) -> int:
+    if depth > limit or not isinstance(value, (dict, list)):
+        return depth if isinstance(value, (dict, list)) else depth - 1
+    children = value.values() if isinstance(value, dict) else value
+    return max([depth, *(_json_depth(child, limit, depth + 1) for child in children)])
+
+
+def _read_model_json(path: Path):
+    """A model folder's JSON file, refused in one line when too large, too deep or not JSON."""
+    fix = "To fix: restore the file from the run folder or the Hub."
+    try:
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise ModelLoadError(f"{printable(str(path))}: {size / 2**20:,.1f} MiB, above hfxray's limit of "
+                                 f"{MAX_JSON_BYTES / 2**20:g} MiB for a model folder's JSON. {fix}")
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:  # the decoder's own guard, before MAX_JSON_DEPTH could be checked
+        value = None
+        depth_text = "nested deeper than Python's recursion limit"
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelLoadError(f"{printable(str(path))}: not valid JSON ({excerpt(err, 120)}). {fix}") from None
+    else:
+        depth = _json_depth(value, MAX_JSON_DEPTH)
+        depth_text = f"nested more than {MAX_JSON_DEPTH} levels deep" if depth > MAX_JSON_DEPTH else ""
+    if depth_text:
+        raise ModelLoadError(f"{printable(str(path))}: {depth_text}, above hfxray's limit of {MAX_JSON_DEPTH} "
+                             f"for a model folder's JSON. {fix}")
+    return value
+
+
 def check_model_folder(checkpoint: str | os.PathLike, *, weights: bool = True) -> Path | None:
     """The local folder `checkpoint` names, checked to be a loadable, code-free model; None for a Hub id.
 
@@ -108,11 +144,9 @@ def check_model_folder(checkpoint: str | os.PathLike, *, weights: bool = True) -
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{name}: no config.json, so not a saved model. To fix: pass the --output_dir of a "
                              "training run, or a folder written by save_pretrained.")
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ModelLoadError(f"{folder / 'config.json'}: not valid JSON ({excerpt(err, 120)}). To fix: restore "
-                             "the file from the run folder or the Hub.") from None
+    config = _read_model_json(folder / "config.json")
+    if (folder / "preprocessor_config.json").is_file():
+        _read_model_json(folder / "preprocessor_config.json")
     if not isinstance(config, dict):
         raise ModelLoadError(f"{folder / 'config.json'}: not a JSON object. To fix: restore the file.")
     if config.get("auto_map"):
@@ -262,19 +296,56 @@ def _check_config_keys(config_class, overrides: dict, spec: ModelSpec, preset_fi
                              f"{', '.join(preset_fields)}.")
 
 
+# Limits on a from-scratch architecture, checked before any memory is allocated: the largest model of the study
+# (ViT-B/16 with its R50 hybrid stem) has ~100 M parameters and 12 blocks; BiT-R152x4 has ~940 M and 50 blocks.
+MAX_PARAMETERS = 1_000_000_000
+MAX_BLOCKS = 256
+
+
+def _block_count(values: dict) -> int:
+    """Blocks an architecture stacks (ViT `num_hidden_layers`, BiT `depths`, timm `depth`), counted before any is
+    built: a model of 100,000 blocks takes minutes to build even on the meta device."""
+    args = values.get("model_args") if isinstance(values.get("model_args"), dict) else {}
+    counts = [values.get("num_hidden_layers"), args.get("depth")]
+    depths = values.get("depths")
+    if isinstance(depths, (list, tuple)):
+        counts.append(sum(d for d in depths if isinstance(d, int)))
+    return max([c for c in counts if isinstance(c, int) and not isinstance(c, bool)], default=0)
+
+
 def _from_scratch(model_class, config_class, values: dict, *, spec: ModelSpec):
-    """A randomly initialised model; a config that cannot be built (e.g. overrides that disagree) is one line."""
+    """A randomly initialised model; a config that cannot be built (e.g. overrides that disagree, a zero head or
+    group count, an empty list of sizes) or is too large is one line, refused before any weight is allocated."""
+    import torch
+
     try:
         from huggingface_hub.errors import StrictDataclassError
     except ImportError:  # older huggingface_hub: configs were not validated dataclasses
         StrictDataclassError = ValueError  # noqa: N806
+    cannot = (ValueError, TypeError, AssertionError, RuntimeError, KeyError, ZeroDivisionError, IndexError,
+              AttributeError, OverflowError, StrictDataclassError)
+    blocks = _block_count(values)
+    if blocks > MAX_BLOCKS:
+        raise ModelSpecError(f"{spec.tag} with {blocks} blocks: above hfxray's limit of {MAX_BLOCKS}. To fix: lower "
+                             "the depth in --config_overrides.")
     try:
-        return model_class(config_class(**values))
-    except (ValueError, TypeError, AssertionError, RuntimeError, KeyError, StrictDataclassError) as err:
+        config = config_class(**values)
+        with torch.device("meta"):  # shapes only: the parameter count without allocating a byte
+            parameters = sum(p.numel() for p in model_class(config).parameters())
+    except cannot as err:
         raise ModelSpecError(f"cannot build {spec.tag} for {spec.image_size} px inputs with this configuration "
                              f"({type(err).__name__}: {excerpt(err, 200)}). To fix: check --image_size and any "
                              "--config_overrides against the model's configuration (e.g. one hidden size per stage "
-                             "depth).") from None
+                             "depth, head and group counts of at least 1).") from None
+    if parameters > MAX_PARAMETERS:
+        raise ModelSpecError(f"{spec.tag} with these --config_overrides has {parameters / 1e6:,.0f} M parameters "
+                             f"(estimated without allocating), above hfxray's limit of {MAX_PARAMETERS / 1e6:,.0f} "
+                             "M. To fix: choose smaller sizes in --config_overrides.")
+    try:
+        return model_class(config)
+    except cannot as err:
+        raise ModelSpecError(f"cannot build {spec.tag} with this configuration ({type(err).__name__}: "
+                             f"{excerpt(err, 200)}). To fix: check --config_overrides.") from None
 
 
 _SIZES = {"full": 224, "small": 128, "tiny": 64}

@@ -135,7 +135,9 @@ def predict_files(classifier, files: list[Path], batch_size: int = 16, progress:
 
 def write_predictions(predictions: list[Prediction], out: str | os.PathLike | None) -> None:
     """CSV or JSON chosen by the extension of `out`; CSV on stdout when `out` is None."""
-    rows = [asdict(p) for p in predictions]
+    # A file name that is not UTF-8 (surrogate-escaped by Python) is written as printable text (\xNN), as
+    # manifest.csv writes names: the raw bytes would make the CSV or JSON file undecodable.
+    rows = [{k: printable(v) if isinstance(v, str) else v for k, v in asdict(p).items()} for p in predictions]
     if out is not None and Path(out).suffix.lower() == ".json":
         Path(out).write_text(json.dumps(rows, indent=2) + "\n")
         return
@@ -169,11 +171,11 @@ def summary_line(predictions: list[Prediction]) -> str:
     failed = [p for p in predictions if p.error]
     line = f"predicted {len(predictions) - len(failed)} of {len(predictions)} files"
     if failed:
-        line += f"; {len(failed)} unreadable: " + "; ".join(f"{p.file} ({p.error})" for p in failed)
+        line += f"; {len(failed)} unreadable: " + "; ".join(f"{printable(p.file)} ({p.error})" for p in failed)
     flagged = [p for p in predictions if p.warning]
     if flagged:
         line += f"; {len(flagged)} out of scope (see the warning column): " + ", ".join(
-            Path(p.file).name for p in flagged[:5]) + (" ..." if len(flagged) > 5 else "")
+            printable(Path(p.file).name) for p in flagged[:5]) + (" ..." if len(flagged) > 5 else "")
     readable = [p for p in predictions if not p.error]
     if readable and all(p.ood == NOT_CHECKED for p in readable):
         line += "; out-of-distribution check: not checked (the run has no ood.json)"

@@ -90,6 +90,19 @@ class PrivateFolder:
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
+    def close(self) -> None:
+        """Delete the folder and undo what `open_private_folder` set (environment, signal handlers, import hook),
+        so a process that served in-process (a test, a notebook) carries on as before."""
+        self.remove()
+        for name, value in getattr(self, "_environment", {}).items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for signum, handler in getattr(self, "_handlers", {}).items():
+            signal.signal(signum, handler)
+        sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _GradioHashSeed)]
+
 
 class _GradioHashSeed(importlib.abc.MetaPathFinder):
     """Loads `gradio.utils` with its HASH_SEED_PATH moved out of the installed package.
@@ -137,10 +150,12 @@ def open_private_folder() -> PrivateFolder:
     and remove it at exit, after Ctrl+C, SIGTERM and SIGHUP. Call before gradio is imported."""
     folder = PrivateFolder(os.environ.get("GRADIO_TEMP_DIR") or None)
     atexit.register(folder.remove)
+    folder._environment = {name: os.environ.get(name) for name in ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE")}
     os.environ["GRADIO_TEMP_DIR"] = str(folder.path)
     os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder.path / "examples")
     redirect_gradio_hash_seed(folder.path / "hash_seed.txt")
+    folder._handlers = {}
     for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if signum is not None:
-            signal.signal(signum, _stop)
+            folder._handlers[signum] = signal.signal(signum, _stop)
     return folder

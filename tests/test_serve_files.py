@@ -130,3 +130,14 @@ def test_an_unusable_temp_folder_is_one_line(tiny_models, tmp_path, monkeypatch,
                  "none"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot create a private temporary folder in ") and "To fix: " in err
+
+
+def test_serving_in_process_leaves_the_environment_as_it_was(tmp_path, monkeypatch, capsys):
+    """`hfxray serve` run through cli.main (a notebook, a test) that stops early restores what it set."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "parent"))
+    before = (signal.getsignal(signal.SIGTERM), dict(os.environ), list(sys.meta_path))
+    assert main(["serve", "--model", str(tmp_path / "missing"), "--port", str(_free_port()), "--examples",
+                 "none"]) == 2
+    assert "error: " in capsys.readouterr().err
+    assert (signal.getsignal(signal.SIGTERM), dict(os.environ), list(sys.meta_path)) == before
+    assert list((tmp_path / "parent").iterdir()) == []  # the private folder is gone

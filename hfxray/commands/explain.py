@@ -41,6 +41,7 @@ def run(args) -> int:
 
     from ..explain import ExplainError, NotApplicable, check_applicable, expand_paths, explain_actmax, \
         explain_images, load_model
+    from ..errors import printable
     from ..outputs import check_output_folder
     from . import require_positive
 
@@ -59,7 +60,7 @@ def run(args) -> int:
                 logger.warning("note: actmax starts from a gray image; the image arguments are ignored")
             path = explain_actmax(loaded, out / f"{'+'.join(loaded)}.actmax.png", steps=args.steps,
                                   sources=list(sources.values()))
-            print(f"activation maximization for {len(loaded)} model(s) -> {path}")
+            print(f"activation maximization for {len(loaded)} model(s) -> {printable(str(path))}")
             return 0
         if not args.images:
             raise ExplainError(f"{args.method} needs images. To fix: add image files or folders after the options")
@@ -68,7 +69,7 @@ def run(args) -> int:
 
         def report(path: Path, reason: str) -> None:
             skipped.append((path, reason))
-            tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
+            tqdm.write(f"skipped {printable(str(path))}: {reason}", file=sys.stderr)
 
         written, degenerate, summaries, flagged = 0, 0, [], 0
         for name, (model, processor) in loaded.items():
@@ -85,10 +86,10 @@ def run(args) -> int:
                 tqdm.write(f"degenerate map ({row['status']}) for {row['image']} [{name}]: see {row['figure']}",
                            file=sys.stderr)
     except (ExplainError, NotApplicable) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
     bad = len({path for path, _ in skipped})
     print(f"{args.method}: explained {total - bad} of {total} images ({written} figures), skipped {bad} unreadable, "
-          f"{degenerate} degenerate map(s), {flagged} out of scope -> {out} (per-image status: "
-          f"{', '.join(p.name for p in summaries)})")
+          f"{degenerate} degenerate map(s), {flagged} out of scope -> {printable(str(out))} (per-image status: "
+          f"{', '.join(printable(p.name) for p in summaries)})")
     return 0 if written else 1

@@ -22,6 +22,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..errors import printable
     from ..imaging import IMAGE_EXTENSIONS, expand_paths
     from ..calibration import folded_temperature
     from ..predict import PredictError, check_output_path, load_classifier, predict_files, summary_line, \
@@ -32,14 +33,14 @@ def run(args) -> int:
     require_positive(batch_size=args.batch_size)
     files = expand_paths(args.paths)
     if not files:
-        print(f"error: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {', '.join(args.paths)}. To fix: pass "
-              "image files or folders that contain some.", file=sys.stderr)
+        print(f"error: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {printable(', '.join(args.paths))}. "
+              "To fix: pass image files or folders that contain some.", file=sys.stderr)
         return 1
     try:
         check_output_path(args.out)
         classifier = load_classifier(args.model, device=args.device)
     except PredictError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
     temperature = folded_temperature(classifier.model)
     if temperature != 1.0:
@@ -53,5 +54,5 @@ def run(args) -> int:
     write_predictions(predictions, args.out)
     failed = any(p.error for p in predictions)
     (logger.warning if failed else logger.info)(summary_line(predictions) +
-                                                (f"; written to {args.out}" if args.out else ""))
+                                                (f"; written to {printable(args.out)}" if args.out else ""))
     return 0 if any(not p.error for p in predictions) else 1

@@ -45,7 +45,7 @@ def run(args) -> int:
     try:
         return _serve(args, files)
     finally:
-        files.remove()
+        files.close()
 
 
 def _serve(args, files) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import HfxrayError
+from ..errors import HfxrayError, printable
 from ..imaging import ImageProblem, expand_paths, load_rgb, out_of_scope
 from ..families import METHODS, UnsupportedModelError, adapter_for, model_family
 from ..outputs import csv_row
@@ -207,7 +207,9 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
     target_class = resolve_class(model, target_class)
     paths = expand_paths(images)
     used: set[Path] = set()
-    planned = [_unique_path(out, Path(path).stem, f".{name}.{method}.png", used) for path in paths]
+    # Figure names and every name in titles and summaries as printable text: a file name that is not UTF-8 would
+    # stop matplotlib's text and the CSV (its bytes are kept as \xNN)
+    planned = [_unique_path(out, printable(Path(path).stem), f".{name}.{method}.png", used) for path in paths]
     result = Explained(summary_csv=out / f"{name}.{method}.csv", summary_json=out / f"{name}.{method}.json")
     origin = _origin(source, method)
     check_overwrite([*planned, *(path.with_suffix(".npz") for path in planned), result.summary_csv,
@@ -255,7 +257,8 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
             heatmap_title = quantity
             explained_label = ""
         warning = "" if status == "ok" else f"degenerate map ({status}): {STATUS_TEXT[status]}"
-        title = f"{Path(path).name}: predicted {labels[predicted]} (p = {probabilities[predicted]:.2f})  [{name}]"
+        title = (f"{printable(Path(path).name)}: predicted {labels[predicted]} (p = {probabilities[predicted]:.2f})"
+                 f"  [{name}]")
         seen = _decode(pixel_values[0], processor)
         result.figures.append(save_heatmap_figure(seen, heatmap, figure_path, title, heatmap_title, warning, origin,
                                                   scope_warning))
@@ -266,7 +269,7 @@ def explain_images(model_or_dir, method: str, images: Sequence[str | os.PathLike
             predicted=labels[predicted], probability=float(probabilities[predicted]), image=str(path))
         result.arrays.append(array_path)
         lifts = localisation(heatmap, seen[..., 0] / 255.0) if status == "ok" else {}
-        result.rows.append({"image": str(path), "figure": figure_path.name, "array": array_path.name,
+        result.rows.append({"image": printable(str(path)), "figure": figure_path.name, "array": array_path.name,
                             "predicted": labels[predicted],
                             "probability": round(float(probabilities[predicted]), 4), "explained": explained_label,
                             "quantity": quantity, "layer": layer, "status": status,
