@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -188,7 +189,8 @@ def _readable_logs(trainer) -> None:
     class ReadableProgress(ProgressCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and self.training_bar is not None and logs:
-                self.training_bar.write(format_log(logs, state.global_step, state.max_steps))
+                # progress goes to stderr (the Trainer writes its dicts to stdout, among a command's results)
+                self.training_bar.write(format_log(logs, state.global_step, state.max_steps), file=sys.stderr)
 
     class ReadablePrinter(PrinterCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -321,6 +323,10 @@ def train(config: RunConfig, select_splits=None) -> TrainedRun:
     """
     import torch
     from transformers import set_seed
+
+    from .logs import hide_weight_loading_bars
+
+    hide_weight_loading_bars()  # a random-init model loads nothing, but checkpoints are written and reloaded
 
     from .cache import decoded_split, pooled_split
     from .data import prepared_counts

@@ -82,6 +82,9 @@ def test_the_quick_start_runs_as_written(sample_dir, tmp_path):
         assert "Traceback" not in result.stderr
         outputs[line.split()[1]] = result
     assert "Run finished" in outputs["train"].stdout
+    training_log = outputs["train"].stderr
+    assert "validation at step" in training_log and "{'loss'" not in training_log  # lines, not dicts
+    assert not any("Loading weights" in result.stderr for result in outputs.values())
     results = json.loads((work / "runs" / "quick-bit" / "test_results.json").read_text())
     low, _ = results["test_ci95"]["auroc"]
     assert low > 0.5, "the quick start's model is at chance"
