@@ -45,6 +45,9 @@ class FamilyAdapter:
     # "timm" (hooks on the blocks' attention dropout), or None (no attention).
     attention: str | None
     attention_blocks: Callable[[nn.Module], object] | None  # the blocks rollout reads, None when there are none
+    # The model's layers from the output to the input, for cascading randomisation (hfxray/explain/sanity.py):
+    # (name, [modules or bare parameters]) per step; together they hold every parameter of the model.
+    layers_top_down: Callable[[nn.Module], list[tuple[str, list]]]
 
     def checked_head(self, model: nn.Module) -> nn.Linear:
         head = self.head(model)
@@ -81,6 +84,38 @@ def _vit_gradcam_layer(model: nn.Module) -> GradCamLayer:
                         num_prefix_tokens=1, patch=model.config.patch_size)
 
 
+def _vit_layers(model: nn.Module) -> list[tuple[str, list]]:
+    layers = model.vit.layers
+    return [("classifier", [model.classifier]), ("vit.layernorm", [model.vit.layernorm]),
+            *[(f"vit.layers[{index}]", [layers[index]]) for index in reversed(range(len(layers)))],
+            ("vit.embeddings", [model.vit.embeddings])]
+
+
+def _bit_layers(model: nn.Module) -> list[tuple[str, list]]:
+    stages = model.bit.encoder.stages
+    return [("classifier", [model.classifier]), ("bit.norm", [model.bit.norm]),
+            *[(f"bit.encoder.stages[{index}]", [stages[index]]) for index in reversed(range(len(stages)))],
+            ("bit.embedder", [model.bit.embedder])]
+
+
+def _hybrid_layers(model: nn.Module) -> list[tuple[str, list]]:
+    timm_model = model.timm_model
+    blocks = getattr(timm_model, "blocks", None) or []
+    # Named by their place in the model; the embedding step also takes the bare class token and position
+    # embeddings, which belong to no sub-module.
+    embedding = [getattr(timm_model, name) for name in ("patch_embed", "cls_token", "pos_embed", "reg_token")
+                 if getattr(timm_model, name, None) is not None]
+    heads = [timm_model.get_classifier()]
+    norms = [module for module in (getattr(timm_model, "norm", None), getattr(timm_model, "fc_norm", None))
+             if module is not None and any(True for _ in module.parameters())]
+    covered = {id(p) for group in (heads, norms, list(blocks), embedding) for item in group
+               for p in (item.parameters() if isinstance(item, nn.Module) else [item])}
+    rest = [p for p in timm_model.parameters() if id(p) not in covered]  # e.g. an attention-pool head
+    return [("timm_model.head", heads + rest), ("timm_model.norm", norms),
+            *[(f"timm_model.blocks[{index}]", [blocks[index]]) for index in reversed(range(len(blocks)))],
+            ("timm_model.patch_embed", embedding)]
+
+
 def _hybrid_blocks(model: nn.Module):
     timm_model = model.timm_model
     if not hasattr(timm_model, "blocks") or not len(timm_model.blocks) or not hasattr(timm_model.blocks[0], "attn"):
@@ -91,11 +126,14 @@ def _hybrid_blocks(model: nn.Module):
 ADAPTERS = {
     adapter.name: adapter for adapter in (
         FamilyAdapter("vit", ("vit",), head=lambda m: m.classifier, gradcam_layer=_vit_gradcam_layer,
-                      attention="transformers", attention_blocks=lambda m: m.vit.layers),
+                      attention="transformers", attention_blocks=lambda m: m.vit.layers,
+                      layers_top_down=_vit_layers),
         FamilyAdapter("bit", ("bit",), head=lambda m: m.classifier[-1],  # Sequential(Flatten, Linear)
-                      gradcam_layer=_bit_gradcam_layer, attention=None, attention_blocks=None),
+                      gradcam_layer=_bit_gradcam_layer, attention=None, attention_blocks=None,
+                      layers_top_down=_bit_layers),
         FamilyAdapter("hybrid", ("timm_wrapper",), head=lambda m: m.timm_model.get_classifier(),
-                      gradcam_layer=_hybrid_gradcam_layer, attention="timm", attention_blocks=_hybrid_blocks),
+                      gradcam_layer=_hybrid_gradcam_layer, attention="timm", attention_blocks=_hybrid_blocks,
+                      layers_top_down=_hybrid_layers),
     )
 }
 def adapter_for(model_or_config) -> FamilyAdapter:
