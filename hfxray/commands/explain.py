@@ -1,4 +1,5 @@
-"""`hfxray explain --model DIR --method {gradcam,rollout,actmax} --out DIR [IMAGES...]`."""
+"""`hfxray explain --model DIR --method {gradcam,rollout,actmax} --out DIR [IMAGES...]`, and
+`hfxray explain --sanity --model DIR --out DIR [IMAGES...]`: the randomisation checks on the user's own run."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="*", help="image files or folders (searched recursively); not for actmax")
     parser.add_argument("--model", required=True, action="append", metavar="DIR",
                         help="trained model folder; repeat to compare models (actmax: one grid row per model)")
-    parser.add_argument("--method", required=True, choices=METHODS,
-                        help=_applies_to())
+    parser.add_argument("--method", choices=METHODS,
+                        help=_applies_to() + " (with --sanity: the method to check, default every one that applies)")
     parser.add_argument("--out", required=True,
                         help="output folder: <image>.<model folder name>.<method>.png per image, its map as "
                              ".npz in the image file's pixel grid, and <model folder name>.<method>.csv/.json with "
@@ -32,6 +33,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--target-class", default=None,
                         help="class Grad-CAM explains, by name or index (default: each image's prediction)")
     parser.add_argument("--steps", type=int, default=200, help="activation-maximization gradient steps")
+    sanity = parser.add_argument_group("sanity checks (--sanity)")
+    sanity.add_argument("--sanity", action="store_true",
+                        help="instead of figures, run the randomisation checks (cascading layer re-initialisation "
+                             "against a random-vs-random baseline, and data randomisation with --permuted-model) "
+                             "and write <model>.sanity.md/.png/.json into --out; images default to the run's test "
+                             "split")
+    sanity.add_argument("--sanity-images", type=int, default=16, metavar="N",
+                        help="how many images the checks use, spread evenly over the sorted list (default 16)")
+    sanity.add_argument("--permuted-model", default=None, metavar="DIR",
+                        help="a run of the same model trained on permuted labels: its maps are compared with the "
+                             "model's (data randomisation)")
 
 
 def run(args) -> int:
@@ -45,8 +57,14 @@ def run(args) -> int:
     from ..outputs import check_output_folder
     from . import require_positive
 
-    require_positive(steps=args.steps)
+    require_positive(steps=args.steps, sanity_images=args.sanity_images)
     out = check_output_folder(args.out, "--out", recursive=False)
+    if args.sanity:
+        return _sanity(args, out)
+    if args.method is None:
+        print("error: --method is required. To fix: add --method gradcam, rollout or actmax (or --sanity)",
+              file=sys.stderr)
+        return 2
     try:
         loaded, sources = {}, {}
         for model_dir in args.model:
@@ -93,3 +111,34 @@ def run(args) -> int:
           f"{degenerate} degenerate map(s), {flagged} out of scope -> {printable(str(out))} (per-image status: "
           f"{', '.join(printable(p.name) for p in summaries)})")
     return 0 if written else 1
+
+
+def _sanity(args, out) -> int:
+    from pathlib import Path
+
+    from ..explain import ExplainError, NotApplicable
+    from ..explain.sanity_report import sanity_check
+
+    if len(args.model) != 1 or args.method == "actmax" or args.target_class is not None:
+        print("error: --sanity checks one model's gradcam or rollout maps. To fix: give one --model, and "
+              "--method gradcam or rollout or none", file=sys.stderr)
+        return 2
+
+    def skipped(path: Path, reason: str) -> None:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+
+    try:
+        summary = sanity_check(args.model[0], out, args.images, count=args.sanity_images,
+                               permuted_dir=args.permuted_model,
+                               methods=[args.method] if args.method else None,
+                               progress=lambda line: print(line, file=sys.stderr, flush=True), on_skip=skipped)
+    except (ExplainError, NotApplicable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for method, entry in summary["results"].items():
+        checks = [("cascading", entry["cascading"]), ("data randomisation", entry.get("data_randomisation"))]
+        for check, result in checks:
+            if result is not None:
+                print(f"{method} {check}: {'pass' if result['passed'] else 'FAIL'} ({result['verdict']})")
+    print(f"sanity report -> {out / (summary['name'] + '.sanity.md')}")
+    return 0

@@ -132,6 +132,16 @@ def _summary_origin(path: Path) -> dict[str, str] | None:
         if header != ",".join(SUMMARY_FIELDS):
             return None
         path = path.with_suffix(".json")
+    elif path.suffix == ".md":  # the sanity report: its own title, and the origin in its .json twin
+        from .sanity_report import REPORT_TITLE
+
+        try:
+            with path.open(encoding="utf-8") as handle:
+                if handle.readline().strip() != REPORT_TITLE:
+                    return None
+        except (OSError, UnicodeDecodeError):
+            return None
+        path = path.with_suffix(".json")
     try:
         data = json.loads(path.read_text())
         return _origin(data["model"], data["method"])

@@ -98,7 +98,8 @@ def _axis_weights(pixels: int, scale: float, offset: int, cells: int):
 
 
 def to_file_grid(input_map: np.ndarray, geometry: InputGeometry) -> np.ndarray:
-    """(H, W) float32: `input_map` (the model's input grid) bilinearly placed on the file's pixels, 0 outside the crop."""
+    """(H, W) float32: `input_map` (on the model's input grid) placed bilinearly on the file's pixels, 0 outside
+    the crop."""
     input_map = np.asarray(input_map, dtype=np.float64)
     if input_map.shape != geometry.crop:
         raise ValueError(f"map {input_map.shape} is not the model's input grid {geometry.crop}")

@@ -167,14 +167,14 @@ def judge(signed: np.ndarray, has_gradient: bool = True) -> tuple[str, float]:
     return "ok", share
 
 
-def gradcam_with_status(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Sequence[int] | None = None
-            ) -> GradCamResult:
+def gradcam_with_status(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Sequence[int] | None = None,
+                        target: GradCamTarget | None = None) -> GradCamResult:
     """Grad-CAM of each image's predicted class (or `target_class`: one index for all, or one per image).
 
-    Explains the class's logit margin (`QUANTITY`) at `gradcam_target(model)`; degenerate maps are returned as
-    zeros with their status, never silently stretched.
+    Explains the class's logit margin (`QUANTITY`) at `gradcam_target(model)` (or at `target`, for checks that
+    need another layer); degenerate maps are returned as zeros with their status, never silently stretched.
     """
-    target = gradcam_target(model)
+    target = target or gradcam_target(model)
     height, width = pixel_values.shape[-2:]
     transform = (lambda tokens: target.reshape(tokens, height, width)) if target.reshape else None
     if target_class is None:
@@ -201,7 +201,7 @@ def gradcam_with_status(model: nn.Module, pixel_values: torch.Tensor, target_cla
                          positive_share=[share for _, share in verdicts], layer=target.name)
 
 
-def gradcam_map(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Sequence[int] | None = None
-                ) -> np.ndarray:
+def gradcam_map(model: nn.Module, pixel_values: torch.Tensor, target_class: int | Sequence[int] | None = None,
+                target: GradCamTarget | None = None) -> np.ndarray:
     """Grad-CAM heatmaps in [0, 1] at input resolution, shape (B, H, W) (see `gradcam_with_status` for status and classes)."""
-    return gradcam_with_status(model, pixel_values, target_class).maps
+    return gradcam_with_status(model, pixel_values, target_class, target).maps

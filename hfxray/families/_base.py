@@ -90,6 +90,9 @@ class FamilyAdapter:
     # "timm" (hooks on the blocks' attention dropout), or None (no attention).
     attention: str | None = None
     attention_blocks: Callable[["nn.Module"], object] | None = None  # the blocks rollout reads, None if none
+    # The model's layers from the output to the input, for cascading randomisation (hfxray/explain/sanity.py):
+    # (name, [modules or bare parameters]) per step; together they hold every parameter of the model.
+    layers_top_down: Callable[["nn.Module"], list] | None = None
     # Prefix of configs/recipes/<recipe_family>-<recipe>.yaml; None: the family's name (the hybrid shares ViT's).
     recipe_family: str | None = None
     # Processor mean/std; empty: scale to [-1, 1], as ViT-21k, BiT-M and the hybrid's weights were trained.
@@ -101,6 +104,8 @@ class FamilyAdapter:
             raise ValueError(f"family {self.name}: explanations {self.explanations} must be some of {METHODS}")
         if ("rollout" in self.explanations) != (self.attention is not None):
             raise ValueError(f"family {self.name}: rollout applies exactly when the family has attention")
+        if self.layers_top_down is None:
+            raise ValueError(f"family {self.name}: `layers_top_down` must list its layers for randomisation checks")
         if self.name not in self.pretrained:
             raise ValueError(f"family {self.name}: `pretrained` must name the family's own pretrained weights")
 

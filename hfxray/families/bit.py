@@ -44,6 +44,13 @@ def _gradcam_layer(model) -> GradCamLayer:
     return GradCamLayer(model.bit.encoder.stages[-1], "bit.encoder.stages[-1]", top_left_anchored=True)
 
 
+def _layers_top_down(model) -> list:
+    stages = model.bit.encoder.stages
+    return [("classifier", [model.classifier]), ("bit.norm", [model.bit.norm]),
+            *[(f"bit.encoder.stages[{index}]", [stages[index]]) for index in reversed(range(len(stages)))],
+            ("bit.embedder", [model.bit.embedder])]
+
+
 ADAPTER = FamilyAdapter(
     name="bit",
     order=1,
@@ -59,5 +66,6 @@ ADAPTER = FamilyAdapter(
     default_recipe="seed",
     head=lambda model: model.classifier[-1],  # Sequential(Flatten, Linear)
     gradcam_layer=_gradcam_layer,
+    layers_top_down=_layers_top_down,
     explanations=("gradcam", "actmax"),  # no attention to roll out
 )

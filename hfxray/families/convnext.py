@@ -43,6 +43,13 @@ def _gradcam_layer(model) -> GradCamLayer:
     return GradCamLayer(model.convnext.encoder.stages[-1], "convnext.encoder.stages[-1]")
 
 
+def _layers_top_down(model) -> list:
+    stages = model.convnext.encoder.stages
+    return [("classifier", [model.classifier]), ("convnext.layernorm", [model.convnext.layernorm]),
+            *[(f"convnext.encoder.stages[{index}]", [stages[index]]) for index in reversed(range(len(stages)))],
+            ("convnext.embeddings", [model.convnext.embeddings])]
+
+
 ADAPTER = FamilyAdapter(
     name="convnext",
     order=3,
@@ -58,6 +65,7 @@ ADAPTER = FamilyAdapter(
     default_recipe="paper",  # configs/recipes/convnext-paper.yaml: the study never ran a ConvNeXt
     head=lambda model: model.classifier,
     gradcam_layer=_gradcam_layer,
+    layers_top_down=_layers_top_down,
     explanations=("gradcam", "actmax"),  # no attention to roll out
     normalisation=IMAGENET,
 )

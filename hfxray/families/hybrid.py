@@ -50,6 +50,26 @@ def _blocks(model):
     return timm_model.blocks
 
 
+def _layers_top_down(model) -> list:
+    from torch import nn
+
+    timm_model = model.timm_model
+    blocks = getattr(timm_model, "blocks", None) or []
+    # Named by their place in the model; the embedding step also takes the bare class token and position
+    # embeddings, which belong to no sub-module.
+    embedding = [getattr(timm_model, name) for name in ("patch_embed", "cls_token", "pos_embed", "reg_token")
+                 if getattr(timm_model, name, None) is not None]
+    heads = [timm_model.get_classifier()]
+    norms = [module for module in (getattr(timm_model, "norm", None), getattr(timm_model, "fc_norm", None))
+             if module is not None and any(True for _ in module.parameters())]
+    covered = {id(p) for group in (heads, norms, list(blocks), embedding) for item in group
+               for p in (item.parameters() if isinstance(item, nn.Module) else [item])}
+    rest = [p for p in timm_model.parameters() if id(p) not in covered]  # e.g. an attention-pool head
+    return [("timm_model.head", heads + rest), ("timm_model.norm", norms),
+            *[(f"timm_model.blocks[{index}]", [blocks[index]]) for index in reversed(range(len(blocks)))],
+            ("timm_model.patch_embed", embedding)]
+
+
 ADAPTER = FamilyAdapter(
     name="hybrid",
     order=2,
@@ -67,6 +87,7 @@ ADAPTER = FamilyAdapter(
     recipe_family="vit",  # fine-tuned as ViT is (the study and ViT's paper did so)
     head=lambda model: model.timm_model.get_classifier(),
     gradcam_layer=_gradcam_layer,
+    layers_top_down=_layers_top_down,
     # Grad-CAM first: it reaches the backbone's features, which rollout over the tokens does not.
     explanations=("gradcam", "rollout", "actmax"),
     attention="timm",

@@ -60,6 +60,13 @@ def _gradcam_layer(model) -> GradCamLayer:
                         num_prefix_tokens=1, patch=model.config.patch_size)
 
 
+def _layers_top_down(model) -> list:
+    layers = model.vit.layers
+    return [("classifier", [model.classifier]), ("vit.layernorm", [model.vit.layernorm]),
+            *[(f"vit.layers[{index}]", [layers[index]]) for index in reversed(range(len(layers)))],
+            ("vit.embeddings", [model.vit.embeddings])]
+
+
 ADAPTER = FamilyAdapter(
     name="vit",
     order=0,
@@ -79,4 +86,5 @@ ADAPTER = FamilyAdapter(
     explanations=("rollout", "gradcam", "actmax"),
     attention="transformers",
     attention_blocks=lambda model: model.vit.layers,
+    layers_top_down=_layers_top_down,
 )
