@@ -127,3 +127,29 @@ def real_runs(prepared_dir, tmp_path_factory):
         return runs[kind]
 
     return get
+
+
+def _wait_until_up(process, url: str, log) -> None:
+    """Until a served page answers 200; a server that exits or never answers fails the test with its log."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"hfxray serve exited with {process.returncode}:\n{Path(log).read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"hfxray serve did not answer in time:\n{Path(log).read_text()}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def wait_until_up():
+    """`wait_until_up(process, url, log_path)`: for tests that start `hfxray serve` in a child process."""
+    return _wait_until_up

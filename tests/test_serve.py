@@ -10,8 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,7 @@ def _environment(tmp: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_runs, sample_dir, tmp_path_factory):
+def server(tiny_runs, sample_dir, tmp_path_factory, wait_until_up):
     """`hfxray serve` on the two tiny models, in a child process, until the module's tests are done."""
     tmp = tmp_path_factory.mktemp("serve")
     port = _free_port()
@@ -48,20 +46,8 @@ def server(tiny_runs, sample_dir, tmp_path_factory):
          str(tiny_runs["bit"]), "--port", str(port), "--max-upload-mb", str(UPLOAD_CAP_MB), "--examples",
          str(sample_dir)], env=_environment(tmp), stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"hfxray serve exited with {process.returncode}:\n{(tmp / 'server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"hfxray serve did not answer in time:\n{(tmp / 'server.log').read_text()}")
-            time.sleep(0.5)
+        wait_until_up(process, url, tmp / "server.log")
         yield {"url": url, "process": process, "tmp": tmp}
     finally:
         process.terminate()

@@ -10,10 +10,8 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-import pytest
 
 from hfxray.cli import main
 from hfxray.serve import find_examples
@@ -32,23 +30,7 @@ def _package_files(package: Path) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in package.rglob("*") if p.is_file()}
 
 
-def _wait_until_up(process, url: str, log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"hfxray serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"hfxray serve did not answer in time:\n{log.read_text()}")
-        time.sleep(0.5)
-
-
-def test_serve_keeps_no_file_after_a_request_and_a_signal(tiny_models, sample_dir, tmp_path):
+def test_serve_keeps_no_file_after_a_request_and_a_signal(tiny_models, sample_dir, tmp_path, wait_until_up):
     """SIGTERM, whose default action would end the process without any cleanup; Ctrl+C (SIGINT) takes the same
     path from the KeyboardInterrupt on (one server start costs ~30 s of imports, so one signal is tested)."""
     import gradio
@@ -65,7 +47,7 @@ def test_serve_keeps_no_file_after_a_request_and_a_signal(tiny_models, sample_di
                                     "--port", str(port), "--examples", "none"], env=env, stdout=handle,
                                    stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
-        _wait_until_up(process, f"http://127.0.0.1:{port}/", log)
+        wait_until_up(process, f"http://127.0.0.1:{port}/", log)
         [private] = temp.glob("hfxray-serve-*")
         assert stat.S_IMODE(private.stat().st_mode) == 0o700
         assert (private / "hash_seed.txt").is_file()  # gradio's seed is written here, not into its package

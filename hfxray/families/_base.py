@@ -36,6 +36,13 @@ class GradCamLayer:
     top_left_anchored: bool = False
 
 
+def stacked_layers(top: list[tuple[str, object]], name: str, blocks, stem: tuple[str, object]) -> list:
+    """`layers_top_down` of a model that is a stem, a stack of blocks and a head: `top` (head, final norm) as
+    (name, module) pairs, then the blocks of `blocks` (called `name[i]`) from the last, then the stem."""
+    return [(label, [module]) for label, module in top] + \
+        [(f"{name}[{index}]", [blocks[index]]) for index in reversed(range(len(blocks)))] + [(stem[0], [stem[1]])]
+
+
 @dataclass(frozen=True)
 class BuildRequest:
     """What `hfxray.models.create_model` asks an adapter to build, with the loading helpers it lends it.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._base import BuildRequest, FamilyAdapter, GradCamLayer
+from ._base import BuildRequest, FamilyAdapter, GradCamLayer, stacked_layers
 
 SIZES = {"tiny": dict(embedding_size=8, hidden_sizes=[8, 16, 32, 64], num_groups=4),
          "small": dict(embedding_size=32, hidden_sizes=[64, 128, 256, 512], num_groups=8)}
@@ -45,10 +45,8 @@ def _gradcam_layer(model) -> GradCamLayer:
 
 
 def _layers_top_down(model) -> list:
-    stages = model.bit.encoder.stages
-    return [("classifier", [model.classifier]), ("bit.norm", [model.bit.norm]),
-            *[(f"bit.encoder.stages[{index}]", [stages[index]]) for index in reversed(range(len(stages)))],
-            ("bit.embedder", [model.bit.embedder])]
+    return stacked_layers([("classifier", model.classifier), ("bit.norm", model.bit.norm)], "bit.encoder.stages",
+                          model.bit.encoder.stages, ("bit.embedder", model.bit.embedder))
 
 
 ADAPTER = FamilyAdapter(

@@ -6,7 +6,7 @@ ImageNet-22k checkpoint, as the study's models are ImageNet-21k ones.
 
 from __future__ import annotations
 
-from ._base import BuildRequest, FamilyAdapter, GradCamLayer
+from ._base import BuildRequest, FamilyAdapter, GradCamLayer, stacked_layers
 
 # Four stages as in every ConvNeXt, one block each and a quarter of the smallest published widths (tiny), or the
 # widths that keep the small preset near BiT's small one (about 1 M parameters).
@@ -44,10 +44,9 @@ def _gradcam_layer(model) -> GradCamLayer:
 
 
 def _layers_top_down(model) -> list:
-    stages = model.convnext.encoder.stages
-    return [("classifier", [model.classifier]), ("convnext.layernorm", [model.convnext.layernorm]),
-            *[(f"convnext.encoder.stages[{index}]", [stages[index]]) for index in reversed(range(len(stages)))],
-            ("convnext.embeddings", [model.convnext.embeddings])]
+    network = model.convnext
+    return stacked_layers([("classifier", model.classifier), ("convnext.layernorm", network.layernorm)],
+                          "convnext.encoder.stages", network.encoder.stages, ("convnext.embeddings", network.embeddings))
 
 
 ADAPTER = FamilyAdapter(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._base import BuildRequest, FamilyAdapter, GradCamLayer
+from ._base import BuildRequest, FamilyAdapter, GradCamLayer, stacked_layers
 
 SIZES = {"tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
          "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256)}
@@ -61,10 +61,8 @@ def _gradcam_layer(model) -> GradCamLayer:
 
 
 def _layers_top_down(model) -> list:
-    layers = model.vit.layers
-    return [("classifier", [model.classifier]), ("vit.layernorm", [model.vit.layernorm]),
-            *[(f"vit.layers[{index}]", [layers[index]]) for index in reversed(range(len(layers)))],
-            ("vit.embeddings", [model.vit.embeddings])]
+    return stacked_layers([("classifier", model.classifier), ("vit.layernorm", model.vit.layernorm)], "vit.layers",
+                          model.vit.layers, ("vit.embeddings", model.vit.embeddings))
 
 
 ADAPTER = FamilyAdapter(
