@@ -46,7 +46,7 @@ import json, os, resource, sys, time
 mode, result_path, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
 import hfxray.cache as cache
 import hfxray.training as training
-from hfxray.arguments import parse_args
+from hfxray.arguments import parse_config
 from transformers import TrainerCallback
 
 record = {"mode": mode, "data_seconds": 0.0, "found_in_cache": {}}
@@ -113,9 +113,9 @@ def timed_trainer_class():
 
 
 training._recipe_trainer_class = timed_trainer_class
-arguments = parse_args(argv)
+arguments = parse_config(argv)
 record["train_called"] = time.perf_counter()
-training.train(*arguments)
+training.train(arguments)
 record["peak_rss_training_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 # Then every image once, as an epoch reads them: what a longer run would hold.
 for images in returned:

@@ -79,18 +79,22 @@ ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("
 def table(model: str, split: str, report: dict, out: Path) -> str:
     """The readable result: metrics with 95 % CIs, the calibration, a verdict when at chance, where files went."""
     from ..evaluation import predictions_path, reliability_path
-    from ..metrics import chance_sentence
+    from ..metrics import chance_sentence, ece_text
 
     def interval(pair) -> str:
         low, high = pair or (None, None)
         return "-" if low is None or high is None else f"{low:.3f}-{high:.3f}"
 
     intervals = report.get("ci95") or {}
-    lines = [f"{model} on the {split} split: n = {report.get('n')} images ({report.get('n_positive')} virus); 95% CIs "
-             f"from a {report.get('bootstrap_unit', 'image')}-level bootstrap ({report.get('n_resamples')} resamples)",
+    lines = [f"{model} on the {split} split: n = {report.get('n')} images ({report.get('n_positive')} virus); 95% CIs: "
+             f"Wilson for proportions, a {report.get('bootstrap_unit', 'image')}-level bootstrap "
+             f"({report.get('n_resamples')} resamples) for the others",
              "", f"  {'metric':<28}{'value':>7}   95% CI"]
     for key, label in ROWS:
-        if report.get(key) is not None:
+        if key == "ece" and report.get(key) is not None:  # beside its noise floor; the CI is the debiased ECE's
+            lines.append(f"  {label:<28}" + ece_text(report[key], intervals.get(key), report.get("ece_noise_floor"),
+                                                      report.get("ece_debiased")))
+        elif report.get(key) is not None:
             lines.append(f"  {label:<28}{report[key]:>7.3f}   {interval(intervals.get(key))}")
     if report.get("ece_before_folding") is not None:
         lines.append(f"  {'ECE before folding (T = 1)':<28}{report['ece_before_folding']:>7.3f}   "

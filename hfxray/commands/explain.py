@@ -117,6 +117,7 @@ def _sanity(args, out) -> int:
     from pathlib import Path
 
     from ..explain import ExplainError, NotApplicable
+    from ..errors import printable
     from ..explain.sanity_report import sanity_check
 
     if len(args.model) != 1 or args.method == "actmax" or args.target_class is not None:
@@ -125,7 +126,7 @@ def _sanity(args, out) -> int:
         return 2
 
     def skipped(path: Path, reason: str) -> None:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(f"skipped {printable(str(path))}: {reason}", file=sys.stderr)
 
     try:
         summary = sanity_check(args.model[0], out, args.images, count=args.sanity_images,
@@ -133,12 +134,12 @@ def _sanity(args, out) -> int:
                                methods=[args.method] if args.method else None,
                                progress=lambda line: print(line, file=sys.stderr, flush=True), on_skip=skipped)
     except (ExplainError, NotApplicable) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
     for method, entry in summary["results"].items():
         checks = [("cascading", entry["cascading"]), ("data randomisation", entry.get("data_randomisation"))]
         for check, result in checks:
             if result is not None:
                 print(f"{method} {check}: {'pass' if result['passed'] else 'FAIL'} ({result['verdict']})")
-    print(f"sanity report -> {out / (summary['name'] + '.sanity.md')}")
+    print(f"sanity report -> {printable(str(out / (summary['name'] + '.sanity.md')))}")
     return 0

@@ -19,10 +19,12 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..data import check_prepared
+    from ..dataset_repo import resolve_data_dir
     from ..models import load_trained
     from ..scope import OOD_JSON, fit_ood_run
     from . import UsageError
 
+    args.data_dir = resolve_data_dir(args.data_dir)  # a dataset repo from `hfxray data push`, as train reads it
     check_prepared(args.data_dir)
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model} is not a local run folder. To fix: pass the folder `hfxray train` "
