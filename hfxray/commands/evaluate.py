@@ -92,7 +92,7 @@ def table(model: str, split: str, report: dict, out: Path) -> str:
              "", f"  {'metric':<28}{'value':>7}   95% CI"]
     for key, label in ROWS:
         if key == "ece" and report.get(key) is not None:  # beside its noise floor; the CI is the debiased ECE's
-            lines.append(f"  {label:<28}" + ece_text(report[key], intervals.get(key), report.get("ece_noise_floor"),
+            lines.append(f"  {label:<28}  " + ece_text(report[key], intervals.get(key), report.get("ece_noise_floor"),
                                                       report.get("ece_debiased")))
         elif report.get(key) is not None:
             lines.append(f"  {label:<28}{report[key]:>7.3f}   {interval(intervals.get(key))}")
