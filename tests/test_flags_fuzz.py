@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hfxray.cli import COMMANDS
+from hfxray.cli import COMMANDS, Parser
 from hfxray.errors import HfxrayError
 
 EXTREME = st.sampled_from(["9" * 5000, "1e400", "-1", "-9999999999999999999", "nan", "NaN", "inf", "-inf", "",
@@ -32,7 +32,7 @@ SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[Healt
 
 def _parser(name: str) -> argparse.ArgumentParser:
     """The parser `hfxray NAME` builds (hfxray.cli._dispatch)."""
-    parser = argparse.ArgumentParser(prog=f"hfxray {name}", description=COMMANDS[name][1])
+    parser = Parser(prog=f"hfxray {name}", description=COMMANDS[name][1])
     importlib.import_module(COMMANDS[name][0]).add_arguments(parser)
     return parser
 
