@@ -51,7 +51,7 @@ def test_undecodable_names_are_printed_and_written_as_text(odd_images, tiny_mode
         printed = (done.stdout + done.stderr).decode("utf-8")  # strictly UTF-8
         assert "out\\xff" in printed  # the output folder's name, escaped
     written = [Path(os.fsdecode(root)) / os.fsdecode(name) for root, _, names in os.walk(out) for name in names]
-    assert {p.suffix for p in written} == {".csv", ".json", ".png"}
+    assert {p.suffix for p in written} == {".csv", ".json", ".png", ".npz"}  # figures, maps, summaries
     for path in written:
         if path.suffix in (".csv", ".json"):
             text = path.read_bytes().decode("utf-8")  # strictly UTF-8

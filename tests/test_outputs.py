@@ -176,4 +176,4 @@ def test_evaluate_writes_into_a_new_folder_but_never_into_the_data(tmp_path, pre
                      "--n-resamples", "5"]) == 2
     assert "lies inside the --data-dir" in capsys.readouterr().err and not inside.exists()
     assert cli_main(["evaluate", "--model", "someone/hfxray-vit", "--data-dir", str(prepared_dir)]) == 2
-    assert "To fix: pass --out" in capsys.readouterr().err
+    assert "--out FILE.json to evaluate it as a Hub id" in capsys.readouterr().err  # a Hub id needs --out
