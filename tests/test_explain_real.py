@@ -79,6 +79,12 @@ def test_cascading_randomisation_brings_the_maps_to_the_random_baseline(real_run
     print(f"\n{kind}: " + ", ".join(f"{row['layer']} {row['spearman']:.2f}" for row in entry["steps"])
           + f"; random vs random {entry['baseline']['spearman']:.2f}")
     assert len(summary["images"]) == 16
+    if kind == "vit":
+        # The tiny ViT's maps fail the check, and the check must say so: its Grad-CAM maps of two random models
+        # agree at |Spearman| 0.55 (at or above the 0.5 bar: the maps show the image more than the weights), and
+        # its rollout keeps 0.53 after every layer is re-initialised against a 0.33 baseline (docs/explanations.md).
+        assert not entry["cascading"]["passed"], entry["cascading"]["verdict"]
+        return
     assert entry["cascading"]["passed"], entry["cascading"]["verdict"]
     assert entry["steps"][-1]["degenerate_maps"] <= 4, "randomised maps went blank: the check would pass by default"
 
