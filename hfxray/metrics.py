@@ -41,8 +41,6 @@ INTERVAL_METHODS = {"accuracy": WILSON, "sensitivity": WILSON, "specificity": WI
                     "balanced_accuracy": PERCENTILE, "auroc": PERCENTILE, "f1": PERCENTILE, "ece": DEBIASED_ECE}
 # A model is "at chance" when the 95 % interval of either of these includes 0.5 (`chance_verdict`).
 CHANCE_METRICS = {"auroc": "AUROC", "balanced_accuracy": "balanced accuracy"}
-# Upper bound on resamples x samples held in memory at once by the bootstrap.
-BOOTSTRAP_CHUNK_CELLS = 2_000_000
 
 
 def _check_labels_probs(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -159,15 +157,9 @@ def _resample_weights(y: np.ndarray, groups, n_resamples: int, seed: int):
         if group_ids.shape != y.shape:
             raise ValueError(f"groups and labels differ in length: {group_ids.size} groups vs {len(y)} labels")
         group_of = np.unique(group_ids, return_inverse=True)[1].ravel()
-    n_groups = int(group_of.max()) + 1
-    rng = np.random.default_rng(seed)
-    chunk = max(1, BOOTSTRAP_CHUNK_CELLS // max(len(y), n_groups))
-    for start in range(0, n_resamples, chunk):
-        rows = min(chunk, n_resamples - start)
-        drawn = rng.integers(0, n_groups, size=(rows, n_groups))
-        cells = (np.arange(rows)[:, None] * n_groups + drawn).ravel()
-        times_drawn = np.bincount(cells, minlength=rows * n_groups).reshape(rows, n_groups)
-        yield times_drawn[:, group_of]
+    from .intervals import group_weights  # the one patient-level resampler (the Wilson and ECE intervals use it)
+
+    yield from group_weights(group_of, n_resamples, seed)
 
 
 def paired_difference(labels, probs_a, probs_b, groups=None, n_resamples: int = 1000, confidence: float = 0.95,

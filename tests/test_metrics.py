@@ -176,12 +176,12 @@ def test_group_bootstrap_resamples_whole_patients():
 
 def test_bootstrap_in_small_chunks_gives_the_same_intervals(monkeypatch):
     """Memory is bounded by drawing resamples in chunks; the chunking must not change any interval."""
-    import hfxray.metrics as metrics
+    import hfxray.intervals as intervals
 
     labels, d = synthetic(100, seed=6)
     probs, groups = 1 / (1 + np.exp(-d)), np.arange(100) // 2
     whole = bootstrap_ci(labels, probs, groups=groups, n_resamples=300)
-    monkeypatch.setattr(metrics, "BOOTSTRAP_CHUNK_CELLS", 700)  # 14 resamples of 50 patients per chunk
+    monkeypatch.setattr(intervals, "CHUNK_CELLS", 700)  # 14 resamples of 50 patients per chunk
     assert bootstrap_ci(labels, probs, groups=groups, n_resamples=300) == whole
 
 
