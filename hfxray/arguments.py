@@ -19,7 +19,7 @@ import yaml
 
 from .data import DataError, check_prepared
 from .dataset_repo import resolve_data_dir
-from .errors import HfxrayError, excerpt
+from .errors import HfxrayError, excerpt, printable
 from .families import ADAPTERS, adapter_for_name, model_names
 from .models import PRESETS
 from .recipes import SCHEDULES, TRAINER_SCHEDULE
@@ -145,7 +145,7 @@ def _parser_class():
         """argparse's errors become ConfigError: one line, no 600-line usage dump."""
 
         def error(self, message: str):
-            raise ConfigError(f"{message}. To fix: see `{self.prog} --help`.")
+            raise ConfigError(f"{printable(message)}. To fix: see `{self.prog} --help`.")  # one line, any value
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **{"allow_abbrev": False, **kwargs})  # --learning_rat is refused, not guessed

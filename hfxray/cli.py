@@ -61,7 +61,8 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         from .commands import UsageError
 
-        raise UsageError(f"{self.prog}: {message}. To fix: see `{self.prog} --help`.")
+        # argparse quotes what was given; a value with a newline or control character must not break the line
+        raise UsageError(f"{self.prog}: {printable(message)}. To fix: see `{self.prog} --help`.")
 
 
 

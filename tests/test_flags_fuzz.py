@@ -82,3 +82,14 @@ def test_train_arguments_take_hostile_values_or_refuse_them_in_one_line(fake_pre
     argv = ["--model", "vit", "--preset", "tiny", "--data-dir", str(fake_prepared), "--output-dir",
             str(tmp_path / "run"), *(token for flag, value in flags for token in (flag, value))]
     _ends_well(lambda: parse_args(argv, prog="hfxray train"))
+
+
+@pytest.mark.parametrize("argv", [["push", "run", "someone/x", "\n"], ["cv", "--folds", "3\n4"]])
+def test_a_value_with_a_newline_is_quoted_into_one_line(argv, capsys):
+    """argparse quotes the value it refuses; a newline in it must not break the `error:` line (found by the test
+    above: `hfxray push RUN REPO '\\n'` printed a two-line error)."""
+    from hfxray.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
