@@ -33,7 +33,7 @@ from .dataset_card import SHARD, cohen_licenses, dataset_card, row_license
 from .env import hub_offline, hub_source, looks_local
 from .errors import HfxrayError, excerpt, printable
 from .logs import get_logger, library_progress_bars_off
-from .outputs import MARKER_NAME, check_output_folder, write_marker
+from .outputs import MARKER_NAME, check_output_folder, new_sibling, swap_into_place, write_marker
 
 logger = get_logger(__name__)
 
@@ -173,15 +173,10 @@ def write_local(data_dir: str | os.PathLike, local: str | os.PathLike, repo_id: 
     check_repo_id(repo_id)
     _check_local(local, data_dir)
     local.parent.mkdir(parents=True, exist_ok=True)
-    staging = _sibling(local, "partial")
+    staging = new_sibling(local, "partial")
     try:
-        staging.mkdir()
         marker = write_repo(data_dir, staging, repo_id, cohen_metadata)
-        retired = None
-        if local.exists():
-            retired = _sibling(local, "old")
-            os.rename(local, retired)
-        os.rename(staging, local)
+        retired = swap_into_place(staging, local)  # one atomic exchange where the system has it (hfxray.outputs)
         if retired is not None:
             shutil.rmtree(retired, ignore_errors=True)
     except OSError as err:
