@@ -190,3 +190,26 @@ def test_an_excerpt_of_a_library_message_is_short_and_ends_at_a_word(text):
         return
     body = short.removesuffix(" ...")
     assert flat.startswith(body) and (len(body) == len(flat) or flat[len(body)] == " " or body.endswith("."))
+
+
+@pytest.mark.parametrize("kind", sorted(ADAPTERS))
+def test_a_full_preset_checkpoint_trains_and_reloads_at_another_input_size(kind, tmp_path):
+    """The study fine-tunes at 128 px models published at 224: every family's full preset, loaded from a local
+    checkpoint saved at one size and asked for another, takes the new size before and after a save and reload."""
+    from transformers import AutoModelForImageClassification
+
+    torch.manual_seed(0)
+    small, processor, _ = create_model(kind, "tiny", image_size=64)
+    small.save_pretrained(tmp_path / "checkpoint")
+    processor.save_pretrained(tmp_path / "checkpoint")
+    model, processor, spec = create_model(kind, "full", image_size=96, checkpoint=str(tmp_path / "checkpoint"))
+    assert spec.image_size == 96 and processor.crop_size["height"] == 96
+    pixels = torch.randn(2, 3, 96, 96)
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(pixel_values=pixels).logits, torch.tensor([0, 1]))
+    loss.backward()
+    model.save_pretrained(tmp_path / "run")
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "run").eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)

@@ -46,6 +46,10 @@ def resize_vit_position_embeddings(model, image_size: int) -> None:
     embeddings.position_embeddings = torch.nn.Parameter(resampled)
     embeddings.patch_embeddings.image_size = (image_size, image_size)
     embeddings.patch_embeddings.num_patches = new_grid * new_grid
+    # transformers 5.24 checks the input size in ViTEmbeddings against its own copy of image_size (earlier
+    # releases checked it in the patch embeddings): both must name the new size.
+    if hasattr(embeddings, "image_size"):
+        embeddings.image_size = (image_size, image_size)
     model.config.image_size = image_size
 
 
