@@ -12,14 +12,15 @@ Display pipeline (DICOM PS3.3 C.11 / C.7.6.3):
    - otherwise a min-max window over the image's own modality values (darkest pixel 0, brightest 255);
 3. MONOCHROME1 (high values are dark) is inverted so that bone is bright, as in MONOCHROME2.
 
-Refused with the reason: files without pixel data (reports, presentation states), multi-frame objects, colour
-images, and modalities that are not a projection radiograph (CT, MR, US...: cross-sections or other physics the
-models never saw). Accepted modalities: CR, DX and DR; a file that does not say its modality is accepted.
+Refused with the reason: what cannot be shown as one 2-D grayscale image: files without pixel data (reports,
+presentation states), multi-frame objects (CT/MR volumes, cine runs), colour images (most ultrasound).
 
-Read but out of scope (`header_scope`): a radiograph whose header says it is not of the chest (`BodyPartExamined`)
-or not a frontal view (`ViewPosition` LL, RL, oblique...). The image is still decoded and classified (a header can
-be wrong; a reader decides), and the reasons travel with it in `image.info["out_of_scope"]` so that predict, explain
-and serve can say so beside the answer.
+Read but out of scope (`header_scope`): a single-frame grayscale image whose header says it is not a plain radiograph
+(`Modality` other than CR, DX or DR: a CT slice, an MR image, a mammogram, a secondary capture...), not of the chest
+(`BodyPartExamined`) or not a frontal view (`ViewPosition` LL, RL, oblique...). The image is still decoded and
+classified (a header can be wrong; a reader decides), and the reasons travel with it in `image.info["out_of_scope"]`
+so that predict, explain and serve can say so beside the answer. A file that does not say its modality is not
+flagged for it. (`hfxray data prepare` skips other modalities: a training image must be a plain radiograph.)
 """
 
 from __future__ import annotations
@@ -30,23 +31,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ImageProblem, excerpt
+from .errors import ImageProblem, excerpt, printable
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 # Projection radiography: computed (CR) and digital (DX) radiography; "DR" is written by some vendors for DX.
 PROJECTION_MODALITIES = {"CR", "DX", "DR"}
-# Why a known non-projection modality is refused; others get the generic reason.
-REFUSED_MODALITIES = {
-    "CT": "a CT slice is a cross-section, not a projection radiograph",
-    "MR": "an MR slice is a cross-section, not an X-ray",
+# What a known other modality is, said beside the answer; others get the code alone (DICOM PS3.3 C.7.3.1.1.1).
+OTHER_MODALITIES = {
+    "CT": "a CT slice is a cross-section",
+    "MR": "an MR image is not an X-ray",
     "PT": "a PET image is not an X-ray",
     "NM": "a nuclear medicine image is not an X-ray",
     "US": "an ultrasound image is not an X-ray",
-    "MG": "a mammogram is not a chest radiograph",
-    "XA": "an angiography run is not a chest radiograph",
-    "RF": "a fluoroscopy run is not a chest radiograph",
-    "SR": "a structured report holds no image",
+    "MG": "a mammogram",
+    "XA": "an angiography frame",
+    "RF": "a fluoroscopy frame",
+    "PX": "a dental panoramic radiograph",
+    "IO": "an intra-oral radiograph",
+    "OT": "'other': often a scan or screenshot",
 }
+HEADER_TEXT_LIMIT = 64  # characters of a header value quoted in a flag; a hostile header can hold megabytes
 
 
 # BodyPartExamined values (DICOM PS3.16 Annex L defined terms, and the local words vendors write) that name the
@@ -55,16 +59,33 @@ CHEST_BODY_PART_STEMS = ("CHEST", "THORA", "TORAX", "TORACE", "LUNG", "PULM")
 FRONTAL_VIEWS = {"PA", "AP"}  # the models were trained on frontal chest films only
 LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
 INFO_KEY = "out_of_scope"  # image.info key holding the header's out-of-scope reasons, "; "-joined
+MODALITY_KEY = "modality"  # image.info key holding the header's Modality ("" when the file does not say)
+
+
+def _header_text(dataset, keyword: str) -> str:
+    """An element's value as one printable upper-case line, shortened, "" when absent or empty."""
+    text = printable(" ".join(str(dataset.get(keyword, "") or "").split()).upper())
+    return text if len(text) <= HEADER_TEXT_LIMIT else text[:HEADER_TEXT_LIMIT] + "..."
+
+
+def is_projection(modality: str) -> bool:
+    """True for a plain radiograph's modality (CR, DX, DR) and for a file that does not say its modality."""
+    return not modality or modality.strip().upper() in PROJECTION_MODALITIES
 
 
 def header_scope(dataset) -> list[str]:
-    """Why a readable radiograph is outside what the models were trained on, from its header alone ([] if nothing
-    says so). Trained on: frontal (PA/AP) chest radiographs."""
+    """Why a readable image is outside what the models were trained on, from its header alone ([] if nothing says
+    so). Trained on: frontal (PA/AP) chest radiographs."""
     reasons = []
-    body_part = str(dataset.get("BodyPartExamined", "") or "").strip().upper()
+    modality = _header_text(dataset, "Modality")
+    if not is_projection(modality):
+        what = OTHER_MODALITIES.get(modality)
+        reasons.append(f"the DICOM header says modality {modality}, not CR/DX (plain radiography)"
+                       + (f": {what}" if what else ""))
+    body_part = _header_text(dataset, "BodyPartExamined")
     if body_part and not any(stem in body_part for stem in CHEST_BODY_PART_STEMS):
         reasons.append(f"the DICOM header says body part {body_part}, not the chest")
-    view = str(dataset.get("ViewPosition", "") or "").strip().upper()
+    view = _header_text(dataset, "ViewPosition")
     first_word = view.replace("_", " ").split(" ")[0] if view else ""
     if view and first_word not in FRONTAL_VIEWS:
         kind = "a lateral view" if first_word in LATERAL_VIEWS else "not a frontal (PA/AP) view"
@@ -110,11 +131,6 @@ def _header_checks(dataset, max_pixels: int) -> None:
     if "PixelData" not in dataset and "FloatPixelData" not in dataset and "DoubleFloatPixelData" not in dataset:
         raise _problem("DICOM without pixel data (a report or other non-image object). To fix: export the "
                        "radiograph itself")
-    modality = str(dataset.get("Modality", "") or "").strip().upper()
-    if modality and modality not in PROJECTION_MODALITIES:
-        why = REFUSED_MODALITIES.get(modality, "not a projection radiograph")
-        raise _problem(f"DICOM modality {modality} refused: {why}. To fix: use a chest radiograph "
-                       f"({', '.join(sorted(PROJECTION_MODALITIES))})")
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise _problem(f"multi-frame DICOM ({frames} frames). To fix: export the single radiograph")
@@ -170,7 +186,7 @@ def _voi(dataset, values: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def read_dicom(path: str | os.PathLike, max_pixels: int) -> tuple[Image.Image, str]:
-    """(8-bit "L" image, window description) of a single-frame grayscale projection radiograph.
+    """(8-bit "L" image, window description) of a single-frame grayscale DICOM image.
 
     Raises `ImageProblem` with a one-line reason for anything else (see the module docstring).
     """
@@ -208,6 +224,7 @@ def read_dicom(path: str | os.PathLike, max_pixels: int) -> tuple[Image.Image, s
         scaled = 1.0 - scaled
         window += ", MONOCHROME1 inverted"
     image = Image.fromarray(np.round(scaled * 255.0).astype(np.uint8), mode="L")
+    image.info[MODALITY_KEY] = _header_text(dataset, "Modality")  # data prepare keeps plain radiographs only
     scope = header_scope(dataset)
     if scope:  # PIL copies info through convert / resize, so the reasons reach every caller of hfxray.imaging
         image.info[INFO_KEY] = "; ".join(scope)

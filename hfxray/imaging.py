@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .dicom import INFO_KEY, has_dicom_magic, is_dicom, read_dicom
+from .dicom import INFO_KEY, MODALITY_KEY, has_dicom_magic, is_dicom, read_dicom
 from .errors import ImageProblem  # noqa: F401 (imaging's error, kept in errors.py below imaging and dicom)
 
 # Chest X-rays are at most ~4,000 x 4,000 px; anything far beyond is a decompression bomb, not a radiograph.
@@ -40,6 +40,7 @@ class ImageCheck:
     window: str = ""  # DICOM only: how stored values became 8-bit (see hfxray.dicom)
     inspected: object = None  # what `check_image(inspect=...)` returned for this decode
     out_of_scope: str = ""  # DICOM only: why the header says it is not a frontal chest radiograph (hfxray.dicom)
+    modality: str = ""  # DICOM only: the header's Modality ("" when it does not say)
 
     @property
     def needs_conversion(self) -> bool:
@@ -99,7 +100,7 @@ def check_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS,
         _refuse_blank(image, standard)
         return ImageCheck(width=image.width, height=image.height, mode=image.mode, format=image.format,
                           window=image.info.get("window", ""), inspected=inspect(standard) if inspect else None,
-                          out_of_scope=out_of_scope(image))
+                          out_of_scope=out_of_scope(image), modality=str(image.info.get(MODALITY_KEY, "")))
 
 
 def out_of_scope(image: Image.Image) -> str:

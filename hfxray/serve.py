@@ -322,7 +322,7 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
             image, answers = analyze(models, path, max_bytes=max_bytes, max_pixels=max_pixels)
         except ImageProblem as problem:
             return empty(f"**Cannot read this file:** {problem}. To fix: upload a chest X-ray as PNG, JPEG or a "
-                         "single-frame grayscale DICOM (CR/DX).")
+                         "single-frame grayscale DICOM.")
         except Exception as err:  # never a stack trace in the page, never a dead server: log it, say it
             logger.exception("analysis failed for %s", path)
             return empty(f"**Analysis failed** ({type(err).__name__}). To fix: try another image; the server log "

@@ -152,8 +152,7 @@ def test_jpeg_baseline_decodes(tmp_path):
 
 
 @pytest.mark.parametrize("case, expected", [
-    ("ct", "DICOM modality CT refused: a CT slice is a cross-section"),
-    ("mr", "DICOM modality MR refused: an MR slice is a cross-section"),
+    ("ct-volume", "multi-frame DICOM (3 frames)"),
     ("multiframe", "multi-frame DICOM (2 frames)"),
     ("colour", "colour DICOM (RGB, 3 samples per pixel)"),
     ("no-pixels", "DICOM without pixel data"),
@@ -164,8 +163,8 @@ def test_jpeg_baseline_decodes(tmp_path):
 def test_refusals_are_one_line(tmp_path, case, expected):
     pixels = np.zeros((4, 4), dtype=np.uint16)
     path = tmp_path / f"{case}.dcm"
-    if case in ("ct", "mr"):
-        make_dicom(path, pixels, modality=case.upper())
+    if case == "ct-volume":  # a CT series exported as one multi-frame object: not one 2-D image
+        make_dicom(path, np.arange(12 * 4).reshape(12, 4), modality="CT", NumberOfFrames=3, Rows=4)
     elif case == "multiframe":
         make_dicom(path, np.zeros((8, 4)), NumberOfFrames=2)
     elif case == "colour":
@@ -227,6 +226,14 @@ def test_prepare_converts_dicom_and_records_the_window(sample_dir, tmp_path):
                WindowWidth=4081)
     jpeg.unlink()
     first[name_column] = dicom_name
+    # ... and the second by the same picture labelled a CT: predict would flag it, training must not learn from it.
+    second = keep[1]
+    jpeg = source / IMAGE_ROOT / "train" / second[name_column]
+    ct_name = Path(second[name_column]).stem + ".dcm"
+    make_dicom(jpeg.with_name(ct_name), np.asarray(Image.open(jpeg).convert("L")).astype(np.uint16) * 16,
+               modality="CT")
+    jpeg.unlink()
+    second[name_column] = ct_name
     with (source / CSV_NAME).open("w", newline="") as handle:
         csv.writer(handle).writerows([header, *keep])
     out = tmp_path / "prepared"
@@ -238,6 +245,8 @@ def test_prepare_converts_dicom_and_records_the_window(sample_dir, tmp_path):
     png = np.asarray(Image.open(out / row["file"]))
     # (255 - g) * 16 windowed over 0..4080 then inverted gives back g (to rounding).
     assert np.abs(png.astype(int) - gray.astype(int)).max() <= 1
+    ct = next(r for r in read_manifest(out) if r["source_file"] == ct_name)
+    assert ct["status"] != "kept" and ct["reason"].startswith("excluded modality: DICOM CT"), ct
     others = [r for r in read_manifest(out) if r["status"] == "kept" and r["source_file"] != dicom_name]
     assert others and all(r["window"] == "" for r in others)
 
@@ -248,3 +257,99 @@ def test_a_blank_dicom_is_refused(tmp_path, window):
     path = make_dicom(tmp_path / "blank.dcm", np.full((64, 64), 700, np.uint16), **window)
     with pytest.raises(ImageProblem, match=r"^blank image: every pixel has the value \d+ \(L\), DICOM window "):
         check_image(path)
+
+
+# --- other modalities: read and flagged out of scope, not refused ------------------------------------------------
+
+def _testdata(name: str) -> Path:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (pip install pydicom-data, in the [dev] extra)")
+    return Path(path)
+
+
+@pytest.mark.parametrize("name, modality", [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR")])
+def test_a_real_ct_or_mr_slice_is_read_and_flagged_out_of_scope(name, modality):
+    """pydicom's own CT and MR test files: single-frame grayscale, so shown and analysed, and said to be out of
+    scope in the words predict, explain and serve print."""
+    from hfxray.imaging import out_of_scope
+
+    path = _testdata(name)
+    image = load_rgb(path)
+    assert image.mode == "RGB" and image.size == (pydicom.dcmread(path).Columns, pydicom.dcmread(path).Rows)
+    assert np.asarray(image).std() > 10  # a real picture, not a blank
+    reason = out_of_scope(image)
+    assert reason.startswith(f"the DICOM header says modality {modality}, not CR/DX (plain radiography): ")
+    assert check_image(path).out_of_scope == reason and check_image(path).modality == modality
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("emri_small.dcm", "multi-frame DICOM (10 frames)"),  # an MR volume
+    ("US1_UNCR.dcm", "colour DICOM (RGB, 3 samples per pixel)"),  # an ultrasound in colour
+    ("OBXXXX1A.dcm", "colour DICOM (PALETTE COLOR, 1 samples per pixel)"),  # an ultrasound with a palette
+    ("SC_rgb.dcm", "colour DICOM (RGB, 3 samples per pixel)"),  # a secondary capture in colour
+])
+def test_what_is_not_one_grayscale_image_is_still_refused_in_one_line(name, expected):
+    with pytest.raises(ImageProblem) as caught:
+        load_rgb(_testdata(name))
+    message = str(caught.value)
+    assert message.startswith(expected) and "To fix: " in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("modality, flagged", [
+    ("CR", ""), ("DX", ""), ("DR", ""), (None, ""),  # as before: a plain radiograph, or a file that does not say
+    ("MG", "modality MG, not CR/DX (plain radiography): a mammogram"),
+    ("PX", "modality PX, not CR/DX (plain radiography): a dental panoramic radiograph"),
+    ("OT", "modality OT, not CR/DX (plain radiography): 'other': often a scan or screenshot"),
+    ("XC", "modality XC, not CR/DX (plain radiography)"),  # a code without a description: said as it is
+])
+def test_a_nema_chest_radiograph_relabelled_keeps_its_pixels_and_is_flagged_by_modality(tmp_path, modality,
+                                                                                         flagged):
+    """NEMA WG04 RG1 (a CR chest PA) with its Modality rewritten: the same pixels either way; only the flag moves."""
+    from hfxray.imaging import out_of_scope
+
+    source = _testdata("RG1_UNCR.dcm")
+    dataset = pydicom.dcmread(source)
+    if modality is None:
+        del dataset.Modality
+    else:
+        dataset.Modality = modality
+    path = tmp_path / "rg1.dcm"
+    dataset.save_as(path)
+    image, original = load_standard_image(path), load_standard_image(source)
+    assert np.array_equal(np.asarray(image), np.asarray(original))
+    if flagged:
+        assert out_of_scope(image) == f"the DICOM header says {flagged}"
+    else:
+        assert out_of_scope(image) == out_of_scope(original) == ""  # RG1 is CHEST, no view position
+
+
+def test_modality_flag_holds_for_any_header_value():
+    """Whatever a header writes in Modality: flagged exactly when it is not CR/DX/DR (any case, padded) nor empty,
+    in one printable, bounded line."""
+    import unicodedata
+
+    from hypothesis import given, settings, strategies as st
+    from pydicom.dataset import Dataset
+
+    from hfxray.dicom import header_scope
+
+    words = st.sampled_from(["CR", "DX", "DR", "cr", " DX ", "", "CT", "MR", "MG", "US", "XA", "RF", "PX", "OT",
+                             "NM", "SR"])
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(st.one_of(words, st.text(max_size=300)))
+    def check(modality):
+        dataset = Dataset()
+        dataset.Modality = modality
+        reasons = header_scope(dataset)
+        plain = " ".join(modality.split()).upper()
+        assert bool(reasons) == (plain not in {"", "CR", "DX", "DR"}), (modality, reasons)
+        for reason in reasons:
+            assert "\n" not in reason and "\r" not in reason and len(reason) < 200, reason
+            assert not any(unicodedata.category(c) == "Cc" for c in reason), reason  # escaped (\\xNN)
+            assert "not CR/DX (plain radiography)" in reason
+
+    check()

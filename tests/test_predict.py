@@ -167,3 +167,46 @@ def test_a_bad_device_is_named_not_blamed_on_the_model(device, says, tiny_models
     assert cli_main(["predict", "--model", str(tiny_models / "vit"), str(image), "--device", device]) == 2
     err = capsys.readouterr().err
     assert f"--device {device}" in err and says in err
+
+
+def test_other_modalities_are_answered_and_flagged_in_predict_and_explain(model_dirs, tmp_path, capsys):
+    """Real DICOM files of other modalities (pydicom's CT and MR test files, the NEMA WG04 chest CR relabelled a
+    mammogram): answered, with the reason in the warning column and in explain's table; a colour ultrasound and an
+    MR volume, which are not one grayscale image, are refused in one line and counted."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    from hfxray.explain import explain_images
+
+    names = ("CT_small.dcm", "MR_small.dcm", "RG1_UNCR.dcm", "US1_UNCR.dcm", "emri_small.dcm")
+    found = {name: get_testdata_file(name) for name in names}
+    if None in found.values():
+        pytest.skip("pydicom-data is not installed (pip install pydicom-data, in the [dev] extra)")
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    for name, path in found.items():
+        shutil.copy(path, folder / name)
+    mammogram = pydicom.dcmread(found["RG1_UNCR.dcm"])
+    mammogram.Modality = "MG"
+    mammogram.save_as(folder / "RG1_as_MG.dcm")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--model", str(model_dirs["bit"]), str(folder), "--out", str(out)]) == 0
+    with out.open(newline="") as handle:
+        rows = {row["file"].rsplit("/", 1)[-1]: row for row in csv.DictReader(handle)}
+    expected = {"CT_small.dcm": "modality CT, not CR/DX (plain radiography): a CT slice is a cross-section",
+                "MR_small.dcm": "modality MR, not CR/DX (plain radiography): an MR image is not an X-ray",
+                "RG1_as_MG.dcm": "modality MG, not CR/DX (plain radiography): a mammogram"}
+    for name, reason in expected.items():
+        row = rows[name]
+        assert row["error"] == "" and row["label"] in ("normal", "virus"), row
+        assert row["warning"].startswith(f"out of scope: the DICOM header says {reason}"), row["warning"]
+    assert rows["RG1_UNCR.dcm"]["error"] == "" and "modality" not in rows["RG1_UNCR.dcm"]["warning"]
+    assert rows["US1_UNCR.dcm"]["error"].startswith("colour DICOM (RGB") and rows["US1_UNCR.dcm"]["label"] == ""
+    assert rows["emri_small.dcm"]["error"].startswith("multi-frame DICOM (10 frames)")
+    summary = capsys.readouterr().err
+    assert "predicted 4 of 6 files; 2 unreadable" in summary
+    assert "3 out of scope (see the warning column)" in summary and "CT_small.dcm" in summary
+
+    explained = explain_images(model_dirs["bit"], "gradcam", [folder / "CT_small.dcm"], tmp_path / "maps")
+    (row,) = explained.rows
+    assert "modality CT, not CR/DX (plain radiography)" in row["warning"], row

@@ -139,16 +139,17 @@ def test_client_answers_equal_hfxray_predict(server, client, tiny_runs, xray, xr
 
 
 def _hostile_dicom(path: Path) -> Path:
+    """A CT volume in one multi-frame object: no single 2-D image to analyse."""
     from test_dicom import make_dicom
 
-    return make_dicom(path, np.zeros((4, 4)), modality="CT")
+    return make_dicom(path, np.arange(48).reshape(12, 4), modality="CT", NumberOfFrames=3, Rows=4)
 
 
 @pytest.mark.parametrize("case, expected", [
     ("empty.png", "zero-byte file"),
     ("truncated.jpeg", "corrupt or truncated image"),
     ("notes.txt", "not an image"),
-    ("ct.dcm", "DICOM modality CT refused"),
+    ("ct.dcm", "multi-frame DICOM (3 frames)"),
     ("bomb.dcm", "decompression bomb"),
 ])
 def test_bad_files_get_a_message_in_the_page(server, client, xray, tmp_path, case, expected):
@@ -206,6 +207,18 @@ def test_two_users_at_once_are_both_answered(server, client, xray, xray_dicom):
     assert all("Analysed" in result[0] for result in results.values())
     # Same radiograph, two encodings: equal labels show the queue kept the two requests apart.
     assert [r["label"] for r in results["a"][-1]] == [r["label"] for r in results["b"][-1]]
+
+
+def test_a_ct_slice_is_answered_and_flagged_out_of_scope(server, client):
+    """pydicom's CT test file: one grayscale slice, analysed, with the header's modality in the status."""
+    from pydicom.data import get_testdata_file
+
+    status, preview, *rest = _analyze(client, Path(get_testdata_file("CT_small.dcm")))
+    assert ("Out of scope: the DICOM header says modality CT, not CR/DX (plain radiography): a CT slice is a "
+            "cross-section") in status, status
+    raw = rest[-1]
+    assert Path(preview).is_file() and all(entry["label"] for entry in raw)  # flagged, still answered
+    assert all("modality CT" in entry["out_of_scope"] for entry in raw)
 
 
 def test_an_extremity_radiograph_is_flagged_out_of_scope(server, client, limb):

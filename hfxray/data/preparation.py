@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..dicom import is_projection
 from ..duplicates import fingerprint_image
 from ..errors import printable
 from ..imaging import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageProblem, check_image, load_standard_image
@@ -82,6 +83,9 @@ def _check_files(records: list[SourceRecord], min_side: int, max_pixels: int, pr
         record.format, record.needs_conversion = check.format, check.needs_conversion
         record.window = check.window
         record.fingerprint = check.inspected
+        if not is_projection(check.modality):  # predict flags a CT or MR image; training must not learn from one
+            record.reason = f"excluded modality: DICOM {check.modality} (training keeps plain radiographs, CR/DX)"
+            continue
         if min(check.width, check.height) < min_side:
             record.reason = f"too small: {check.width}x{check.height} px, under --min-side {min_side}"
 
