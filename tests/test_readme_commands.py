@@ -163,3 +163,79 @@ def test_a_readme_command_with_a_wrong_folder_ends_in_one_line_without_a_traceba
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no-such-folder" in errors[0] and "To fix:" in errors[0]
+
+
+# --- accelerate's launcher says nothing before the script ----------------------------------------------------------
+# accelerate 1.16 (`_validate_launch_command`) logs "The following values were not passed to `accelerate launch` and
+# had defaults used instead: ... run `accelerate config`" when a launch leaves a value to its defaults. With a config
+# file, the one value a file cannot hold is the thread count: a `use_cpu: true` config with OMP_NUM_THREADS unset
+# gets one thread per physical core per process, and the note, whenever that is more than one. The count is given
+# on the command line (`--num_cpu_threads_per_process`, which accelerate exports as OMP_NUM_THREADS) or by an
+# exported OMP_NUM_THREADS; a `num_cpu_threads_per_process:` key in the file is refused as unknown.
+DEFAULTS_NOTE = "were not passed to `accelerate launch`"
+LAUNCH_CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
+
+
+def _readme_launch_prefix() -> list[str]:
+    """`accelerate launch` and its options up to `--config_file`, as the README's first launch line writes them."""
+    command = readme_training_commands()[0]
+    return command[:command.index("--config_file") + 1]
+
+
+def _validated_launch(launcher_args: list[str], monkeypatch, caplog) -> tuple[object, str]:
+    """(accelerate's validated launch arguments, what it logged) for `accelerate launch LAUNCHER_ARGS
+    scripts/train.py --help` on a machine with 8 physical cores; nothing is started."""
+    import psutil
+
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 16 if logical else 8)
+    args = launch_command_parser().parse_args([*launcher_args, "scripts/train.py", "--help"])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="accelerate"):
+        validated, _, _ = _validate_launch_command(args)
+    return validated, caplog.text
+
+
+@pytest.mark.parametrize("config", LAUNCH_CONFIGS, ids=lambda path: path.stem)
+def test_every_launch_config_launches_without_accelerates_defaults_note(config, monkeypatch, caplog, tmp_path):
+    """The README's prefix with each config: a GPU config (`use_cpu: false`) needs nothing more; a CPU config needs
+    the thread count, given either way accelerate honours, and then the process gets exactly that count."""
+    import yaml
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    prefix = [*_readme_launch_prefix()[2:], str(config)]  # the options after `accelerate launch`
+    validated, note = _validated_launch(prefix, monkeypatch, caplog)
+    if not yaml.safe_load(config.read_text())["use_cpu"]:
+        assert DEFAULTS_NOTE not in note and validated.num_cpu_threads_per_process == 1, note
+        return
+    assert DEFAULTS_NOTE in note and "`accelerate config`" in note  # accelerate's rule, which the fix rests on
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    in_the_file = tmp_path / config.name  # why the count is not in the file: accelerate refuses the key
+    in_the_file.write_text(config.read_text() + "num_cpu_threads_per_process: 3\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config_from_file(str(in_the_file))
+    validated, note = _validated_launch([*prefix, "--num_cpu_threads_per_process", "3"], monkeypatch, caplog)
+    assert DEFAULTS_NOTE not in note and validated.num_cpu_threads_per_process == 3, note
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    validated, note = _validated_launch(prefix, monkeypatch, caplog)
+    assert DEFAULTS_NOTE not in note and validated.num_cpu_threads_per_process == 5, note
+
+
+@pytest.mark.parametrize("config", ["cpu.yaml", "cpu-2proc.yaml"])
+def test_a_cpu_launch_with_its_thread_count_prints_nothing_before_the_script(config, tmp_path):
+    """The real launcher, as the README starts it, on a script that only reports its thread count: nothing on
+    stderr, and every process gets the count given."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\nprint('threads', os.environ.get('OMP_NUM_THREADS'))\n")
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", *_readme_launch_prefix()[2:],
+               str(REPO / "configs" / "accelerate" / config), "--num_cpu_threads_per_process", "2",
+               "--main_process_port", str(_free_port()), str(probe)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert DEFAULTS_NOTE not in result.stderr and "accelerate config" not in result.stderr, result.stderr
+    processes = 2 if config == "cpu-2proc.yaml" else 1
+    # two processes may write their lines into each other: count the words, not the lines
+    assert result.stdout.count("threads 2") == result.stdout.count("threads") == processes, result.stdout
