@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
+from dataclasses import dataclass, field
 
 from .data import CLASS_NAMES, MANIFEST_NAME, kept_counts, read_manifest
 from .dataset_repo import dataset_repo_id
@@ -56,6 +57,33 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+@dataclass(frozen=True)
+class CardFacts:
+    """What a model card states about its run, gathered once: handed over in memory by the run that just finished
+    (`hfxray.workflow.run`), or read back from a run folder (`hfxray push`, a card rewritten for an older run).
+
+    `args`: args.yaml; `config`, `processor`: the model's and processor's dicts; `train_results`,
+    `test_results`: the `*_results.json` contents (Trainer-prefixed keys); `calibration`: calibration.json.
+    """
+
+    args: dict
+    config: dict
+    processor: dict = field(default_factory=dict)
+    train_results: dict = field(default_factory=dict)
+    test_results: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike) -> "CardFacts":
+        """The facts of a finished run folder, or HubError saying what is missing."""
+        run_dir = Path(run_dir)
+        args, config = _read_run(run_dir)
+        folder = RunFolder(run_dir)
+        return cls(args=args, config=config, processor=_read_json(run_dir / RunFolder.PROCESSOR),
+                   train_results=_read_json(folder.train_results), test_results=_read_json(folder.test_results),
+                   calibration=_read_json(folder.calibration))
+
+
 def _read_run(run_dir: Path) -> tuple[dict, dict]:
     """(args.yaml, config.json) of a run folder, or HubError saying what is missing."""
     missing = [name for name in (*REQUIRED_FILES, RunFolder.ARGS) if not (run_dir / name).is_file()]
@@ -73,9 +101,8 @@ def _base_model(args: dict) -> str | None:
     return None if looks_local(checkpoint) else checkpoint
 
 
-def _test_metrics(run_dir: Path) -> dict[str, float]:
+def _test_metrics(results: dict) -> dict[str, float]:
     """The card metrics present and finite in test_results.json (a NaN AUROC of a one-class split is left out)."""
-    results = _read_json(run_dir / RunFolder.TEST_RESULTS)
     return {key: float(results[key]) for key in CARD_METRICS
             if isinstance(results.get(key), (int, float)) and math.isfinite(results[key])}
 
@@ -112,13 +139,13 @@ def schedule_text(args: dict) -> str:
     return f"{args.get('lr_scheduler_type')} (warm-up {warmup_text})"
 
 
-def _recipe_rows(args: dict, run_dir: Path) -> list[tuple[str, object]]:
-    processor = _read_json(run_dir / RunFolder.PROCESSOR)
+def _recipe_rows(args: dict, facts: CardFacts) -> list[tuple[str, object]]:
+    processor = facts.processor
     crop = (processor.get("crop_size") or {}).get("height", args.get("image_size"))
     resize = (processor.get("size") or {}).get("shortest_edge", args.get("resize_size"))
     length = (f"{args['max_steps']} steps" if (args.get("max_steps") or -1) > 0
               else f"{args.get('num_train_epochs', 0):g} epoch(s)")
-    steps = _read_json(run_dir / RunFolder.TRAIN_RESULTS).get("global_step")
+    steps = facts.train_results.get("global_step")
     batch = ((args.get("per_device_train_batch_size") or 0) * (args.get("world_size") or 1)
              * (args.get("gradient_accumulation_steps") or 1))
     clip = args.get("max_grad_norm")
@@ -133,7 +160,7 @@ def _recipe_rows(args: dict, run_dir: Path) -> list[tuple[str, object]]:
         ("effective batch size", batch),
         ("label smoothing", args.get("label_smoothing_factor")),
         ("image size", f"shortest edge resized to {resize} px, center crop {crop} x {crop} px, scaled to [-1, 1]"
-         if processor.get("image_mean") == [0.5, 0.5, 0.5] else f"resize {resize} px, crop {crop} px"
+         if list(processor.get("image_mean") or ()) == list(processor.get("image_std") or ()) == [0.5] * 3 else f"resize {resize} px, crop {crop} px"
          + (f", normalised with mean {processor['image_mean']} and std {processor.get('image_std')}"
             if processor.get("image_mean") else "")),
         ("augmentation", ", ".join([f"random zoom up to {zoom}x" if zoom > 1 else "no zoom",
@@ -169,7 +196,7 @@ def _per_source_card(results: dict) -> list[str]:
     return lines
 
 
-def _data_section(args: dict, run_dir: Path, dataset_id: str | None = None) -> str:
+def _data_section(args: dict, dataset_id: str | None = None) -> str:
     hub_text = (f"The prepared set is the Hub dataset [`{dataset_id}`](https://huggingface.co/datasets/{dataset_id}) "
                 "(`hfxray data push`), which the card's `datasets` and evaluation entries name."
                 if dataset_id else
@@ -208,8 +235,7 @@ def _data_section(args: dict, run_dir: Path, dataset_id: str | None = None) -> s
     return "\n".join(lines)
 
 
-def _calibration_text(run_dir: Path, config: dict) -> str:
-    decision = _read_json(run_dir / RunFolder.CALIBRATION)
+def _calibration_text(decision: dict, config: dict) -> str:
     reason = f" ({decision['reason']})" if decision.get("reason") else ""
     if config.get("folded_temperature"):
         return (f"A temperature T = {config['folded_temperature']:.4g} fitted on the validation split is folded "
@@ -231,9 +257,11 @@ def _family(config: dict):
         return None
 
 
-def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float], example_id: str,
+def _card_body(run_dir: Path, facts: CardFacts, metrics: dict[str, float], example_id: str,
                dataset_id: str | None = None) -> str:
     from .metrics import chance_sentence, chance_verdict
+
+    args, config = facts.args, facts.config
 
     base_model = _base_model(args)
     family = _family(config)
@@ -249,7 +277,7 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
                 "card declares no `base_model`."
                 + (" The tiny preset exists for tests and demos; its scores say nothing about the method."
                    if preset == "tiny" else ""))
-    results = _read_json(run_dir / RunFolder.TEST_RESULTS)
+    results = facts.test_results
     n, n_positive = results.get("test_n"), results.get("test_n_positive")
     chance = chance_sentence({key.removeprefix("test_"): value for key, value in results.items()},
                              results.get("test_ci95"))
@@ -298,11 +326,11 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
         "## How to use",
         f'```python\nfrom transformers import pipeline\nprint(pipeline("image-classification", model="{example_id}")'
         '("chest_xray.jpeg"))\n```',
-        _calibration_text(run_dir, config),
+        _calibration_text(facts.calibration, config),
         "## Training recipe",
-        "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in _recipe_rows(args, run_dir)),
+        "| setting | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in _recipe_rows(args, facts)),
         "## Data and the patient-level split",
-        _data_section(args, run_dir, dataset_id),
+        _data_section(args, dataset_id),
         "## Evaluation",
         "\n".join(evaluation),
         *(["## Figures", "\n".join(f"![{Path(f).stem}]({f})" for f in figures)] if figures else []),
@@ -330,17 +358,20 @@ def _card_body(run_dir: Path, args: dict, config: dict, metrics: dict[str, float
     return "\n\n".join(str(section) for section in sections) + "\n"
 
 
-def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, license_id: str = "other") -> Path:
-    """Write run_dir/README.md: Hub metadata (via huggingface_hub's ModelCardData) and a card read from the run.
+def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, license_id: str = "other",
+                     facts: CardFacts | None = None) -> Path:
+    """Write run_dir/README.md: Hub metadata (via huggingface_hub's ModelCardData) and a card of the run's facts.
 
+    `facts`: what the run that just finished holds in memory; without them they are read from the run folder.
     `license_id` defaults to "other" because the training images carry mixed, partly non-commercial licenses
     (explained in the card); pass a Hub license id once the terms are settled.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     run_dir = Path(run_dir)
-    args, config = _read_run(run_dir)
-    metrics = _test_metrics(run_dir)
+    facts = facts or CardFacts.read(run_dir)
+    args, config = facts.args, facts.config
+    metrics = _test_metrics(facts.test_results)
     name = (repo_id or run_dir.resolve().name).split("/")[-1]
     split_name = "CoronaHack chest X-ray, normal vs virus, patient-level split (test)"
     # The Hub dataset the prepared folder was pushed to, or read from (hfxray.dataset_repo's record), if any.
@@ -363,7 +394,7 @@ def write_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, lic
         model_name=name,
         eval_results=eval_results or None,
     )
-    body = _card_body(run_dir, args, config, metrics, repo_id or str(run_dir), dataset_id)
+    body = _card_body(run_dir, facts, metrics, repo_id or str(run_dir), dataset_id)
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
     path = run_dir / RunFolder.CARD
     card.save(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -55,12 +55,14 @@ class RunConfig:
 
 @dataclass
 class TrainedRun:
-    """What `training.train` hands on: the trained model (as saved), its processor, and the training metrics."""
+    """What `training.train` hands on: the trained model (as saved), its processor, the training metrics, and the
+    resolved arguments written to args.yaml (`args`), so later steps need not read the run folder back."""
 
     model: object
     processor: object
     metrics: dict
     folder: RunFolder
+    args: dict = field(default_factory=dict)
 
 
 def reliability_path(results: Path) -> Path:

@@ -402,9 +402,10 @@ def train(config: RunConfig, select_splits=None) -> TrainedRun:
     resolved.update(model_tag=spec.tag, pretrained_checkpoint=model_args.checkpoint or spec.checkpoint,
                   world_size=training_args.world_size, train_size=len(splits["train"]),
                   validation_size=len(splits.get("validation", ())), test_size=sum(counts["test"].values()))
+    resolved = _plain(resolved)
     if trainer.is_world_process_zero():
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        write_atomic(RunFolder(output_dir).args, yaml.safe_dump(_plain(resolved), sort_keys=True))
+        write_atomic(RunFolder(output_dir).args, yaml.safe_dump(resolved, sort_keys=True))
 
     if trainer.is_world_process_zero():
         logger.info(_plan(trainer, spec, recipe_args, len(splits["train"])))
@@ -425,7 +426,7 @@ def train(config: RunConfig, select_splits=None) -> TrainedRun:
         (Path(output_dir) / TRAINING_ARGS_NAME).unlink(missing_ok=True)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-    return TrainedRun(trainer.model, processor, train_metrics, RunFolder(output_dir))
+    return TrainedRun(trainer.model, processor, train_metrics, RunFolder(output_dir), args=resolved)
 
 
 def _plain(value):

@@ -25,7 +25,7 @@ def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = Tru
     """Fit a temperature on the validation split and fold it into the saved model when the rule allows.
 
     Writes `calibration.json` (the decision and its reason) and, when folding, the model again. Returns the
-    `TemperatureDecision`.
+    `TemperatureDecision` and the record written.
     """
     from .calibration import TemperatureDecision, decide_temperature, folded_temperature
     from .evaluation import patient_groups, split_logits
@@ -40,8 +40,7 @@ def calibrate_run(run_dir: str | Path, data_dir: str | Path, enabled: bool = Tru
     else:
         logits, labels, files = split_logits(model, processor, data_dir, "validation", cache_dir=cache_dir)
         decision = decide_temperature(logits, labels, groups=patient_groups(data_dir, files))
-    record_calibration(run_dir, model, decision)
-    return decision
+    return decision, record_calibration(run_dir, model, decision)
 
 
 def record_calibration(run_dir: str | Path, model, decision, enabled: bool = True, **details) -> dict:
@@ -77,7 +76,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, model=None, processo
 def run(config: RunConfig, hub_repo: str | None = None, hub_token: str | None = None) -> dict:
     """Train, then (main process only) calibrate, evaluate, write the model card and push; returns test metrics."""
     from .families import model_family
-    from .hub import push_run, write_model_card
+    from .evaluation import prefixed
+    from .hub import CardFacts, push_run, write_model_card
     from .scope import fit_ood_or_say_why
     from .training import train
 
@@ -86,11 +86,15 @@ def run(config: RunConfig, hub_repo: str | None = None, hub_token: str | None = 
         return {}
     data_args, training_args = config.data, config.training
     run_dir, model, processor = trained.folder.path, trained.model, trained.processor
-    decision = calibrate_run(run_dir, data_args.data_dir, config.run.calibrate, model, processor,
-                             data_args.cache_dir)
+    decision, calibration = calibrate_run(run_dir, data_args.data_dir, config.run.calibrate, model, processor,
+                                          data_args.cache_dir)
     report = evaluate_run(run_dir, data_args.data_dir, model, processor, cache_dir=data_args.cache_dir)
     fit_ood_or_say_why(run_dir, data_args.data_dir, model, processor, cache_dir=data_args.cache_dir)
-    write_model_card(run_dir, repo_id=hub_repo)
+    # The card states what this process holds, in the JSON types its files were written with: nothing read back.
+    facts = CardFacts(args=trained.args, config=json.loads(model.config.to_json_string(use_diff=False)),
+                      processor=json.loads(processor.to_json_string()),
+                      train_results=trained.metrics, test_results=prefixed(report, "test"), calibration=calibration)
+    write_model_card(run_dir, repo_id=hub_repo, facts=facts)
     if hub_repo:
         uploaded = push_run(run_dir, hub_repo, token=hub_token, private=bool(training_args.hub_private_repo))
         logger.info("pushed %d files to https://huggingface.co/%s", len(uploaded), hub_repo)

@@ -315,3 +315,14 @@ def test_prepare_push_to_hub_checks_first_and_names_the_repo(monkeypatch, online
 def test_push_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(HubError, match="not a finished run folder .* To fix"):
         push_run(tmp_path, "someone/xray")
+
+
+def test_the_card_a_run_writes_from_memory_equals_the_card_read_back_from_its_folder(tiny_runs):
+    """`train` hands the card what it holds in memory (`CardFacts`); `push` and older runs read the same facts
+    from the run folder: both must state the same card, byte for byte."""
+    run = tiny_runs["vit"]
+    written = (run / "README.md").read_bytes()
+    try:
+        assert write_model_card(run).read_bytes() == written
+    finally:
+        (run / "README.md").write_bytes(written)
