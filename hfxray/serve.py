@@ -18,8 +18,10 @@ accordion, methods are named in plain words, and an image outside what the model
 so (`hfxray.scope`: its DICOM header, or the run's out-of-distribution check).
 
 Safety: models load once at start-up; one analysis runs at a time (Grad-CAM hooks into the shared model, so two
-at once would mix their gradients) and further requests wait in Gradio's queue; uploads are capped in size;
-bad files become a message in the page; the server listens on 127.0.0.1 and is never shared unless asked.
+at once would mix their gradients) and further requests wait in Gradio's queue; uploads are capped in size and
+deleted when their analysis ends, and the images derived from them reach the page inline, never as files
+(`hfxray.serve_files`); bad files become a message in the page; the server listens on 127.0.0.1 and is never
+shared unless asked.
 """
 
 from __future__ import annotations
@@ -415,9 +417,10 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
                       preprocess=False)
         upload.change(run, inputs=upload, api_name="analyze", **common)
         paste.change(run, inputs=paste, api_name="analyze_pasted", **common)
-    if files is not None:  # the examples' copies in the folder stay for the next click
-        files.keep |= {os.path.realpath(path) for block in app.blocks.values()
-                       for path in getattr(block, "keep_in_cache", ())}
+    if files is not None:
+        # What Gradio wrote while the page was built stays: the examples' copies (each click analyses one), its
+        # hash seed. gradio 6.31 does not mark the copies `keep_in_cache`, and they keep the originals' old mtime.
+        files.keep_present()
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     app.hfxray_max_file_size = f"{max_upload_mb:g}mb"
     return app

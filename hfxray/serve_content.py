@@ -124,9 +124,9 @@ def image_html(image: Image.Image, caption: str, alt: str, quality: int = 90) ->
     (image if image.mode == "RGB" else image.convert("RGB")).save(buffer, format="JPEG", quality=quality)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return (f'<figure style="margin:0"><figcaption style="font-size:var(--block-label-text-size, 0.8rem);'
-            f'margin-bottom:4px">{html.escape(caption, quote=False)}</figcaption><img src="data:image/jpeg;base64,{data}" '
-            f'alt="{html.escape(alt)}" width="{image.width}" height="{image.height}" '
-            'style="display:block;margin:0 auto;max-width:100%;height:auto"></figure>')
+            f'margin-bottom:4px">{html.escape(caption, quote=False)}</figcaption>'
+            f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(alt)}" width="{image.width}" '
+            f'height="{image.height}" style="display:block;margin:0 auto;max-width:100%;height:auto"></figure>')
 
 
 def read_card(run_dir: str | os.PathLike) -> str:

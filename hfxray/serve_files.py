@@ -30,9 +30,9 @@ from pathlib import Path
 
 from .errors import HfxrayError
 
-# An upload waits in the queue (`hfxray.serve.QUEUE_SIZE` requests, one analysis at a time) before its analysis: the sweep must
-# not take it from a request still waiting. Five minutes is over 9 s per waiting request; an upload older than that
-# was never analysed.
+# An upload waits in the queue (up to `hfxray.serve.QUEUE_SIZE` requests, one analysis at a time) before its
+# analysis: the sweep must not take it from a request still waiting. Five minutes is over 9 s per waiting request;
+# an upload older than that was never analysed.
 ORPHAN_SECONDS = 300
 SWEEP_EVERY_SECONDS = 60  # how often Gradio's own sweep looks, between requests
 PREFIX = "hfxray-serve-"
@@ -61,6 +61,11 @@ class PrivateFolder:
             return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(self.path))
         except (OSError, ValueError):
             return False
+
+    def keep_present(self) -> None:
+        """Exempt every file now in the folder from `discard` and `sweep` (call before the server takes uploads)."""
+        self.keep |= {os.path.realpath(os.path.join(root, name)) for root, _, names in os.walk(self.path)
+                      for name in names}
 
     def discard(self, path: str | os.PathLike | None) -> None:
         """Delete one file of this folder (an upload whose analysis ended) and its folder when that is empty."""

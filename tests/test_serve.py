@@ -242,7 +242,7 @@ def _chromium() -> str | None:
     return None
 
 
-def test_browser_upload_shows_label_and_heatmap(server, tiny_runs, xray, tmp_path):
+def test_browser_upload_shows_label_and_heatmap(server, tiny_runs, sample_dir, xray, tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[dev])")
     binary, driver_path = _chromium(), shutil.which("chromedriver")
     if not binary or not driver_path:
@@ -306,6 +306,11 @@ def test_browser_upload_shows_label_and_heatmap(server, tiny_runs, xray, tmp_pat
         assert "Model card of bit" in card.text and "Training recipe" not in card.text  # closed until asked
         card.find_element(By.TAG_NAME, "button").click()
         wait.until(lambda d: "Training recipe" in d.find_element(By.ID, "card-1").text)
+        example = find_examples(sample_dir)[0]  # one click: the example's kept copy reaches the analysis unprocessed
+        driver.find_element(By.XPATH, f"//*[normalize-space(text())='{example.name}']").click()
+        status = (By.ID, "status")  # until this example's answer, or the reason it has none
+        wait.until(lambda d: example.name in d.find_element(*status).text or "Cannot" in d.find_element(*status).text)
+        assert f"Analysed {example.name}" in driver.find_element(*status).text, driver.find_element(*status).text
     finally:
         driver.quit()
 

@@ -155,6 +155,30 @@ def test_sweep_deletes_old_files_but_not_examples_and_discard_only_inside(tmp_pa
     assert not folder.path.exists()
 
 
+def test_the_examples_copies_outlive_requests(tiny_models, sample_dir, tmp_path, monkeypatch):
+    """Gradio copies the example images into the folder when the page is built, keeping the originals' old mtime:
+    no request's sweep or discard may take them (a click on an example then analysed a file that was gone)."""
+    from hfxray.serve import build_app, load_served_model
+
+    folder = PrivateFolder(tmp_path)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder.path))
+    examples = find_examples(sample_dir, count=2)
+    build_app([load_served_model(tiny_models / "vit")], examples, files=folder)
+    copies = [p for p in folder.path.rglob("*") if p.is_file()]
+    assert sorted(p.name for p in copies) == sorted(p.name for p in examples)
+    originals = {p.name: p.stat().st_mtime for p in examples}
+    assert all(copy.stat().st_mtime == originals[copy.name] for copy in copies)  # old: an age-based sweep's prey
+    upload = folder.path / "upload" / "xray.png"
+    upload.parent.mkdir()
+    upload.write_bytes(b"an upload")
+    time.sleep(0.01)
+    assert folder.sweep(older_than=0) == 1 and not upload.exists()
+    for copy in copies:
+        folder.discard(copy)
+    assert all(copy.is_file() for copy in copies)
+    folder.remove()
+
+
 def test_a_busy_port_is_one_line(tiny_models, capsys):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
