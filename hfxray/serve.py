@@ -18,8 +18,10 @@ accordion, methods are named in plain words, and an image outside what the model
 so (`hfxray.scope`: its DICOM header, or the run's out-of-distribution check).
 
 Safety: models load once at start-up; one analysis runs at a time (Grad-CAM hooks into the shared model, so two
-at once would mix their gradients) and further requests wait in Gradio's queue; uploads are capped in size;
-bad files become a message in the page; the server listens on 127.0.0.1 and is never shared unless asked.
+at once would mix their gradients) and further requests wait in Gradio's queue; uploads are capped in size and
+deleted when their analysis ends, and the images derived from them reach the page inline, never as files
+(`hfxray.serve_files`); bad files become a message in the page; the server listens on 127.0.0.1 and is never
+shared unless asked.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from .errors import HfxrayError, printable  # noqa: E402
 from .imaging import DEFAULT_MAX_PIXELS, ImageProblem, load_rgb, out_of_scope  # noqa: E402
-from .serve_content import (analysed_area_text, analysed_box, mark_analysed_area, ood_markdown,  # noqa: E402
-                            population_markdown, read_card, scope_markdown, with_colour_scale)
+from .serve_content import (analysed_area_text, analysed_box, image_html, mark_analysed_area,  # noqa: E402
+                            ood_markdown, population_markdown, read_card, scope_markdown, with_colour_scale)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ EXPLANATION_TITLE = {"rollout": "where the model's attention went (all classes)"
 # Display images go to the page as JPEG: PNG encoding took longer than a small model's whole analysis.
 DISPLAY_SIDE = 384  # overlays are enlarged to this many pixels so a 64 px tiny-model input is still readable
 NUM_EXAMPLES = 4
+QUEUE_SIZE = 32  # requests waiting for the models; more are refused with Gradio's "queue full"
 
 
 class ServeError(HfxrayError):
@@ -281,6 +284,13 @@ def _percent(probability: float) -> str:
     return f"{100 * probability:.1f} %"
 
 
+PREVIEW_CAPTION = "decoded input (dashed: the area the models analyse)"
+
+
+def overlay_caption(served: ServedModel) -> str:
+    return f"{served.name}: {EXPLANATION_TITLE[served.method]}"
+
+
 def answer_markdown(result: ModelAnswer) -> str:
     probabilities = ", ".join(f"p({name}) = {value:.4f}" for name, value in result.probabilities.items())
     line = f"**Prediction: {result.label}** ({_percent(result.probabilities[result.label])}) — {probabilities}"
@@ -292,7 +302,9 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
     """The Gradio Blocks page for already loaded models (queue and upload cap included; call `.launch()`).
 
     `files`: the process's `hfxray.serve_files.PrivateFolder` (what `hfxray serve` passes): each request then
-    deletes its upload when it ends and what earlier requests left, and Gradio sweeps the folder on the same clock.
+    deletes its upload when its analysis ends, and uploads never analysed are swept (`serve_files.ORPHAN_SECONDS`).
+    No output is a file: the preview and the overlays go to the page inline (`serve_content.image_html`), the
+    rest is text, and both inputs reach `run` unprocessed (`preprocess=False`), as the file that was uploaded.
     """
     import gradio as gr
 
@@ -306,14 +318,18 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
     def empty(message: str) -> list:
         return [message, None] + [None, None, ""] * len(models) + [None]
 
-    def run(path: str | None) -> list:
+    def run(upload: dict | None) -> list:
+        # The upload as Gradio stored it, checked to be one of its uploads (or an example's copy) but not
+        # preprocessed: gr.File(type="filepath") would leave an empty temporary file in the folder per request
+        # (gradio 6.31), and gr.Image would save a second, converted copy (16-bit grayscale clipped to 8-bit RGB).
+        path = (upload or {}).get("path")
         if files is None:
             return analyze_request(path)
         files.sweep()
         try:
             return analyze_request(path)
         finally:
-            files.discard(path)  # the upload is decoded: it goes now; derived images once the page has them
+            files.discard(path)  # the upload is decoded and nothing derived from it is a file: it goes now
 
     def analyze_request(path: str | None) -> list:
         if not path:
@@ -332,10 +348,14 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
             scope_markdown(image, answers),
             f"Analysed **{Path(path).name}** ({image.width}×{image.height} px) with {len(answers)} model(s). "
             + analysed_area_text(image.width, image.height, boxes)) if part)
-        outputs: list = [status, mark_analysed_area(_thumbnail(image), image.width, boxes)]
+        outputs: list = [status, image_html(mark_analysed_area(_thumbnail(image), image.width, boxes),
+                                            PREVIEW_CAPTION, f"{Path(path).name} as decoded, the analysed area "
+                                            "dashed")]
         raw = []
-        for result in answers:
-            outputs += [result.probabilities, with_colour_scale(result.overlay(), result.method),
+        for served, result in zip(models, answers):
+            outputs += [result.probabilities,
+                        image_html(with_colour_scale(result.overlay(), result.method), overlay_caption(served),
+                                   f"{result.name}: heatmap over the analysed area, with its colour scale"),
                         answer_markdown(result)]
             raw.append({"model": result.name, "label": result.label, "probabilities": result.probabilities,
                         "explanation": result.method, "out_of_scope": out_of_scope(image),
@@ -347,10 +367,10 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "monospace"])
     sweep = None
-    if files is not None:
-        from .serve_files import KEEP_SECONDS
+    if files is not None:  # Gradio's own sweep runs while no request comes; `run` sweeps at each request too
+        from .serve_files import ORPHAN_SECONDS, SWEEP_EVERY_SECONDS
 
-        sweep = (KEEP_SECONDS, KEEP_SECONDS)
+        sweep = (SWEEP_EVERY_SECONDS, ORPHAN_SECONDS)
     with gr.Blocks(title="hfxray serve", analytics_enabled=False, delete_cache=sweep) as app:
         app.hfxray_theme = theme  # applied at launch (Gradio 6 takes themes there)
         gr.Markdown(f"# {title}")
@@ -370,8 +390,7 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
             with gr.Column(scale=1):
                 status = gr.Markdown("Drop an X-ray (PNG, JPEG or DICOM), paste one, or pick an example.",
                                      elem_id="status")
-                preview = gr.Image(label="decoded input (dashed: the area the models analyse)", interactive=False,
-                                   type="pil", format="jpeg", elem_id="preview")
+                preview = gr.HTML(label=PREVIEW_CAPTION, container=True, padding=True, elem_id="preview")
         per_model: list = []
         with gr.Row():
             for index, served in enumerate(models):
@@ -381,8 +400,8 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
                     scaled = folded_temperature(served.model) != 1.0
                     label = gr.Label(num_top_classes=2, elem_id=f"label-{index}",
                                      label=f"{served.name}: {'temperature-scaled ' if scaled else ''}probabilities")
-                    overlay = gr.Image(label=f"{served.name}: {EXPLANATION_TITLE[served.method]}",
-                                       interactive=False, type="pil", format="jpeg", elem_id=f"heatmap-{index}")
+                    overlay = gr.HTML(label=overlay_caption(served), container=True, padding=True,
+                                      elem_id=f"heatmap-{index}")
                     line = gr.Markdown(elem_id=f"answer-{index}")
                     gr.Markdown(metrics_markdown(served.test_results), elem_id=f"metrics-{index}")
                     with gr.Accordion(f"Model card of {served.name}: training data, recipe, evaluation, limits",
@@ -394,13 +413,15 @@ def build_app(models: Sequence[ServedModel], examples: Sequence[str | os.PathLik
         outputs = [status, preview, *per_model, raw]
         # One analysis at a time across both inputs (concurrency_id): the models are shared, Grad-CAM is not
         # re-entrant; the queue keeps the others waiting with their position shown.
-        common = dict(outputs=outputs, concurrency_limit=1, concurrency_id="models", trigger_mode="always_last")
+        common = dict(outputs=outputs, concurrency_limit=1, concurrency_id="models", trigger_mode="always_last",
+                      preprocess=False)
         upload.change(run, inputs=upload, api_name="analyze", **common)
         paste.change(run, inputs=paste, api_name="analyze_pasted", **common)
-    if files is not None:  # the examples' copies in the folder stay for the next click
-        files.keep |= {os.path.realpath(path) for block in app.blocks.values()
-                       for path in getattr(block, "keep_in_cache", ())}
-    app.queue(max_size=32, default_concurrency_limit=1)
+    if files is not None:
+        # What Gradio wrote while the page was built stays: the examples' copies (each click analyses one), its
+        # hash seed. gradio 6.31 does not mark the copies `keep_in_cache`, and they keep the originals' old mtime.
+        files.keep_present()
+    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     app.hfxray_max_file_size = f"{max_upload_mb:g}mb"
     return app
 

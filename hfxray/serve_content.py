@@ -6,6 +6,9 @@ them out.
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import os
 from pathlib import Path
 from typing import Sequence
@@ -108,6 +111,22 @@ def with_colour_scale(overlay: Image.Image, method: str) -> Image.Image:
     colourbar.set_label(COLOUR_SCALE_LABEL[method], fontsize=9)
     figure.canvas.draw()
     return Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy(), mode="RGB")
+
+
+def image_html(image: Image.Image, caption: str, alt: str, quality: int = 90) -> str:
+    """The image as an HTML figure whose pixels travel inside the page's answer (a `data:` JPEG URI), with its
+    caption above it.
+
+    Derived images of a patient's X-ray are never written to disk this way: a `gr.Image` output is saved by Gradio
+    into its cache after the handler returns and fetched by URL, so it outlives the request as a file.
+    """
+    buffer = io.BytesIO()
+    (image if image.mode == "RGB" else image.convert("RGB")).save(buffer, format="JPEG", quality=quality)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<figure style="margin:0"><figcaption style="font-size:var(--block-label-text-size, 0.8rem);'
+            f'margin-bottom:4px">{html.escape(caption, quote=False)}</figcaption>'
+            f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(alt)}" width="{image.width}" '
+            f'height="{image.height}" style="display:block;margin:0 auto;max-width:100%;height:auto"></figure>')
 
 
 def read_card(run_dir: str | os.PathLike) -> str:

@@ -1,16 +1,18 @@
-"""`hfxray serve` keeps nothing: every upload and every image derived from it lives in one private folder of the
-process (mode 0700), is deleted soon after its request, and the folder goes when the process ends (normal exit,
-Ctrl+C, SIGTERM, SIGHUP).
+"""`hfxray serve` keeps nothing: every upload lives in one private folder of the process (mode 0700) until its
+analysis ends, no image derived from it is ever written to disk, and the folder goes when the process ends (normal
+exit, Ctrl+C, SIGTERM, SIGHUP).
 
-Gradio 6 writes uploads and the JPEGs it serves into GRADIO_TEMP_DIR (default: a `gradio` folder in the system temp
-dir shared by every user, files 0644, kept after exit), cached examples into GRADIO_EXAMPLES_CACHE (default:
-`.gradio/` in the current folder), and a hash seed into its own installed package (`gradio/hash_seed.txt`). All
-three are pointed into the private folder before gradio is imported (`open_private_folder`).
+Gradio 6 writes uploads into GRADIO_TEMP_DIR (default: a `gradio` folder in the system temp dir shared by every
+user, files 0644, kept after exit), cached examples into GRADIO_EXAMPLES_CACHE (default: `.gradio/` in the current
+folder), and a hash seed into its own installed package (`gradio/hash_seed.txt`). All three are pointed into the
+private folder before gradio is imported (`open_private_folder`).
 
-A derived image cannot be deleted the moment its request returns: Gradio saves the output JPEGs after the handler
-and the browser fetches them by URL afterwards. So each request first deletes what earlier requests left that is
-older than `KEEP_SECONDS`, deletes its own upload when its analysis ends, and Gradio's own sweep (`delete_cache`,
-set in `hfxray.serve.build_app`) removes what the last request left after the same time.
+Each request deletes its upload when its analysis ends (`PrivateFolder.discard`). The page's derived images (the
+preview, the heatmap overlays) travel inside the answer as `data:` URIs (`hfxray.serve_content.image_html`), so
+right after a request the folder holds only the hash seed and the examples' copies. What remains to sweep is an
+upload that was never analysed: one superseded in the queue by a newer upload of the same page, one whose request
+was refused (queue full) or whose client left before joining the queue. Each request, and Gradio's own sweep while
+none comes (`delete_cache`, set in `hfxray.serve.build_app`), deletes such files after `ORPHAN_SECONDS`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ from pathlib import Path
 
 from .errors import HfxrayError
 
-KEEP_SECONDS = 10  # how long a derived image outlives its request, for the page to fetch it
+# An upload waits in the queue (up to `hfxray.serve.QUEUE_SIZE` requests, one analysis at a time) before its
+# analysis: the sweep must not take it from a request still waiting. Five minutes is over 9 s per waiting request;
+# an upload older than that was never analysed.
+ORPHAN_SECONDS = 300
+SWEEP_EVERY_SECONDS = 60  # how often Gradio's own sweep looks, between requests
 PREFIX = "hfxray-serve-"
 
 
@@ -37,7 +43,7 @@ class PrivateFolderError(HfxrayError):
 
 
 class PrivateFolder:
-    """One process's temporary folder for uploads and derived images; `keep` holds the example images' copies."""
+    """One process's temporary folder for uploads (and Gradio's caches); `keep` holds the example images' copies."""
 
     def __init__(self, parent: str | os.PathLike | None = None):
         try:
@@ -56,6 +62,11 @@ class PrivateFolder:
         except (OSError, ValueError):
             return False
 
+    def keep_present(self) -> None:
+        """Exempt every file now in the folder from `discard` and `sweep` (call before the server takes uploads)."""
+        self.keep |= {os.path.realpath(os.path.join(root, name)) for root, _, names in os.walk(self.path)
+                      for name in names}
+
     def discard(self, path: str | os.PathLike | None) -> None:
         """Delete one file of this folder (an upload whose analysis ended) and its folder when that is empty."""
         if not path or path not in self or os.path.realpath(path) in self.keep:
@@ -68,7 +79,7 @@ class PrivateFolder:
             except OSError:
                 pass  # not empty: another file of the same upload batch
 
-    def sweep(self, older_than: float = KEEP_SECONDS) -> int:
+    def sweep(self, older_than: float = ORPHAN_SECONDS) -> int:
         """Delete the files older than `older_than` seconds (examples kept) and empty folders; returns how many."""
         now, removed = time.time(), 0
         for root, folders, files in os.walk(self.path, topdown=False):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hfxray.serve import ServeError, build_app, find_examples, metrics_markdown
+from hfxray.serve import EXPLANATION_TITLE, ServeError, build_app, find_examples, metrics_markdown
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UPLOAD_CAP_MB = 8  # small, so that the too-large case needs only a small file; above the 5.9 MB WG04 RG3 file
@@ -104,9 +104,23 @@ def _analyze(client, path: Path):
     return client.predict(handle_file(str(path)), api_name="/analyze")
 
 
-def _not_blank(path) -> float:
-    pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+def _not_blank(image) -> float:
+    pixels = np.asarray((image if isinstance(image, Image.Image) else Image.open(image)).convert("RGB"),
+                        dtype=np.float64)
     return float(pixels.std())
+
+
+def _inline_image(html: str, caption: str) -> Image.Image:
+    """The one image of an output figure, decoded from its `data:` URI (the page gets no image file)."""
+    import base64
+    import io
+    import re
+
+    assert "<figcaption" in html and caption in html, html[:300]
+    [encoded] = re.findall(r'<img src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)" alt="[^"]+"', html)
+    image = Image.open(io.BytesIO(base64.b64decode(encoded)))
+    assert image.format == "JPEG"
+    return image
 
 
 def test_client_answers_equal_hfxray_predict(server, client, tiny_runs, xray, xray_dicom, tmp_path):
@@ -115,7 +129,8 @@ def test_client_answers_equal_hfxray_predict(server, client, tiny_runs, xray, xr
     for path in (xray, xray_dicom):
         status, preview, *rest = _analyze(client, path)
         assert "Analysed" in status and "dashed amber rectangle is the area the models analyse" in status, status
-        assert Path(preview).is_file()
+        shown = _inline_image(preview, "decoded input (dashed: the area the models analyse)")
+        assert _not_blank(shown) > 5 and max(shown.size) <= 768
         raw = rest[-1]
         for index, name in enumerate(names):
             label, overlay, line = rest[3 * index:3 * index + 3]
@@ -128,8 +143,9 @@ def test_client_answers_equal_hfxray_predict(server, client, tiny_runs, xray, xr
                 assert probabilities["virus"] == pytest.approx(cli["p_virus"], abs=1e-5)
                 assert probabilities["normal"] == pytest.approx(1 - cli["p_virus"], abs=1e-5)
             assert f"Prediction: {cli['label']}" in line
+            overlay = _inline_image(overlay, f"{name}: {EXPLANATION_TITLE[raw[index]['explanation']]}")
             assert _not_blank(overlay) > 5, f"{name}'s overlay is blank"
-            width, height = Image.open(overlay).size
+            width, height = overlay.size
             assert width > height + 50  # the colour scale beside the square heatmap
             # the run's OOD check read the same forward pass as predict: same status, same score
             assert raw[index]["ood"] == cli["ood"] != "not checked"
@@ -228,7 +244,8 @@ def test_an_extremity_radiograph_is_flagged_out_of_scope(server, client, limb):
     raw = rest[-1]
     assert [entry["ood"] for entry in raw] == ["unlike the training images"] * 2
     assert all("unlike the training images" in line for line in rest[2:-1:3])
-    assert Path(preview).is_file() and all(entry["label"] for entry in raw)  # flagged, still answered
+    assert _not_blank(_inline_image(preview, "decoded input")) > 5  # flagged, still answered
+    assert all(entry["label"] for entry in raw)
 
 
 def _chromium() -> str | None:
@@ -238,7 +255,7 @@ def _chromium() -> str | None:
     return None
 
 
-def test_browser_upload_shows_label_and_heatmap(server, tiny_runs, xray, tmp_path):
+def test_browser_upload_shows_label_and_heatmap(server, tiny_runs, sample_dir, xray, tmp_path):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[dev])")
     binary, driver_path = _chromium(), shutil.which("chromedriver")
     if not binary or not driver_path:
@@ -275,12 +292,16 @@ def test_browser_upload_shows_label_and_heatmap(server, tiny_runs, xray, tmp_pat
         assert f"Prediction: {expected}" in driver.find_element(By.ID, "answer-1").text
         heatmap = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#heatmap-1 img"))[0]
         wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap))
+        # inline pixels, kept by gr.HTML as sent: no image file on the server, no URL to fetch
+        assert heatmap.get_attribute("src").startswith("data:image/jpeg;base64,")
+        assert "bit: areas that raised the score of its answer" in driver.find_element(By.ID, "heatmap-1").text
         shot = tmp_path / "heatmap.png"
         shot.write_bytes(heatmap.screenshot_as_png)
         assert _not_blank(shot) > 5, "the heatmap image is blank"
         assert driver.execute_script("return arguments[0].naturalWidth > arguments[0].naturalHeight + 50", heatmap)
         preview = driver.find_element(By.CSS_SELECTOR, "#preview img")
         wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", preview))
+        assert preview.get_attribute("src").startswith("data:image/jpeg;base64,")
         shot.write_bytes(preview.screenshot_as_png)
         pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=int)
         amber = (pixels[..., 0] > 200) & (pixels[..., 1] > 140) & (pixels[..., 1] < 230) & (pixels[..., 2] < 90)
@@ -298,6 +319,11 @@ def test_browser_upload_shows_label_and_heatmap(server, tiny_runs, xray, tmp_pat
         assert "Model card of bit" in card.text and "Training recipe" not in card.text  # closed until asked
         card.find_element(By.TAG_NAME, "button").click()
         wait.until(lambda d: "Training recipe" in d.find_element(By.ID, "card-1").text)
+        example = find_examples(sample_dir)[0]  # one click: the example's kept copy reaches the analysis unprocessed
+        driver.find_element(By.XPATH, f"//*[normalize-space(text())='{example.name}']").click()
+        status = (By.ID, "status")  # until this example's answer, or the reason it has none
+        wait.until(lambda d: example.name in d.find_element(*status).text or "Cannot" in d.find_element(*status).text)
+        assert f"Analysed {example.name}" in driver.find_element(*status).text, driver.find_element(*status).text
     finally:
         driver.quit()
 
