@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     except HfxrayError as err:
         print(f"error: {printable(str(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        # Ctrl+C, or SIGTERM / SIGHUP in `serve` (hfxray.serve_files raises this for them), before the command
+        # finished, e.g. while models load: one line and the shell's 128 + SIGINT status, not a traceback.
+        print(f"interrupted{f' ({printable(str(err))})' if str(err) else ''}", file=sys.stderr)
+        return 130
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -133,3 +133,15 @@ def test_model_json_too_deep_or_too_large_is_one_line_for_every_loader(name, con
         assert f"{model / name}: " in line and expected in line, line
     with pytest.raises(ServeError, match=expected):  # serve's loader, without starting a server
         load_served_model(model)
+
+
+def test_an_interrupt_before_a_command_finishes_is_one_line(monkeypatch, capsys):
+    """Ctrl+C (or serve's SIGTERM / SIGHUP, raised as KeyboardInterrupt) while a command starts up."""
+    import hfxray.cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(hfxray.cli, "_dispatch", interrupted)
+    assert hfxray.cli.main(["serve", "--model", "x"]) == 130
+    assert capsys.readouterr().err == "interrupted (SIGTERM)\n"
