@@ -153,15 +153,16 @@ def _parser_class():
     return Parser
 
 
-def _normalise_flags(argv: list[str]) -> list[str]:
-    """Accept `--output-dir` as well as `--output_dir` (transformers only knows the underscore spelling)."""
-    normalised = []
-    for token in argv:
-        if token.startswith("--") and len(token) > 2:
-            name, sep, value = token[2:].partition("=")
-            token = "--" + name.replace("-", "_") + sep + value
-        normalised.append(token)
-    return normalised
+def _given(argv: list[str]) -> dict:
+    """The arguments the command line sets, by name and typed, as the run's own HfArgumentParser reads them (either
+    spelling, `--name=value`, no abbreviations), and nothing else: what the early look-ups (config, model, recipe,
+    preset) and the explicit-flag precedence read before the full parse."""
+    import argparse
+
+    parser = _parser_class()(_dataclasses(), add_help=False)  # --help is answered by `_help`
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # an argument not on the command line stays out of the namespace
+    return vars(parser.parse_known_args(argv)[0])
 
 
 def _recipe_prefix(model: str) -> str:
@@ -263,6 +264,9 @@ def _read_yaml(path: Path, known: dict[str, str]) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of argument names to values. To fix: write `name: value` "
                           "lines.")
+    # Checked here, not by HfArgumentParser.parse_dict(allow_extra_keys=False): a YAML file is one layer of three
+    # (recipe < --config < flags) merged before the one parse that builds the dataclasses, and parse_dict would
+    # build them from this layer alone.
     unknown = sorted(set(map(str, values)) - set(known))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}. To fix: use argument names as listed by "
@@ -295,20 +299,9 @@ def _hyperrule_values(data_dir: str | None, batch_size: int, cache_dir: str | No
     return values
 
 
-def _explicit_names(argv: list[str]) -> set[str]:
-    """Argument names given on the command line (`--name value` or `--name=value`)."""
-    return {token[2:].partition("=")[0] for token in argv if token.startswith("--") and len(token) > 2}
-
-
-def _early(argv: list[str], names: tuple[str, ...], config_values: dict, recipe_values: dict) -> dict:
-    """Values of `names` before the full parse: flag, else --config, else recipe."""
-    import argparse
-
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for name in names:
-        pre.add_argument(f"--{name}")
-    flags = vars(pre.parse_known_args(argv)[0])
-    return {name: flags[name] if flags[name] is not None else config_values.get(name, recipe_values.get(name))
+def _early(given: dict, names: tuple[str, ...], config_values: dict, recipe_values: dict) -> dict:
+    """Values of `names` before the full parse: flag (`_given`), else --config, else recipe."""
+    return {name: given[name] if given.get(name) is not None else config_values.get(name, recipe_values.get(name))
             for name in names}
 
 
@@ -317,7 +310,7 @@ def _help(argv: list[str], prog: str, everything: bool) -> None:
     from .train_help import print_help
 
     try:
-        early = _early(argv, ("model", "recipe", "preset"), {}, {})
+        early = _early(_given(argv), ("model", "recipe", "preset"), {}, {})
         model = early["model"] or ModelArguments.model
         recipe, preset = early["recipe"] or default_recipe(model), early["preset"] or ModelArguments.preset
         values = _read_yaml(recipe_path(model, recipe), _field_types())
@@ -337,22 +330,24 @@ def parse_args(argv: list[str] | None = None, prog: str = "scripts/train.py"):
     recipe's resolution and batch are for pretrained models on accelerators) and explicit flags win over the
     recipe's coupled fields (`_apply_explicit`).
     """
-    argv = _normalise_flags(list(sys.argv[1:] if argv is None else argv))
-    if "--help_all" in argv or "-h" in argv or "--help" in argv:
-        _help(argv, prog, everything="--help_all" in argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    everything = "--help_all" in argv or "--help-all" in argv
+    if everything or "-h" in argv or "--help" in argv:
+        _help(argv, prog, everything=everything)
         raise SystemExit(0)
     known = _field_types()
-    early = _early(argv, ("config",), {}, {})
+    given = _given(argv)
+    early = _early(given, ("config",), {}, {})
     config_values = _read_yaml(Path(early["config"]), known) if early["config"] else {}
-    early = _early(argv, ("model", "recipe", "preset"), config_values, {})
+    early = _early(given, ("model", "recipe", "preset"), config_values, {})
     model = early["model"] or ModelArguments.model
     if model not in model_names():  # before the recipe lookup, which would blame a recipe file
         raise ConfigError(f"--model {model}: unknown model. To fix: choose one of {', '.join(model_names())}.")
     recipe = early["recipe"] or default_recipe(model)
     recipe_values = _read_yaml(recipe_path(model, recipe), known)
-    explicit = _explicit_names(argv) | set(config_values)
+    explicit = set(given) | set(config_values)
     if recipe_values.get("bit_hyperrule") or config_values.get("bit_hyperrule"):
-        sizes = _early(argv, ("data_dir", "cache_dir", "per_device_train_batch_size", "gradient_accumulation_steps"),
+        sizes = _early(given, ("data_dir", "cache_dir", "per_device_train_batch_size", "gradient_accumulation_steps"),
                        config_values, recipe_values)
         batch = int(sizes["per_device_train_batch_size"] or 1) * int(sizes["gradient_accumulation_steps"] or 1)
         recipe_values.update(_hyperrule_values(sizes["data_dir"], batch, sizes["cache_dir"]))

@@ -281,3 +281,12 @@ def test_a_seed_beyond_32_bits_is_refused(name, fake_prepared, tmp_path):
 def test_the_edge_of_each_range_is_accepted(flag, fake_prepared, tmp_path):
     parse_args(["--model", "bit", "--preset", "tiny", "--recipe", "scratch", "--data_dir", str(fake_prepared),
                 "--output_dir", str(tmp_path), *flag])
+
+
+@pytest.mark.parametrize("spelling", [["--learning-rate", "0.5"], ["--learning_rate=0.5"], ["--learning-rate=0.5"]])
+def test_either_spelling_of_an_explicit_flag_wins_over_the_recipe(spelling, fake_prepared, tmp_path):
+    """Dashes or underscores, `=` or a separate value: the one HfArgumentParser that parses the run decides what
+    the command line set, so precedence cannot disagree with the value parsed."""
+    *_, training = parse_args(["--model", "vit", "--recipe", "seed", "--data-dir", str(fake_prepared),
+                               "--output-dir", str(tmp_path), *spelling])
+    assert training.learning_rate == 0.5
