@@ -11,6 +11,10 @@ the model (Adebayo et al. 2018).
 BiT and the hybrid are trained as their `small` presets (still under 1.5 M parameters). Tiny BiT (8-64 channels)
 learns the task but its 2x2 (64 px) or 4x4 (128 px) last stage spreads the evidence: mass ratios 0.8-2.3 over
 seeds. The tiny hybrid's rollout came out 1.5-2.9 over seeds, at the ceiling a 2x2 token grid allows.
+
+These are the synthetic counterpart of tests/test_explain_control.py (real X-rays, a burnt-in marker the model is
+trained to use). A family's planted-signal case here is removed once that control passes for it; today it passes
+for none (docs/explanations.md), so all stay: they show the maps localise when nothing else in the image competes.
 """
 
 from __future__ import annotations
@@ -69,11 +73,11 @@ def planted(count: int, seed: int, size: int, square: int) -> tuple[torch.Tensor
 @pytest.fixture(scope="module")
 def trained():
     """(kind, method) -> (model, processor) trained on the planted task (cached per setup, seconds each)."""
-    cache: dict[tuple, tuple] = {}
+    cache: dict[tuple, tuple | str] = {}
 
     def get(kind: str, method: str | None = None):
         key = (kind, *setup(kind, method))
-        if key not in cache:
+        if key not in cache:  # a model that fails to learn is cached as its message, not trained again per test
             preset, size, square = setup(kind, method)
             images, labels, _ = planted(2048, seed=1, size=size, square=square)
             test_images, test_labels, _ = planted(256, seed=99, size=size, square=square)
@@ -94,8 +98,10 @@ def trained():
             model.eval().zero_grad(set_to_none=True)
             with torch.no_grad():
                 accuracy = (model(pixel_values=test_images).logits.argmax(-1) == test_labels).float().mean().item()
-            assert accuracy >= 0.95, f"{kind} did not learn the planted signal (accuracy {accuracy:.2f})"
-            cache[key] = (model, processor)
+            cache[key] = ((model, processor) if accuracy >= 0.95
+                          else f"{kind} did not learn the planted signal (accuracy {accuracy:.2f})")
+        if isinstance(cache[key], str):
+            raise AssertionError(cache[key])
         return cache[key]
 
     return get
