@@ -95,7 +95,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(one_torch_thread):
-    """Tiny models only: one torch thread (see conftest)."""
+    """Small and tiny models only: one torch thread (see conftest)."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -135,6 +135,14 @@ def stamp(images: torch.Tensor, labels: torch.Tensor, corners: torch.Tensor) -> 
         top, left, glyph_height, glyph_width = glyph
         image[:, row + top:row + top + glyph_height, col + left:col + left + glyph_width] = 1.0
     return images
+
+
+def test_both_marks_share_their_histogram_and_differ_only_in_shape():
+    marked = stamp(torch.zeros(2, 3, SIZE, SIZE), torch.tensor([1, 0]), torch.tensor([[5, 7], [5, 7]]))
+    square, bar = marked[:, 0]
+    for mark in (square, bar):
+        assert (mark == 1).sum() == 144 and (mark == -1).sum() == 112  # same white glyph area, same black box area
+    assert (square[5:5 + SQUARE, 7:7 + SQUARE] != 0).all() and (bar[5:5 + SQUARE // 2, 7:7 + 2 * SQUARE] != 0).all()
 
 
 def corners(count: int, generator: torch.Generator) -> torch.Tensor:
