@@ -11,6 +11,13 @@ the model (Adebayo et al. 2018).
 BiT and the hybrid are trained as their `small` presets (still under 1.5 M parameters). Tiny BiT (8-64 channels)
 learns the task but its 2x2 (64 px) or 4x4 (128 px) last stage spreads the evidence: mass ratios 0.8-2.3 over
 seeds. The tiny hybrid's rollout came out 1.5-2.9 over seeds, at the ceiling a 2x2 token grid allows.
+
+These are the synthetic counterpart of tests/test_explain_control.py (real X-rays, a burnt-in marker the model is
+trained to use). A family's planted-signal case here is removed once that control passes for it; today it passes
+for none (docs/explanations.md). One case is gone for another reason: the hybrid's Grad-CAM (a small hybrid at
+128 px, 100 s of training) passed only on its fixed seed (mass ratio 3.43; 0.50 for another model seed and other
+images), so test_explain_control.py alone now covers hybrid Grad-CAM, as a strict xfail. The randomisation tests
+still run on every (kind, method), the hybrid's Grad-CAM on its 64 px planted model.
 """
 
 from __future__ import annotations
@@ -32,13 +39,12 @@ from hfxray.models import create_model
 LEARNING_RATES = {"vit": 1e-3, "bit": 2e-3, "hybrid": 3e-4}
 # kind -> (preset, input size, square side in px); BiT's stride-32 last stage needs 128 px for a 4x4 map.
 PLANTED = {"vit": ("tiny", 64, 16), "hybrid": ("small", 64, 16), "bit": ("small", 128, 16)}
-# The hybrid's Grad-CAM layer is its token grid (stride 32): at 64 px its 2x2 cells cannot point at a square, so
-# its Grad-CAM is checked on a model trained at 128 px with a square of the same area share.
-GRADCAM_PLANTED = {"hybrid": ("small", 128, 32)}
 
 
 def setup(kind: str, method: str | None = None) -> tuple[str, int, int]:
-    return GRADCAM_PLANTED.get(kind, PLANTED[kind]) if method == "gradcam" else PLANTED[kind]
+    """(preset, input size, square side) of the planted model a test of `kind` uses (one per kind for every method)."""
+    return PLANTED[kind]
+
 MAPS = {"gradcam": lambda model, x: gradcam_map(model, x, target_class=1), "rollout": rollout_map}
 
 
@@ -69,11 +75,11 @@ def planted(count: int, seed: int, size: int, square: int) -> tuple[torch.Tensor
 @pytest.fixture(scope="module")
 def trained():
     """(kind, method) -> (model, processor) trained on the planted task (cached per setup, seconds each)."""
-    cache: dict[tuple, tuple] = {}
+    cache: dict[tuple, tuple | str] = {}
 
     def get(kind: str, method: str | None = None):
         key = (kind, *setup(kind, method))
-        if key not in cache:
+        if key not in cache:  # a model that fails to learn is cached as its message, not trained again per test
             preset, size, square = setup(kind, method)
             images, labels, _ = planted(2048, seed=1, size=size, square=square)
             test_images, test_labels, _ = planted(256, seed=99, size=size, square=square)
@@ -94,8 +100,10 @@ def trained():
             model.eval().zero_grad(set_to_none=True)
             with torch.no_grad():
                 accuracy = (model(pixel_values=test_images).logits.argmax(-1) == test_labels).float().mean().item()
-            assert accuracy >= 0.95, f"{kind} did not learn the planted signal (accuracy {accuracy:.2f})"
-            cache[key] = (model, processor)
+            cache[key] = ((model, processor) if accuracy >= 0.95
+                          else f"{kind} did not learn the planted signal (accuracy {accuracy:.2f})")
+        if isinstance(cache[key], str):
+            raise AssertionError(cache[key])
         return cache[key]
 
     return get
@@ -132,12 +140,16 @@ EXPLAINED = [("vit", "gradcam"), ("vit", "rollout"), ("bit", "gradcam"), ("hybri
 # on the planted task its maps put 1.5x, not 2x, their area's share on the square (mean of 16 maps, seeds fixed).
 # Recorded, not hidden: the positive control on real X-rays (test_explain_control.py) is the check that counts.
 KNOWN_SHORT = {("vit", "gradcam"): "tiny ViT Grad-CAM at its first block: mass ratio 1.5 < 2"}
+# The hybrid's Grad-CAM is checked by the positive control on real X-rays only (test_explain_control.py, where it
+# fails). Its planted case here (small hybrid at 128 px, since its stride-32 token grid has 2x2 cells at 64 px) cost
+# 100 s and passed by the seed: mass ratio 3.43 for the fixed seeds, 0.50 for model seed 1 on other images.
+PLANTED_EXPLAINED = [case for case in EXPLAINED if case != ("hybrid", "gradcam")]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("kind", "method"), [
     pytest.param(kind, method, marks=pytest.mark.xfail(reason=KNOWN_SHORT[(kind, method)], strict=False))
-    if (kind, method) in KNOWN_SHORT else (kind, method) for kind, method in EXPLAINED])
+    if (kind, method) in KNOWN_SHORT else (kind, method) for kind, method in PLANTED_EXPLAINED])
 def test_planted_signal_gets_at_least_twice_its_area_share(trained, kind, method):
     model, _ = trained(kind, method)
     _, size, square = setup(kind, method)
