@@ -14,6 +14,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each worker gets its share of the cores for torch: with every worker at torch's default
+    (all cores), N workers run N x N threads on N cores and each training step waits on the others."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
+
+
 def _real_sample(name: str, find, expected, variable: str) -> Path:
     found = find()
     if found is None:
