@@ -66,19 +66,22 @@ CHECKS = {
                                      "--num_train_epochs", "1"], lambda t, lrs, a: len(lrs) == N_TRAIN // 8),
     "label_smoothing_factor": (["--label_smoothing_factor", "0.3"],
                                lambda t, lrs, a: t.compute_loss_func.alpha == 0.3),
-    "max_grad_norm": (["--max_grad_norm", "0.5"], lambda t, lrs, a: t.args.max_grad_norm == 0.5),
+    "max_grad_norm": (["--max_grad_norm", "0.5"], lambda t, lrs, a: a.max_grad_norm == 0.5),
     "eval_strategy": (["--eval_strategy", "no", "--load_best_model_at_end", "false"],
-                      lambda t, lrs, a: t.args.eval_strategy == "no"),
+                      lambda t, lrs, a: a.eval_strategy == "no"),
     "save_strategy": (["--save_strategy", "no", "--load_best_model_at_end", "false"],
-                      lambda t, lrs, a: t.args.save_strategy == "no"),
-    "eval_steps": (["--eval_steps", "3"], lambda t, lrs, a: t.args.eval_steps == 3),
-    "save_steps": (["--save_steps", "3"], lambda t, lrs, a: t.args.save_steps == 3),
+                      lambda t, lrs, a: a.save_strategy == "no"),
+    "eval_steps": (["--eval_steps", "3"], lambda t, lrs, a: a.eval_steps == 3),
+    "save_steps": (["--save_steps", "3"], lambda t, lrs, a: a.save_steps == 3),
     "load_best_model_at_end": (["--load_best_model_at_end", "false"],
-                               lambda t, lrs, a: t.args.load_best_model_at_end is False),
-    "save_total_limit": (["--save_total_limit", "9"], lambda t, lrs, a: t.args.save_total_limit == 9),
+                               lambda t, lrs, a: a.load_best_model_at_end is False),
+    "save_total_limit": (["--save_total_limit", "9"], lambda t, lrs, a: a.save_total_limit == 9),
     "metric_for_best_model": (["--metric_for_best_model", "eval_loss"],
-                              lambda t, lrs, a: t.args.metric_for_best_model == "eval_loss"),
+                              lambda t, lrs, a: a.metric_for_best_model == "eval_loss"),
 }
+# Fields the Trainer reads straight from its TrainingArguments: checked on the parsed arguments, with no Trainer run.
+PARSED_ONLY = {"max_grad_norm", "eval_strategy", "save_strategy", "eval_steps", "save_steps", "load_best_model_at_end",
+               "save_total_limit", "metric_for_best_model"}
 # Explicit flags a recipe cannot honour: refused with the recipe field to change.
 REFUSED = {("vit", "scratch", "warmup_steps"): ["--warmup_steps", "5"],
            ("bit", "seed", "warmup_steps"): ["--warmup_steps", "5"]}
@@ -102,7 +105,13 @@ def test_an_explicit_flag_wins_over_every_recipe_that_sets_it(name, fake_prepare
     for model, recipe in recipes_setting(name):
         if (model, recipe, name) in REFUSED:
             continue
-        lrs, trainer, args = run_recipe(model, recipe, fake_prepared, tmp_path / f"{model}-{recipe}", [*QUICK, *flags])
+        if name in PARSED_ONLY:
+            *_, args = parse_args(["--model", model, "--recipe", recipe, "--data_dir", str(fake_prepared),
+                                   "--output_dir", str(tmp_path / f"{model}-{recipe}"), *QUICK, *flags])
+            lrs = trainer = None
+        else:
+            lrs, trainer, args = run_recipe(model, recipe, fake_prepared, tmp_path / f"{model}-{recipe}",
+                                            [*QUICK, *flags])
         assert does_it(trainer, lrs, args), f"{model}/{recipe}: {' '.join(flags)} was not honoured"
 
 
