@@ -75,36 +75,63 @@ def _separation_interval(low: float, high: float) -> list[float]:
     return [0.5, max(high, 1 - low)]
 
 
-def _shortcut_uncertainty(scores: np.ndarray, second: np.ndarray, separation: float, seed: int = 0) -> dict:
-    """95 % interval of the separation (images resampled within each source) and its permutation p-value."""
-    rng = np.random.default_rng(seed)
-    index_first, index_second = np.flatnonzero(~second), np.flatnonzero(second)
-    drawn = np.concatenate([rng.choice(index_first, (SHORTCUT_RESAMPLES, len(index_first))),
-                            rng.choice(index_second, (SHORTCUT_RESAMPLES, len(index_second)))], axis=1)
-    labels = np.r_[np.zeros(len(index_first), bool), np.ones(len(index_second), bool)]
-    low, high = np.quantile(_aurocs(scores[drawn], labels), [0.025, 0.975])
-    # The ranks do not change under a permutation of the sources: one matrix product gives every permuted AUROC.
-    shuffled = np.stack([rng.permutation(second) for _ in range(SHORTCUT_RESAMPLES)])
+def _weighted_aurocs(scores: np.ndarray, second: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC at telling `second` from the rest for each row of image `weights` (a patient drawn k times weighs k)."""
+    first_scores, second_scores = scores[~second], scores[second]
+    wins = (second_scores[None, :] > first_scores[:, None]) + 0.5 * (second_scores[None, :] == first_scores[:, None])
+    first_weights, second_weights = weights[:, ~second], weights[:, second]
+    return (np.einsum("ri,ij,rj->r", first_weights, wins, second_weights)
+            / (first_weights.sum(axis=1) * second_weights.sum(axis=1)))
+
+
+def _shortcut_uncertainty(scores: np.ndarray, second: np.ndarray, separation: float, groups: np.ndarray | None = None,
+                          seed: int = 0) -> dict:
+    """95 % interval of the separation and its permutation p-value, both by patient when `groups` is given.
+
+    The bootstrap resamples patients (else images) within each source; the permutation shuffles the sources among
+    patients (else images), so that a patient's images stay together: several images of one patient are not
+    independent evidence of a source.
+    """
     from scipy.stats import rankdata
 
-    n_second, n_first = int(second.sum()), int((~second).sum())
+    rng = np.random.default_rng(seed)
+    groups = np.arange(len(scores)) if groups is None else np.asarray(groups)
+    _, group_of = np.unique(groups, return_inverse=True)
+    # a patient group lies in one source (groups are prefixed by their source); its source is read off any image
+    group_second = np.zeros(group_of.max() + 1, bool)
+    group_second[group_of] = second
+    weights = np.zeros((SHORTCUT_RESAMPLES, len(scores)))
+    for side in (False, True):
+        members = np.flatnonzero(group_second == side)
+        drawn = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), size=SHORTCUT_RESAMPLES)
+        times = np.zeros((SHORTCUT_RESAMPLES, len(group_second)))
+        times[:, members] = drawn
+        weights += times[:, group_of] * (second == side)
+    low, high = np.quantile(_weighted_aurocs(scores, second, weights), [0.025, 0.975])
+    # The ranks do not change under a permutation of the sources: one matrix product gives every permuted AUROC.
+    shuffled = np.stack([rng.permutation(group_second) for _ in range(SHORTCUT_RESAMPLES)])[:, group_of]
+    n_second = shuffled.sum(axis=1)
+    n_first = len(scores) - n_second
     permuted = (shuffled @ rankdata(scores) - n_second * (n_second + 1) / 2) / (n_second * n_first)
     null = np.maximum(permuted, 1 - permuted)
     return {"separation_ci95": _separation_interval(float(low), float(high)),
-            "permutation_p": float((1 + (null >= separation - 1e-12).sum()) / (1 + len(null)))}
+            "permutation_p": float((1 + (null >= separation - 1e-12).sum()) / (1 + len(null))),
+            "resampled": "patients" if len(np.unique(group_of)) < len(scores) else "images"}
 
 
-def source_shortcut(probs_virus, labels, sources, images: str) -> dict:
+def source_shortcut(probs_virus, labels, sources, images: str, groups=None) -> dict:
     """How well p(virus) separates two sources among images of one class (AUROC, and max(AUROC, 1 - AUROC)).
 
     Images of one class should look alike to the classifier whatever their source; a separation near 1 means the
     model's output carries the source (hospital, age group, scanner, burnt-in marks), i.e. a shortcut. Each
-    separation comes with a 95 % bootstrap interval (images resampled within each source) and a permutation p-value
-    (sources shuffled within the class; H0: the output does not depend on the source).
+    separation comes with a 95 % bootstrap interval (patients, with `groups`, else images, resampled within each
+    source) and a permutation p-value (sources shuffled among the class's patients, else images; H0: the output
+    does not depend on the source).
     """
     from sklearn.metrics import roc_auc_score
 
     probs, labels, sources = np.asarray(probs_virus), np.asarray(labels), np.asarray(sources)
+    groups = np.arange(len(probs)) if groups is None else np.asarray(groups)
     rows = []
     for index, name in enumerate(CLASS_NAMES):
         in_class = labels == index
@@ -115,7 +142,8 @@ def source_shortcut(probs_virus, labels, sources, images: str) -> dict:
             auroc = float(roc_auc_score(sources[chosen] == second, probs[chosen]))
             rows.append({"class": name, "sources": [first, second], "n": [counts[first], counts[second]],
                          "auroc": auroc, "separation": max(auroc, 1.0 - auroc),
-                         **_shortcut_uncertainty(probs[chosen], sources[chosen] == second, max(auroc, 1.0 - auroc))})
+                         **_shortcut_uncertainty(probs[chosen], sources[chosen] == second, max(auroc, 1.0 - auroc),
+                                                 groups[chosen])})
     worst = max((row["separation"] for row in rows), default=None)
     return {"measure": "AUROC of p(virus) at telling two sources apart among images of one class "
                        "(separation = max(AUROC, 1 - AUROC); 0.5 = indistinguishable)",
@@ -263,6 +291,7 @@ def _per_source(model, processor, data_dir, counts, split, logits, labels, files
         by_source[name] = evaluation_report(labels[chosen], logits[chosen], groups=groups[chosen],
                                             n_resamples=n_resamples, seed=seed)
     probs, check_labels, check_sources, images = apply_temperature(logits, 1.0), labels, sources, f"{split} split"
+    check_groups = groups
     others = [s for s in ("validation", "test") if s != split and sum(counts[s].values())]
     if split in ("validation", "test") and others and len(set(sources.tolist())) < len(
             {s for counts in sources_by_split.values() for s in counts}):
@@ -274,8 +303,9 @@ def _per_source(model, processor, data_dir, counts, split, logits, labels, files
         probs = np.concatenate([probs, apply_temperature(more_logits, 1.0)])
         check_labels = np.concatenate([labels, more_labels])
         check_sources = np.concatenate([sources, more_sources])
+        check_groups = np.concatenate([groups, np.asarray(patient_groups(data_dir, more_files))])
         images = f"held-out {' and '.join(sorted([split, other], key=SPLITS.index))} splits"
-    check = source_shortcut(probs, check_labels, check_sources, images)
+    check = source_shortcut(probs, check_labels, check_sources, images, groups=check_groups)
     (logger.warning if check["warning"] else logger.info)(shortcut_message(check))
     return {"by_source": by_source, "sources": sources_by_split, "source_shortcut": check}
 

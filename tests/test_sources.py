@@ -484,3 +484,41 @@ def test_shortcut_aurocs_match_sklearn_with_ties():
     scores = np.round(rng.random((3, 30)), 1)  # ties
     second = np.arange(30) % 3 == 0
     assert _aurocs(scores, second) == pytest.approx([roc_auc_score(second, row) for row in scores])
+
+
+def test_shortcut_check_resamples_patients_not_images(monkeypatch):
+    """Several images of one patient are not independent evidence of a source: with patient groups the interval
+    widens and the permutation p-value is near uniform under the null, where image-level resampling is not."""
+    import numpy as np
+
+    import hfxray.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "SHORTCUT_RESAMPLES", 300)
+    rng = np.random.default_rng(11)
+    sources = np.repeat(["a", "b"], 40)  # 10 patients of 4 images in each source
+    groups = np.array([f"{s}:{i // 4}" for i, s in enumerate(sources)])
+    labels = np.zeros(80, int)
+
+    def clustered(shift=0.0):  # a patient's images look alike: a large patient effect, a small image one
+        return (np.repeat(rng.normal(0, 1, 20), 4) + rng.normal(0, 0.2, 80) + shift * (sources == "b"))
+
+    def p_value(scores, by_patient):
+        check = evaluation.source_shortcut(scores, labels, sources, "held-out splits",
+                                           groups=groups if by_patient else None)
+        return check["by_class"][0]
+
+    separable = p_value(clustered(shift=4.0), True)
+    assert separable["permutation_p"] < 0.01 and separable["resampled"] == "patients"
+    assert separable["separation_ci95"][0] > 0.8
+    null_grouped, null_images = [], []
+    for _ in range(40):
+        scores = clustered()
+        grouped, images = p_value(scores, True), p_value(scores, False)
+        assert images["resampled"] == "images"
+        # the patient bootstrap is wider than the image one on the same scores
+        assert np.diff(grouped["separation_ci95"])[0] >= np.diff(images["separation_ci95"])[0] - 0.02
+        null_grouped.append(grouped["permutation_p"])
+        null_images.append(images["permutation_p"])
+    null_grouped, null_images = np.array(null_grouped), np.array(null_images)
+    assert 0.3 < null_grouped.mean() < 0.7 and (null_grouped < 0.05).mean() <= 0.15
+    assert (null_images < 0.05).mean() > (null_grouped < 0.05).mean() + 0.1  # image level: falsely small p-values
