@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import shutil
 from collections import Counter
 from pathlib import Path, PurePosixPath
@@ -161,10 +160,6 @@ def _check_local(local: Path, data_dir: Path) -> None:
                                "empty folder.")
 
 
-def _sibling(folder: Path, kind: str) -> Path:
-    return folder.parent / f".{folder.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
 def write_local(data_dir: str | os.PathLike, local: str | os.PathLike, repo_id: str,
                 cohen_metadata: str | os.PathLike | None = None) -> dict:
     """The dataset repo written to folder `local`, whole: built beside it, then swapped in (an earlier repo written
@@ -287,7 +282,7 @@ def _materialise(dataset, manifest: bytes, repo_id: str | None, origin: str, roo
     rows = list(csv.DictReader(io.StringIO(manifest.decode("utf-8"))))
     expected = {row["file"]: row for row in rows if row.get("status") == "kept"}
     root.mkdir(parents=True, exist_ok=True)
-    staging = _sibling(target, "partial")
+    staging = new_sibling(target, "partial")
     try:
         for split in SPLITS:
             for label in CLASS_NAMES:
