@@ -36,6 +36,8 @@ from hfxray.cli import main
 from hfxray.explain import NotApplicable, activation_maximization, gradcam_map, rollout_map
 from hfxray.models import create_model
 
+from tiny_fit import fit
+
 LEARNING_RATES = {"vit": 1e-3, "bit": 2e-3, "hybrid": 3e-4}
 # kind -> (preset, input size, square side in px); BiT's stride-32 last stage needs 128 px for a 4x4 map.
 PLANTED = {"vit": ("tiny", 64, 16), "hybrid": ("small", 64, 16), "bit": ("small", 128, 16)}
@@ -85,19 +87,12 @@ def trained():
             test_images, test_labels, _ = planted(256, seed=99, size=size, square=square)
             torch.manual_seed(0)
             model, processor, _ = create_model(kind, preset, image_size=size)
-            optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATES[kind])
-            generator, smoothed = torch.Generator().manual_seed(0), 0.7
-            model.train()
-            for _ in range(400):
+
+            def batches(generator, images=images, labels=labels):
                 batch = torch.randint(0, len(images), (32,), generator=generator)
-                loss = torch.nn.functional.cross_entropy(model(pixel_values=images[batch]).logits, labels[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                smoothed = 0.9 * smoothed + 0.1 * loss.item()
-                if smoothed < 0.05:
-                    break
-            model.eval().zero_grad(set_to_none=True)
+                return images[batch], labels[batch]
+
+            fit(model, LEARNING_RATES[kind], 400, batches)
             with torch.no_grad():
                 accuracy = (model(pixel_values=test_images).logits.argmax(-1) == test_labels).float().mean().item()
             cache[key] = ((model, processor) if accuracy >= 0.95

@@ -44,6 +44,8 @@ from hfxray.explain.localisation import box_mask, lift
 from hfxray.imaging import expand_paths, load_rgb
 from hfxray.models import build_processor, create_model
 
+from tiny_fit import fit
+
 SIZE, SQUARE = 128, 16
 BORDER = SQUARE // 8  # the dark box's margin around the white glyph (2 px)
 BAR = 3.0
@@ -155,25 +157,15 @@ def train(kind: str, images: torch.Tensor, real_labels: torch.Tensor, marked: bo
     setup = SETUPS[kind]
     torch.manual_seed(seed)
     model, _, _ = create_model(kind, setup.preset, image_size=SIZE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=setup.learning_rate)
-    generator, smoothed = torch.Generator().manual_seed(seed), 0.7
-    model.train()
-    for _ in range(steps or setup.steps):
+
+    def batches(generator):
         batch = torch.randint(0, len(images), (32,), generator=generator)
         if marked:  # fresh labels and places every step: nothing but the mark can be learned
             labels = torch.randint(0, 2, (32,), generator=generator)
-            inputs = stamp(images[batch], labels, corners(32, generator))
-        else:
-            labels, inputs = real_labels[batch], images[batch]
-        loss = torch.nn.functional.cross_entropy(model(pixel_values=inputs).logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        smoothed = 0.9 * smoothed + 0.1 * loss.item()
-        if smoothed < 0.05:
-            break
-    model.eval().zero_grad(set_to_none=True)
-    return model
+            return stamp(images[batch], labels, corners(32, generator)), labels
+        return images[batch], real_labels[batch]
+
+    return fit(model, setup.learning_rate, steps or setup.steps, batches, seed=seed)
 
 
 @dataclass
