@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from _common import REPO, prepared_sample
 
 
@@ -86,11 +88,8 @@ def main() -> None:
                   f"\n{finished.stderr[-6000:]}")
             continue
         train = json.loads((out / "train_results.json").read_text())
-        run_args = (out / "args.yaml").read_text() if (out / "args.yaml").exists() else ""
-        batch = next((line.split(":", 1)[1].strip() for line in run_args.splitlines()
-                      if line.strip().startswith("per_device_train_batch_size:")), "?")
-        size = next((line.split(":", 1)[1].strip() for line in run_args.splitlines()
-                     if line.strip().startswith("image_size:")), "?")
+        run_args = yaml.safe_load((out / "args.yaml").read_text())  # the resolved arguments the run wrote
+        batch, size = run_args["per_device_train_batch_size"], run_args["image_size"]
         from PIL import Image
         from transformers import pipeline
 
