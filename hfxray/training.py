@@ -239,7 +239,8 @@ def check_processes_connected(training_args) -> None:
     if launched > 1 and training_args.world_size == 1:
         raise ConfigError(f"the launcher started {launched} processes, but they are not connected (each sees "
                           "world size 1 and would train alone on all the data). To fix: launch with "
-                          "`accelerate launch --config_file configs/accelerate/cpu-2proc.yaml` on CPUs, or "
+                          "`accelerate launch --config_file configs/accelerate/cpu-2proc.yaml --num_cpu_threads_per_process N` "
+                          "on CPUs (N: cores per process), or "
                           "configs/accelerate/multi-gpu.yaml on a machine with that many GPUs.")
 
 
