@@ -40,9 +40,10 @@ CLOSE = "<!-- /results -->"
 DASH = "—"  # a figure the file does not hold
 
 # How each kind of quantity is printed (as the docs have quoted them): metrics and shares to 3 decimals, the
-# Wilson intervals of per-finding shares and the source separation to 2, p-values to 2 significant digits.
+# Wilson intervals of per-finding shares and the source separation to 2, p-values to 2 significant digits, a
+# threshold as it was set.
 FORMATS = {"metric": ".3f", "metric_ci": ".3f", "share": ".3f", "share_ci": ".2f", "separation": ".2f",
-           "separation_ci": ".2f", "p": ".2g", "count": "d"}
+           "separation_ci": ".2f", "p": ".2g", "threshold": "g", "count": "d"}
 METRIC_ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC"),
                ("sensitivity", "sensitivity"), ("specificity", "specificity"))
 
@@ -260,8 +261,10 @@ def default_docs(root: Path) -> list[Path]:
     return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 
 
-def check(docs: list[Path], root: Path, write: bool = False, out=sys.stdout) -> int:
-    """0 when every block agrees with its file (or, with `write`, after rewriting those that did not), else 1."""
+def check(docs: list[Path], root: Path, write: bool = False, out=None) -> int:
+    """0 when every block agrees with its file (or, with `write`, after rewriting those that did not), else 1;
+    what differs is printed to `out` (default: standard output)."""
+    out = out or sys.stdout
     status = 0
     for doc in docs:
         lines = doc.read_text().split("\n")
