@@ -232,11 +232,12 @@ def _above(lines: list[str], index: int) -> str:
 def blocks(doc: Path) -> list[Block]:
     """The results blocks of one Markdown file, in order."""
     lines = doc.read_text().split("\n")
-    found, i = [], 0
+    found, i, fenced = [], 0, False
     while i < len(lines):
-        match = OPEN.match(lines[i])
+        fenced ^= lines[i].lstrip().startswith("```")  # an example of the syntax in a code block is no block
+        match = None if fenced else OPEN.match(lines[i])
         if not match:
-            if OPEN_LIKE.match(lines[i]):
+            if not fenced and OPEN_LIKE.match(lines[i]):
                 raise ResultsTableError(f"{shown(doc)}:{i + 1}: malformed results comment {lines[i]!r}. To fix: "
                                         "write `<!-- results: docs/results/NAME/FILE.json view=VIEW -->`.")
             i += 1

@@ -233,3 +233,9 @@ def test_prose_quotes_the_figures_of_the_results_files(doc):
 def test_prose_check_fails_on_a_changed_figure():
     prose = " ".join(_readme_paragraph().split()).replace("separation 0.91", "separation 0.92")
     assert any(phrase not in prose for phrase in _prose_figures()["README.md"])
+
+
+def test_the_syntax_shown_in_a_code_block_is_no_block(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("```\n<!-- results: docs/results/nowhere/x.json view=median -->\n```\n")
+    assert rt.blocks(doc) == [] and rt.main([str(doc), "--root", str(ROOT)]) == 0
