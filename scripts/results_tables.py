@@ -177,10 +177,10 @@ def render(path: Path, view: str, where: str) -> list[str]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ResultsTableError(f"{where}: results file {path} does not exist. To fix: commit the file the "
+        raise ResultsTableError(f"{where}: results file {shown(path)} does not exist. To fix: commit the file the "
                                 "command above the block writes, or correct the path.") from None
     except (OSError, ValueError) as err:
-        raise ResultsTableError(f"{where}: cannot read {path} as JSON ({err}). To fix: write it again with the "
+        raise ResultsTableError(f"{where}: cannot read {shown(path)} as JSON ({err}). To fix: write it again with the "
                                 "command above the block.") from None
     try:
         return trimmed(VIEWS[view](data, f"{where}: {path.name}"))
