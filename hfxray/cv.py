@@ -451,8 +451,8 @@ def _pm(entry: dict, digits: int = 3) -> str:
     return f"{entry['mean']:.{digits}f} ± {entry['sd']:.{digits}f}"
 
 
-def table_markdown(summary: dict) -> str:
-    """The CV table (mean ± sd over folds, pooled out-of-fold) and the paired comparison, as Markdown."""
+def summary_markdown(summary: dict) -> list[str]:
+    """The CV table and the paired comparison as Markdown lines, from `cv_results.json` (as the docs quote it)."""
     lines = [f"{summary['n_folds']}-fold patient-grouped CV x {summary['repeats']} repeat(s) on train + validation "
              f"({summary['n_pool']} images), {summary['model']} / {summary['preset']} / {summary['recipe']}",
              "",
@@ -480,11 +480,15 @@ def table_markdown(summary: dict) -> str:
                 cells.append(f"{c['mean_difference']:+.3f} ± {c['sd_difference'] or 0:.3f} "
                              f"({c['better_folds']}/{c['n']}{p})")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if summary.get("selection"):
-        from .selection import selection_markdown
+    return lines
 
-        lines += selection_markdown(summary["selection"])
-    return "\n".join(lines) + "\n"
+
+def table_markdown(summary: dict) -> str:
+    """`cv_table.md`: `summary_markdown`, then the selection test's table when candidates were tested."""
+    from .selection import selection_markdown  # scipy: loaded when a table is written, not on import
+
+    selection = selection_markdown(summary["selection"]) if summary.get("selection") else []
+    return "\n".join(summary_markdown(summary) + selection) + "\n"
 
 
 # --- the whole run and the refit ----------------------------------------------------------------------------
