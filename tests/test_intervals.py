@@ -3,21 +3,28 @@ checked by simulation against models of known true ECE."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
 from hfxray.intervals import (
+    calibration_model,
+    calibration_model_ece,
     design_effect,
     ece_estimates,
     ece_noise_floor,
     null_eces,
     proportion_interval,
+    simulate_ece_interval,
     wilson_interval,
 )
 from hfxray.metrics import expected_calibration_error
 
 N_BINS = 15
+COVERAGE = Path(__file__).resolve().parents[1] / "docs" / "results" / "evidence" / "ece_coverage.json"
 
 
 @pytest.mark.parametrize("k,n", [(0, 79), (12, 12), (5, 20), (91, 92), (1, 1)])
@@ -64,45 +71,37 @@ def test_noise_floor_matches_a_direct_simulation():
 
 def _draw(rng, n: int, sharpen: float):
     """Predicted p = sigmoid(d); the true p(virus) = sigmoid(sharpen * d): 1 = calibrated, < 1 over-confident."""
-    d = rng.normal(0.0, 2.5, n)
-    return (rng.random(n) < 1 / (1 + np.exp(-sharpen * d))).astype(int), 1 / (1 + np.exp(-d))
+    return calibration_model(rng, n, sharpen)
 
 
-def _true_ece(sharpen: float) -> float:
-    """The model's ECE (same 15 bins) on a very large draw, from the true accuracy of each prediction."""
-    d = np.random.default_rng(123).normal(0.0, 2.5, 1_000_000)
-    p, p_true = 1 / (1 + np.exp(-d)), 1 / (1 + np.exp(-sharpen * d))
-    conf, accuracy = np.maximum(p, 1 - p), np.where(p >= 0.5, p_true, 1 - p_true)
-    which = np.digitize(conf, np.linspace(0, 1, N_BINS + 1)[1:-1], right=True)
-    return float(np.abs(np.bincount(which, weights=accuracy - conf, minlength=N_BINS)).sum() / len(p))
+def test_the_models_true_ece_by_hand():
+    """The simulation's truth: at sharpen 1 the true accuracy equals the confidence in every bin (ECE 0); a much
+    over-confident model has a clearly positive one."""
+    assert calibration_model_ece(1.0, N_BINS, size=200_000) == pytest.approx(0.0, abs=1e-12)
+    assert calibration_model_ece(0.5, N_BINS) > 0.08
 
 
 @pytest.mark.parametrize("sharpen", [1.0, 0.5])
 def test_ece_interval_covers_the_truth_in_simulation(sharpen):
     """200 test splits of 92 images: the 95 % interval covers the true ECE in >= 90 % of them, and always holds its
-    own point estimate. The plug-in ECE's own bias is visible: for the calibrated model it sits near its floor."""
-    rng = np.random.default_rng(7)
-    truth = 0.0 if sharpen == 1.0 else _true_ece(sharpen)
-    assert sharpen == 1.0 or truth > 0.08  # a clearly miscalibrated model
-    covered, plugins, floors = 0, [], []
-    for repetition in range(200):
-        labels, probs = _draw(rng, 92, sharpen)
-        result = ece_estimates(labels, probs, N_BINS, n_resamples=300, seed=repetition)
-        low, high = result["interval"]
-        assert low <= result["ece_debiased"] <= high
-        assert result["ece"] == pytest.approx(expected_calibration_error(labels, probs, N_BINS))
-        covered += low <= truth <= high
-        plugins.append(result["ece"])
-        floors.append(result["ece_noise_floor"])
-    assert covered / 200 >= 0.9
+    own point estimate. The plug-in ECE's own bias is visible: for the calibrated model it sits near its floor.
+    The figures are docs/evidence.md's first rows, as `scripts/evidence_figures.py ece-coverage` committed them."""
+    result = simulate_ece_interval(92, sharpen, N_BINS, draws=200, n_resamples=400, seed=7)
+    assert result["coverage"] >= 0.9 and result["holds_point"] == 1.0
     if sharpen == 1.0:
-        assert np.mean(plugins) == pytest.approx(np.mean(floors), rel=0.1)  # the floor is the plug-in's bias
+        assert result["true_ece"] == 0.0
+        assert result["mean_ece"] == pytest.approx(result["mean_noise_floor"], rel=0.1)  # the floor is its bias
+    committed = json.loads(COVERAGE.read_text())["rows"]
+    assert result in committed, "docs/results/evidence/ece_coverage.json differs from what the code gives now: " \
+        "python scripts/evidence_figures.py ece-coverage, then python scripts/results_tables.py --write"
 
 
 def test_calibrated_p_tells_noise_from_miscalibration():
     rng = np.random.default_rng(11)
     labels, probs = _draw(rng, 400, 1.0)
-    assert ece_estimates(labels, probs, N_BINS, n_resamples=200)["ece_calibrated_p"] > 0.01
+    calibrated = ece_estimates(labels, probs, N_BINS, n_resamples=200)
+    assert calibrated["ece_calibrated_p"] > 0.01
+    assert calibrated["ece"] == pytest.approx(expected_calibration_error(labels, probs, N_BINS))
     labels, probs = _draw(rng, 400, 0.3)
     over = ece_estimates(labels, probs, N_BINS, n_resamples=200)
     assert over["ece_calibrated_p"] < 0.01 and over["interval"][0] > 0

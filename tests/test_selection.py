@@ -73,3 +73,18 @@ def test_paired_bootstrap_resamples_patients():
     assert clustered["n_patients"] == 100
     assert np.diff(clustered["ci95"])[0] > 1.5 * np.diff(one_each["ci95"])[0]
     assert paired_bootstrap(reference, reference, np.arange(400), n_resamples=200)["p"] == 1.0
+
+
+def test_the_committed_power_table_is_what_simulate_design_gives():
+    """docs/evidence.md's power table renders docs/results/evidence/selection_power.json; one of its rows (R = 2, a
+    1.5-point gain) is recomputed here at the file's simulations and seed."""
+    import json
+    from pathlib import Path
+
+    power = json.loads((Path(__file__).resolve().parents[1] / "docs" / "results" / "evidence"
+                        / "selection_power.json").read_text())
+    row = next(r for r in power["rows"] if (r["repeats"], r["gain"], r["min_gain"]) == (2, 0.015, 0.0))
+    for alpha, share in row["passes"].items():
+        assert simulate_design(repeats=2, gain=0.015, alpha=float(alpha), simulations=power["simulations"],
+                               seed=power["seed"]) == share, \
+            "selection_power.json differs from the code: python scripts/evidence_figures.py selection-power"
