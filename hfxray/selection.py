@@ -15,27 +15,12 @@ For each candidate, against the reference (today's recipe), over the same R x K 
 
 `min_gain` is fixed in the candidates file before the run (`min_gain: 0.01` beside the variants; 0 when absent).
 
-Power of the design, by simulation (`simulate_design`, 1,000 simulated CV runs each, seed 1; the generative model
-in its docstring, tuned to the 522-image sample's CV: 94 % accuracy, paired fold differences of sd about 0.02 on
-104-image folds). K = 5 folds on 1,750 images, min_gain = 0; "alpha 0.025" is the worst case for each of two
-candidates under Holm:
-
-| repeats R | true gain | passes, alpha 0.05 | passes, alpha 0.025 |
-|---:|---:|---:|---:|
-| 2 | 0 | 0.4 % | 0.1 % |
-| 2 | 1.5 points | 41 % | 22 % |
-| 2 | 2 points | 75 % | 51 % |
-| 3 | 1.5 points | 49 % | 26 % |
-| 3 | 2 points | 84 % | 65 % |
-| 5 | 1.5 points | 59 % | 30 % |
-| 5 | 2 points | 96 % | 81 % |
-
-So the R = 2 x K = 5 design detects a true 1.5-point accuracy gain in about 4 runs of 10 with one candidate and 2
-of 10 with two; a 2-point gain in 3 of 4 (one candidate). A min_gain above 0 costs power (1.5 points against
-min_gain 0.005: 13 %). With no gain the test passes far less often than alpha: in this model the folds' errors are
-nearly independent, while the correction's n_eval/n_train term allows for the correlation shared training images
-can bring. The correction is a heuristic (Nadeau & Bengio): conservative when the folds' correlation is below
-n_eval/n_train, not guaranteed above it.
+Power of the design, by simulation (`simulate_design`; the generative model in its docstring): docs/evidence.md's
+table, written to docs/results/evidence/selection_power.json by `python scripts/evidence_figures.py
+selection-power` (figures are kept there, beside the command, not here). With no gain the test passes far less
+often than alpha: in this model the folds' errors are nearly independent, while the correction's n_eval/n_train
+term allows for the correlation shared training images can bring. The correction is a heuristic (Nadeau &
+Bengio): conservative when the folds' correlation is below n_eval/n_train, not guaranteed above it.
 `tests/test_selection.py` checks the false-pass rate and the detection of a planted gain at fewer simulations.
 """
 

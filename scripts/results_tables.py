@@ -41,9 +41,11 @@ DASH = "—"  # a figure the file does not hold
 
 # How each kind of quantity is printed (as the docs have quoted them): metrics and shares to 3 decimals, the
 # Wilson intervals of per-finding shares and the source separation to 2, p-values to 2 significant digits, a
-# threshold as it was set.
+# threshold as it was set; a simulated rate as a percentage to 1 decimal, the separations of plain image features
+# (scripts/source_features.py) and thumbnail correlations to 3, image geometry (a width/height ratio) to 2.
 FORMATS = {"metric": ".3f", "metric_ci": ".3f", "share": ".3f", "share_ci": ".2f", "separation": ".2f",
-           "separation_ci": ".2f", "p": ".2g", "threshold": "g", "count": "d"}
+           "separation_ci": ".2f", "p": ".2g", "threshold": "g", "count": "d", "percent": ".1f",
+           "feature_separation": ".3f", "correlation": ".3f", "ratio": ".2f"}
 METRIC_ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC"),
                ("sensitivity", "sensitivity"), ("specificity", "specificity"))
 
@@ -56,10 +58,12 @@ def number(value, kind: str) -> str:
     """One figure as the docs print it (FORMATS[kind]); None (not measured) is a dash."""
     if value is None:
         return DASH
-    if kind == "count":
-        return str(int(value))
+    if kind == "count":  # thousands separated, as the docs' prose writes them (1,750 images)
+        return f"{int(value):,}"
     if kind == "p" and value < 0.0001:
         return "< 0.0001"
+    if kind == "percent":  # a share (0-1) printed as a percentage
+        return f"{format(100 * float(value), FORMATS[kind])} %"
     return format(float(value), FORMATS[kind])
 
 
@@ -157,8 +161,73 @@ def render_cv_selection(data: dict, what: str) -> list[str]:
     return selection_markdown(need(data, "selection", what))
 
 
+def render_ece_coverage(data: dict, what: str) -> list[str]:
+    """scripts/evidence_figures.py ece-coverage: the ECE interval's coverage per simulated n and sharpening s."""
+    rows = [[number(r["n"], "count"), "1 (calibrated)" if r["sharpen"] == 1 else number(r["sharpen"], "threshold"),
+             number(r["true_ece"], "metric"), number(r["mean_debiased"], "metric"), number(r["mean_width"], "metric"),
+             number(r["coverage"], "percent")] for r in need(data, "rows", what)]
+    return _table(["n", "s", "true ECE", "mean debiased ECE", "mean width", "covers the true ECE"],
+                  ["---:"] * 6, rows)
+
+
+def _points(gain: float) -> str:
+    return "none" if not gain else f"{number(100 * gain, 'threshold')} points"
+
+
+def render_selection_power(data: dict, what: str) -> list[str]:
+    """scripts/evidence_figures.py selection-power: share of simulated CV runs in which a candidate passes."""
+    alphas = [str(a) for a in need(data, "alphas", what)]
+    rows = [[number(r["repeats"], "count"), _points(r["gain"]), _points(r["min_gain"]).replace("none", "0"),
+             *(number(r["passes"][a], "percent") for a in alphas)] for r in need(data, "rows", what)]
+    return _table(["R", "true gain", "min_gain", *(f"passes at alpha {a}" for a in alphas)],
+                  ["---:"] * (3 + len(alphas)), rows)
+
+
+def render_pool_splits(data: dict, what: str) -> list[str]:
+    """scripts/evidence_figures.py merged-pool: kept images per source and split, normal / virus."""
+    splits = need(data, "split_totals", what)
+    rows = [[source, *(f"{number(by[s]['normal'], 'count')} / {number(by[s]['virus'], 'count')}" for s in splits),
+             number(sum(sum(c.values()) for c in by.values()), "count")]
+            for source, by in need(data, "splits", what).items()]
+    rows.append(["all", *(number(n, "count") for n in splits.values()), number(need(data, "images", what), "count")])
+    return _table(["source", *(f"{s} (normal / virus)" for s in splits), "images"],
+                  ["---", *["---:"] * (len(splits) + 1)], rows)
+
+
+def render_pool_geometry(data: dict, what: str) -> list[str]:
+    """scripts/evidence_figures.py merged-pool: the kept images' size and mode per source and class."""
+    rows = [[source, label, number(g["images"], "count"), number(g["longer_side_max"], "count"),
+             number(g["aspect_median"], "ratio"), number(g["shortest_side_median"], "count"),
+             number(g["share_224_square"], "percent"), number(g["share_rgb"], "percent")]
+            for source, by in need(data, "geometry", what).items() for label, g in by.items()]
+    return _table(["source", "class", "images", "longest side (px, max)", "width / height (median)",
+                   "shortest side (px, median)", "224 × 224", "RGB"], ["---", "---", *["---:"] * 6], rows)
+
+
+def render_pool_duplicates(data: dict, what: str) -> list[str]:
+    """scripts/evidence_figures.py merged-pool: candidate pairs within the hash threshold and their correlation."""
+    found = need(data, "duplicates", what)
+    rows = [[f"within {name}" if name != "across" else "across the sources", number(n, "count"),
+             number(found["max_correlation"][name], "correlation")] for name, n in found["pairs"].items()]
+    rows.append(["all", number(sum(found["pairs"].values()), "count"),
+                 number(max((c for c in found["max_correlation"].values() if c is not None), default=None),
+                        "correlation")])
+    return _table(["pairs", f"within {number(found['phash_threshold'], 'count')} bits of pHash",
+                   "highest thumbnail correlation"], ["---", "---:", "---:"], rows)
+
+
+def render_source_features(data: dict, what: str) -> list[str]:
+    """scripts/source_features.py --out: the separation of the sources per preprocessing variant."""
+    rows = [[name, number(r["all_features"], "feature_separation"), number(r["sharpness_only"], "feature_separation")]
+            for name, r in need(data, "separation", what).items()]
+    return _table(["variant", "separation, all features", "sharpness alone"], ["---", "---:", "---:"], rows)
+
+
 VIEWS = {"metrics": render_metrics, "by_source": render_by_source, "shortcut": render_shortcut,
-         "findings": render_findings, "cv_summary": render_cv_summary, "cv_selection": render_cv_selection}
+         "findings": render_findings, "cv_summary": render_cv_summary, "cv_selection": render_cv_selection,
+         "ece_coverage": render_ece_coverage, "selection_power": render_selection_power,
+         "pool_splits": render_pool_splits, "pool_geometry": render_pool_geometry,
+         "pool_duplicates": render_pool_duplicates, "source_features": render_source_features}
 
 
 def trimmed(lines: list[str]) -> list[str]:

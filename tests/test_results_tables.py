@@ -12,6 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "external-cohen"
+EVIDENCE = ROOT / "docs" / "results" / "evidence"
+POOL = ROOT / "docs" / "results" / "merged-pool"
 CV_EXAMPLE = Path(__file__).resolve().parent / "data" / "cv-example"
 
 
@@ -40,6 +42,10 @@ def test_every_block_in_the_docs_matches_its_results_file():
     # the external validation's tables are blocks (a test that finds no block could not fail)
     assert views == [("validation_results.json", "metrics"), ("test_results.json", "metrics"),
                      ("findings.json", "findings"), ("test_results.json", "shortcut")]
+    assert [(b.path.rsplit("/", 1)[1], b.view) for b in rt.blocks(ROOT / "docs" / "evidence.md")] == [
+        ("ece_coverage.json", "ece_coverage"), ("selection_power.json", "selection_power"),
+        ("pool.json", "pool_splits"), ("pool.json", "pool_duplicates"), ("pool.json", "pool_geometry"),
+        ("source_features_normal.json", "source_features"), ("source_features_virus.json", "source_features")]
 
 
 # --- (b) a changed figure is caught, named, and --write restores it ------------------------------------------------
@@ -78,7 +84,8 @@ def test_a_block_without_the_command_that_wrote_its_file_fails(tmp_path, capsys)
     ("<!-- results: docs/results/nowhere/test_results.json view=metrics -->",
      "results file docs/results/nowhere/test_results.json does not exist. To fix:"),
     ("<!-- results: docs/results/external-cohen/test_results.json view=median -->",
-     "unknown view 'median'. To fix: use one of metrics, by_source, shortcut, findings, cv_summary, cv_selection."),
+     "unknown view 'median'. To fix: use one of metrics, by_source, shortcut, findings, cv_summary, cv_selection, "
+     "ece_coverage, selection_power, pool_splits, pool_geometry, pool_duplicates, source_features."),
     ("<!-- results: docs/results/external-cohen/findings.json view=metrics -->",
      "findings.json has no `ci95`. To fix:"),
     ("<!-- results: docs/results/external-cohen/test_results.json view=cv_selection -->",
@@ -152,11 +159,29 @@ def test_cv_views_are_what_hfxray_cv_writes():
     assert "| c160_zoom100 | +0.005 (10) | -0.043 to +0.053 | -0.034 | 0.409 | 0.409 |" in views[1][4]
 
 
+def test_renderers_on_the_committed_evidence_files():
+    coverage = rt.render(EVIDENCE / "ece_coverage.json", "ece_coverage", "here")
+    assert len(coverage) == 2 + 10 and "| 92 | 1 (calibrated) | 0.000 | 0.051 | 0.107 | 98.0 % |" in coverage
+    power = rt.render(EVIDENCE / "selection_power.json", "selection_power", "here")
+    assert "| 2 | 1.5 points | 0 | 40.8 % | 22.4 % |" in power and "| 2 | none | 0 | 0.4 % | 0.1 % |" in power
+    assert rt.render(POOL / "pool.json", "pool_splits", "here")[2:] == [
+        "| coronahack | 216 / 227 | 39 / 40 | 45 / 47 | 614 |", "| kermany | 561 / 557 | 99 / 98 | 140 / 155 | 1,610 |",
+        "| all | 1,561 | 276 | 387 | 2,224 |"]
+    assert "| all | 4,297 | 0.955 |" in rt.render(POOL / "pool.json", "pool_duplicates", "here")
+    assert "| kermany | normal | 800 | 512 | 1.00 | 224 | 89.8 % | 89.8 % |" in \
+        rt.render(POOL / "pool.json", "pool_geometry", "here")
+    assert rt.render(POOL / "source_features_normal.json", "source_features", "here")[2] == \
+        "| as prepared | 0.896 | 0.806 |"
+    # counts only: the manifest's file names (patients' files) stay out of the committed file
+    assert not re.search(r"\.(jpe?g|png)|person\d|IM-", (POOL / "pool.json").read_text(), re.I)
+
+
 def test_one_number_format_per_quantity():
     assert [rt.number(v, "p") for v in (0.0004997501249375312, 0.8730634682658671, 0.00001)] == \
         ["0.0005", "0.87", "< 0.0001"]
     assert rt.number(None, "metric") == "—" and rt.interval([0.5, None], "metric_ci") == "—"
     assert rt.interval([0.0042, 0.1181], "share_ci") == "0.00–0.12" and rt.number(0.8, "threshold") == "0.8"
+    assert rt.number(1610, "count") == "1,610" and rt.number(0.2245, "percent") == "22.4 %"
 
 
 # --- prose figures -----------------------------------------------------------------------------------------------
@@ -198,7 +223,72 @@ def _prose_figures() -> dict[str, list[str]]:
             f"among viral images ({virus['n'][0]} vs {virus['n'][1]}) {n(virus['separation'], 'separation')} "
             f"({rt.interval(virus['separation_ci95'], 'separation_ci')}; p = {n(virus['permutation_p'], 'p')})",
             f"({test['n']} images, {test_patients} patients)"]
-    return {"README.md": readme, "docs/data.md": data}
+    return {"README.md": readme, "docs/data.md": data, "docs/evidence.md": _evidence_figures()}
+
+
+def _evidence_figures() -> list[str]:
+    """docs/evidence.md's quoted figures, from docs/results/evidence/ and docs/results/merged-pool/."""
+    n = rt.number
+
+    def load(path):
+        return json.loads(path.read_text())
+
+    edges, null = load(EVIDENCE / "proportion_edges.json")["rows"], load(EVIDENCE / "shortcut_null.json")
+    coverage, power = load(EVIDENCE / "ece_coverage.json")["rows"], load(EVIDENCE / "selection_power.json")
+    pool, normal, virus = (load(POOL / name) for name in ("pool.json", "source_features_normal.json",
+                                                           "source_features_virus.json"))
+    calibrated = next(r for r in coverage if (r["n"], r["sharpen"]) == (92, 1.0))
+    passes = {(r["repeats"], r["gain"], r["min_gain"]): r["passes"] for r in power["rows"]}
+    one, min_gain = passes[(2, 0.015, 0.0)], (2, 0.015, 0.005)
+    cohen, found, totals = pool["cohen"], pool["duplicates"], pool["split_totals"]
+    assert cohen["groups_in_two_splits"] == pool["groups_in_two_splits"] == found["merged"] == 0  # "none"
+    corona, kermany = (sum(sum(c.values()) for c in pool["splits"][s].values()) for s in ("coronahack", "kermany"))
+    sep = {label: {k: v["all_features"] for k, v in d["separation"].items()} for label, d in (("normal", normal),
+                                                                                                ("virus", virus))}
+    return [
+        f"Wilson gives {rt.interval(edges[0]['wilson'], 'metric_ci')} and "
+        f"{rt.interval(edges[1]['wilson'], 'metric_ci')}",
+        f"it averages {n(calibrated['mean_noise_floor'], 'metric')}, and the calibrated model's plug-in ECE averages "
+        f"{n(calibrated['mean_ece'], 'metric')} too",
+        f"{calibrated['draws']} draws, {calibrated['n_resamples']} resamples each",
+        f"({n(calibrated['mean_debiased'], 'metric')} at n = 92)",
+        f"10 patients of {null['images_per_patient']} alike images per source, {null['draws']} draws",
+        f"p < 0.05 in {n(null['images_p_below_0.05'], 'percent')} of draws, the patient version in "
+        f"{n(null['patients_p_below_0.05'], 'percent')} (mean p {n(null['patients_mean_p'], 'p')}, images "
+        f"{n(null['images_mean_p'], 'p')};",
+        f"{n(power['simulations'], 'count')} simulated CV runs per row, seed {power['seed']}",
+        f"K = {power['n_folds']}, {n(power['n_images'], 'count')} images",
+        f"detect a true 1.5-point accuracy gain in {n(one['0.025'], 'percent')} of runs",
+        f"one candidate in {n(one['0.05'], 'percent')}",
+        f"a min_gain of 0.5 points lowers the one-candidate rate to {n(passes[min_gain]['0.05'], 'percent')}",
+        f"({n(passes[(2, 0.0, 0.0)]['0.05'], 'percent')} at alpha 0.05)",
+        f"All {cohen['files_listed']} Cohen-derived files",
+        f"they form {cohen['patient_groups_kept']} patient groups",
+        "the CoronaHack images split " + " / ".join(n(sum(pool["splits"]["coronahack"][s].values()), "count")
+                                                    for s in totals) + " there",
+        f"{n(pool['images'], 'count')} images kept ({n(corona, 'count')} CoronaHack, {n(kermany, 'count')} Kermany), "
+        f"{n(sum(pool['skipped'].values()), 'count')} excluded by class; {n(pool['patient_groups'], 'count')} patient "
+        f"groups, none in two splits. Train + validation: "
+        f"**{n(totals['train'] + totals['validation'], 'count')} images**",
+        f"within {found['phash_threshold']} bits of perceptual hash",
+        f"correlate ≥ {n(found['min_correlation'], 'threshold')}. None of the "
+        f"{n(sum(found['pairs'].values()), 'count')} candidate pairs reaches it (the highest correlation is "
+        f"{n(max(found['max_correlation'].values()), 'correlation')})",
+        f"Pairs of kept images within {found['phash_threshold']} bits of pHash",
+        f"separation **{n(sep['normal']['as prepared'], 'feature_separation')}** among normal images, "
+        f"**{n(sep['virus']['as prepared'], 'feature_separation')}** among viral ones",
+        f"leaves that ({n(sep['normal']['grey, shortest side 224'], 'feature_separation')} and "
+        f"{n(sep['virus']['grey, shortest side 224'], 'feature_separation')})",
+        f"brings it to **{n(sep['normal']['grey, 224 x 224'], 'feature_separation')}** and "
+        f"**{n(sep['virus']['grey, 224 x 224'], 'feature_separation')}**",
+        *(f"({n(d['sources']['coronahack'], 'count')} CoronaHack, {n(d['sources']['kermany'], 'count')} Kermany;"
+          for d in (normal, virus))]
+
+
+# Numbers in docs/evidence.md's prose that are settings, thresholds or names, not measured figures.
+EVIDENCE_SETTINGS = ["95 %", "N(0, 2.5)", "at 2.5 %", "the 0.8 warning level", "alpha 0.025 is the worst case",
+                     "≥ 90 % of runs", "row R = 2, 1.5 points", "CC BY-NC-SA 4.0", "Apache-2.0",
+                     "1-s2.0-S0929664620300449-gr2_lrg-a"]
 
 
 def _readme_paragraph() -> str:
@@ -206,6 +296,12 @@ def _readme_paragraph() -> str:
     found = [p for p in paragraphs if "External validation there" in p]
     assert len(found) == 1, "README's Data section has no paragraph with 'External validation there'"
     return found[0]
+
+
+def _evidence_prose() -> str:
+    """docs/evidence.md without its code blocks and results blocks."""
+    text = re.sub(r"```.*?```", "", (ROOT / "docs" / "evidence.md").read_text(), flags=re.S)
+    return re.sub(r"<!-- results:.*?<!-- /results -->", "", text, flags=re.S)
 
 
 def _data_prose() -> str:
@@ -216,23 +312,31 @@ def _data_prose() -> str:
     return re.sub(r"<!-- results:.*?<!-- /results -->", "", section, flags=re.S)
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/data.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/data.md", "docs/evidence.md"])
 def test_prose_quotes_the_figures_of_the_results_files(doc):
     """Each figure the paragraph quotes is found, worded as listed, with the value the file holds; and every decimal
-    figure in it is one of those (a new figure needs its entry here)."""
-    prose = " ".join((_readme_paragraph() if doc == "README.md" else _data_prose()).split())
+    figure in it is one of those (a new figure needs its entry here). In docs/evidence.md, whose figures are
+    simulated rates, a percentage is a figure too, and its settings (EVIDENCE_SETTINGS) are not figures."""
+    text = {"README.md": _readme_paragraph, "docs/data.md": _data_prose, "docs/evidence.md": _evidence_prose}[doc]()
+    prose = " ".join(text.split())
     phrases = _prose_figures()[doc]
     missing = [phrase for phrase in phrases if phrase not in prose]
-    assert not missing, f"{doc} does not quote, in these words, the figures of docs/results/external-cohen/: {missing}"
+    assert not missing, f"{doc} does not quote, in these words, the figures of its results files: {missing}"
     covered = prose
-    for phrase in phrases:
+    for phrase in phrases + (EVIDENCE_SETTINGS if doc == "docs/evidence.md" else []):
         covered = covered.replace(phrase, "")
-    assert not re.findall(r"\d+\.\d+", covered), f"{doc}: figures quoted without a results file behind them"
+    unbacked = re.findall(r"\d+\.\d+" + (r"|\d+(?:\.\d+)? %" if doc == "docs/evidence.md" else ""), covered)
+    assert not unbacked, f"{doc}: figures quoted without a results file behind them: {unbacked}"
 
 
 def test_prose_check_fails_on_a_changed_figure():
     prose = " ".join(_readme_paragraph().split()).replace("separation 0.91", "separation 0.92")
     assert any(phrase not in prose for phrase in _prose_figures()["README.md"])
+    evidence = " ".join(_evidence_prose().split())
+    assert all(phrase in evidence for phrase in _prose_figures()["docs/evidence.md"])
+    for old, new in (("in 22.4 % of runs", "in 21.4 % of runs"), ("**1,837 images**", "**1,838 images**")):
+        assert old in evidence
+        assert any(phrase not in evidence.replace(old, new) for phrase in _prose_figures()["docs/evidence.md"])
 
 
 def test_the_syntax_shown_in_a_code_block_is_no_block(tmp_path):
