@@ -50,7 +50,11 @@ class Geometry:
         else:
             raise GeometryError(f"a processor resizing to {dict(size)}: hfxray reads only a shortest edge or a "
                                 "height and width. To fix: use the processor hfxray saved with the run.")
-        crop = processor.crop_size["height"] if getattr(processor, "do_center_crop", False) else min_side(resize)
+        cropped = getattr(processor, "do_center_crop", False)
+        if not cropped and isinstance(resize, tuple) and resize[0] != resize[1]:
+            raise GeometryError(f"a processor resizing to {resize[0]} x {resize[1]} px without a center crop: hfxray's "
+                                "tensors are square. To fix: give it a square size or a center crop.")
+        crop = processor.crop_size["height"] if cropped else min_side(resize)
         return cls(resize=resize, crop=int(crop), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
 
 

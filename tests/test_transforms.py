@@ -68,6 +68,25 @@ def test_a_processor_resize_hfxray_cannot_reproduce_is_refused():
     fixed = SimpleNamespace(size={"height": 48, "width": 80}, crop_size={"height": 32, "width": 32},
                             do_center_crop=True, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     assert Geometry.from_processor(fixed).resize == (48, 80)
+    with pytest.raises(GeometryError, match="48 x 80 px without a center crop.*To fix"):
+        Geometry.from_processor(SimpleNamespace(**{**vars(fixed), "do_center_crop": False}))
+
+
+def test_a_fixed_size_processor_without_a_crop_gets_its_own_tensors(prepared_dir):
+    """A model folder whose processor squashes to a fixed size and takes no crop (ViTImageProcessor's default
+    kind): evaluation sees the whole squashed image, as `pipeline` does, not a crop of a shortest-edge resize."""
+    from transformers import ViTImageProcessor
+
+    split = load_imagefolder(prepared_dir)["test"].select(range(12))
+    processor = ViTImageProcessor(size={"height": 64, "width": 64})
+    geometry = Geometry.from_processor(processor)
+    assert (geometry.resize, geometry.crop) == ((64, 64), 64)
+    images, labels = decode_split(split, geometry.resize, progress=lambda items, **_: items)
+    dataset = XrayTensorDataset(images, labels, geometry)
+    ours = dataset.collate([dataset[i] for i in range(len(dataset))])["pixel_values"]
+    theirs = processor([example["image"].convert("RGB") for example in split], return_tensors="pt")["pixel_values"]
+    assert ours.shape == theirs.shape == (12, 3, 64, 64)
+    assert (ours - theirs).abs().max() <= ONE_GRAY_LEVEL + 1e-6
 
 
 def test_center_crop_rounds_offsets_down_like_the_processors():
