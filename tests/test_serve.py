@@ -385,7 +385,10 @@ def test_analysed_box_is_the_processors_centre_crop():
     left, top, right, bottom = analysed_box(crop, 512, 315)
     assert (right - left, bottom - top) == (pytest.approx(280), pytest.approx(280))
     assert (left, top) == (pytest.approx(116), pytest.approx(17.5))
-    assert "the 51 % of the image outside it" in analysed_area_text(512, 315, [(left, top, right, bottom)])
+    assert "the 51 % of the image outside it, often the lateral lung edges" in analysed_area_text(
+        512, 315, [(left, top, right, bottom)])
+    tall = analysed_box(crop, 315, 512)  # the same film upright: the crop cuts its top and bottom
+    assert "the top and bottom of a tall film" in analysed_area_text(315, 512, [tall])
     squash = SimpleNamespace(size={"height": 224, "width": 224}, do_center_crop=False)
     assert analysed_box(squash, 512, 315) == (0, 0, 512, 315)  # resized whole, nothing cut off
     assert analysed_area_text(512, 315, [(0, 0, 512, 315)]) == "The models see the whole image (resized)."
@@ -424,4 +427,5 @@ def test_a_square_resize_run_is_served_with_its_own_crop_box_and_evaluates_answe
     width, height = image.size
     box = analysed_box(served.processor, width, height)
     assert box == pytest.approx((4 * width / 72, 4 * height / 72, 68 * width / 72, 68 * height / 72))
-    assert "the 21 % of the image outside it" in analysed_area_text(width, height, [box])  # 1 - (64/72)^2
+    assert ("the 21 % of the image outside it, a margin along every edge of the film, is not seen"  # 1 - (64/72)^2
+            in analysed_area_text(width, height, [box]))
