@@ -21,7 +21,7 @@ from .data import DataError, check_prepared
 from .dataset_repo import resolve_data_dir
 from .errors import HfxrayError, excerpt, printable
 from .families import ADAPTERS, adapter_for_name, model_names
-from .models import PRESETS
+from .models import PRESETS, RESIZE_MODES
 from .recipes import SCHEDULES, TRAINER_SCHEDULE
 from .runs import RunConfig
 
@@ -81,6 +81,10 @@ class RecipeArguments:
     resize_size: int | None = field(default=None, metadata={
         "help": "Shortest edge before cropping (default: the recipe's; with --image_size, the recipe's resize:crop "
                 "ratio applied to it)."})
+    resize_mode: str = field(default="shortest_edge", metadata={
+        "help": "How images are resized to --resize_size before the crop, in training and in the saved processor "
+                "alike: shortest_edge keeps the aspect; square resizes every image to a square, aspect not kept "
+                "(removes the geometry difference between sources stored squashed and not; docs/training.md)."})
     max_zoom: float = field(default=1.0, metadata={"help": "Training augmentation: random zoom in [1, max_zoom]."})
     hflip: bool = field(default=False, metadata={"help": "Training augmentation: random horizontal flips."})
     bit_hyperrule: bool = field(default=False, metadata={
@@ -537,6 +541,9 @@ def validate(model_args, data_args, recipe_args, training_args, explicit: set[st
         value = getattr(recipe_args, name)
         if value is not None and value < 16:
             raise ConfigError(f"--{name} {value}. To fix: pass at least 16 (pixels).")
+    if recipe_args.resize_mode not in RESIZE_MODES:
+        raise ConfigError(f"--resize_mode {printable(str(recipe_args.resize_mode))}. To fix: pass one of "
+                          f"{', '.join(RESIZE_MODES)}.")
     if recipe_args.max_zoom < 1.0:
         raise ConfigError(f"--max_zoom {recipe_args.max_zoom} must be >= 1 (1 = no zoom). To fix: pass 1 or more.")
     if data_args.max_train_samples is not None and data_args.max_train_samples < 1:

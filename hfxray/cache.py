@@ -1,9 +1,10 @@
 """A persistent decode cache shared by runs, cross-validation folds and processes.
 
-Each split of a prepared folder is decoded and resized (shortest edge, as the processor does) once with
-`datasets.Dataset.map` (batched, optionally over `num_proc` processes) into Arrow files: one row per image with
-its uint8 pixels as a flat list plus channels, height, width, label and the image's path in the prepared folder.
-Later runs with the same prepared set and the same resize read those files instead of decoding.
+Each split of a prepared folder is decoded and resized (as the processor does: the shortest edge, or to a fixed
+height x width for `resize_mode: square`) once with `datasets.Dataset.map` (batched, optionally over `num_proc`
+processes) into Arrow files: one row per image with its uint8 pixels as a flat list plus channels, height, width,
+label and the image's path in the prepared folder. Later runs with the same prepared set and the same resize read
+those files instead of decoding.
 
 How they are read: the row index (where each image's bytes lie in the file, its shape and label) is taken once
 through a memory map, which is then closed; an image is then one positioned read (`os.preadv`) into a new
@@ -12,13 +13,14 @@ mapped, so reading a whole epoch through a map would grow every process by the c
 through the operating system's page cache, which all processes (DDP ranks, folds, later runs) share, and leave a
 process holding only the images of the batch it is building.
 
-Where: `{cache_dir or HF_DATASETS_CACHE}/hfxray-decoded/{split}-{resize}px-{fingerprint}/`. The fingerprint
-covers the split's files (relative path, size and modification time of each, as `datasets` fingerprints data
-files), the prepared folder's manifest, the split name, the resize and the decoder's library versions: changing
-any of them decodes anew. Finding an entry needs only that listing, not `load_dataset`, so a run with a warm
-cache starts without listing the split through `datasets`. A cache entry appears whole or not at all (built in a
-hidden folder, then renamed into place), so concurrent runs never read a half-written entry; `hfxray data cache`
-lists and frees entries.
+Where: `{cache_dir or HF_DATASETS_CACHE}/hfxray-decoded/{split}-{resize}px-{fingerprint}/` (`{height}x{width}px`
+for a fixed-size resize). The fingerprint covers the split's files (relative path, size and modification time of
+each, as `datasets` fingerprints data files), the prepared folder's manifest, the split name, the resize (its kind
+too: a square entry is never read for a shortest-edge run) and the decoder's library versions: changing any of them
+decodes anew. Finding an entry needs only that listing, not `load_dataset`, so a run with a warm cache starts
+without listing the split through `datasets`. A cache entry appears whole or not at all (built in a hidden folder,
+then renamed into place), so concurrent runs never read a half-written entry; `hfxray data cache` lists and frees
+entries.
 
 Integrity: the entry's info file records a CRC-32 of each Arrow file, checked every time a run opens the entry
 (`VERIFY`); a file whose bytes changed since (a bad disk, a copy cut short, a hand edit) is never read: the entry is
@@ -97,7 +99,18 @@ def split_listing(data_dir: str | os.PathLike, split_name: str) -> list[tuple[st
     return sorted(listing)
 
 
-def fingerprint(data_dir: str | os.PathLike, split_name: str, resize: int) -> str:
+def resize_json(resize: int | tuple[int, int] | list[int]):
+    """`transforms.Geometry.resize` as stored: an int (shortest edge) or [height, width] (a fixed size)."""
+    return [int(resize[0]), int(resize[1])] if isinstance(resize, (tuple, list)) else int(resize)
+
+
+def resize_name(resize: int | tuple[int, int] | list[int]) -> str:
+    """`72px` (shortest edge) or `72x72px` (fixed size), as in entry names."""
+    value = resize_json(resize)
+    return f"{value}px" if isinstance(value, int) else f"{value[0]}x{value[1]}px"
+
+
+def fingerprint(data_dir: str | os.PathLike, split_name: str, resize: int | tuple[int, int]) -> str:
     """Hash of what the decoded images depend on: the split's files, the manifest, the resize, the decoders."""
     import PIL
     import torch
@@ -107,12 +120,12 @@ def fingerprint(data_dir: str | os.PathLike, split_name: str, resize: int) -> st
 
     manifest = hashlib.sha256((Path(data_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
     files = hashlib.sha256(json.dumps(split_listing(data_dir, split_name)).encode()).hexdigest()
-    parts = [CACHE_VERSION, split_name, files, manifest, int(resize), PIL.__version__, torch.__version__,
+    parts = [CACHE_VERSION, split_name, files, manifest, resize_json(resize), PIL.__version__, torch.__version__,
              torchvision.__version__]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def _decode_batch(batch: dict, resize: int, threads: int, root: str, folder: str):
+def _decode_batch(batch: dict, resize: int | list[int], threads: int, root: str, folder: str):
     """Map function: {"image": [{"path", "bytes"}], "label": [...]} -> an Arrow table of decoded, resized images."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -127,7 +140,7 @@ def _decode_batch(batch: dict, resize: int, threads: int, root: str, folder: str
     def decode(value):
         # The same decoding as indexing the split (datasets' Image feature), then the processor's resize.
         try:
-            return transforms.decode_resized(feature.decode_example(value), resize).numpy()
+            return transforms.decode_resized(feature.decode_example(value), resize_json(resize)).numpy()
         except (OSError, ValueError, SyntaxError) as err:  # PIL: unreadable, truncated or vanished image
             raise CacheError(f"{printable(str(value.get('path')))}: cannot decode it for the cache "
                              f"({type(err).__name__}: {excerpt(printable(str(err)))}). To fix: re-run "
@@ -211,10 +224,11 @@ def _auto_processes(rows: int, cores: int) -> int | None:
     return processes if processes > 1 else None
 
 
-def decoded_split(data_dir: str | os.PathLike, split_name: str, resize: int,
+def decoded_split(data_dir: str | os.PathLike, split_name: str, resize: int | tuple[int, int],
                   cache_dir: str | os.PathLike | None = None, num_proc: int | None = None,
                   split=None) -> "DecodedImages":
-    """The split's images decoded at `resize`, from the cache (built first when missing).
+    """The split's images decoded at `resize` (`transforms.Geometry.resize`), from the cache (built first when
+    missing).
 
     `split` is the whole split as `load_imagefolder` returns it, when the caller has it; it is only needed to
     build a missing entry (loaded here otherwise). Select rows afterwards with `DecodedImages.select`, so that
@@ -228,7 +242,7 @@ def decoded_split(data_dir: str | os.PathLike, split_name: str, resize: int,
     root = cache_root(cache_dir)
     check_cache_folder(root, "the decode cache")
     key = fingerprint(data_dir, split_name, resize)
-    entry = root / f"{split_name}-{int(resize)}px-{key}"
+    entry = root / f"{split_name}-{resize_name(resize)}-{key}"
     info = _read_info(entry)
     damaged = info is not None and VERIFY and damaged_files(entry, info)
     if damaged:
@@ -260,7 +274,7 @@ def decoded_split(data_dir: str | os.PathLike, split_name: str, resize: int,
         source = split.cast_column("image", Image(decode=False))
         decoded = source.map(
             _decode_batch, batched=True, batch_size=ROWS_PER_BATCH, writer_batch_size=ROWS_PER_BATCH,
-            fn_kwargs={"resize": int(resize), "threads": threads, "root": str(Path(data_dir).resolve()),
+            fn_kwargs={"resize": resize_json(resize), "threads": threads, "root": str(Path(data_dir).resolve()),
                        "folder": os.path.abspath(data_dir)},
             remove_columns=source.column_names, features=_features(split.features["label"]), num_proc=num_proc,
             cache_file_name=str(staging / "decoded.arrow"), new_fingerprint=key,
@@ -270,7 +284,7 @@ def decoded_split(data_dir: str | os.PathLike, split_name: str, resize: int,
         del decoded
         (staging / INFO_NAME).write_text(json.dumps({
             "kind": INFO_KIND, "version": CACHE_VERSION, "data_dir": str(Path(data_dir).resolve()),
-            "split": split_name, "resize": int(resize), "rows": len(split), "bytes": size, "files": files,
+            "split": split_name, "resize": resize_json(resize), "rows": len(split), "bytes": size, "files": files,
             "crc32": {name: file_checksum(staging / name) for name in files},
             "fingerprint": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.perf_counter() - start, 2)}, indent=2))
@@ -313,8 +327,8 @@ def _read_into(fd: int, target, offset: int) -> int:
     return done
 
 
-def pooled_split(data_dir: str | os.PathLike, resize: int, cache_dir: str | os.PathLike | None = None,
-                 counts: dict | None = None, guard=None) -> "DecodedImages":
+def pooled_split(data_dir: str | os.PathLike, resize: int | tuple[int, int],
+                 cache_dir: str | os.PathLike | None = None, counts: dict | None = None, guard=None) -> "DecodedImages":
     """Train + validation (`POOL_SPLITS`, those with images) one after another: the rows cross-validation folds
     and the refit select from. `counts` is `check_classes`'s answer when the caller has it; `guard(name)` is a
     context around each split's lookup (DDP: `main_process_first`, so that rank 0 builds a missing entry)."""
@@ -495,11 +509,12 @@ def list_entries(cache_dir: str | os.PathLike | None = None, data_dir: str | os.
         files (a copy), which has the same fingerprint and is therefore shared."""
         if info.get("data_dir") == wanted:
             return True
-        key = (info.get("split"), info.get("resize"))
+        key = (info.get("split"), json.dumps(info.get("resize")))
         if key not in names:
             try:
-                names[key] = f"{key[0]}-{int(key[1])}px-{fingerprint(data_dir, key[0], int(key[1]))}"
-            except (OSError, ValueError, TypeError, HfxrayError):  # no such split there
+                resize = resize_json(info["resize"])
+                names[key] = f"{key[0]}-{resize_name(resize)}-{fingerprint(data_dir, key[0], resize)}"
+            except (OSError, ValueError, TypeError, KeyError, IndexError, HfxrayError):  # no such split there
                 names[key] = None
         return folder.name == names[key]
 
@@ -555,7 +570,8 @@ def describe(cache_dir: str | os.PathLike | None = None, data_dir: str | os.Path
         # named under the folder asked about, with where it was built from
         where = printable(shown or info["data_dir"]) + (f" (built from {printable(info['data_dir'])}, the same "
                                                         "files)" if shown and info["data_dir"] != shown else "")
-        echo(f"  {info['split']:<10} {info['resize']:>5} px {info['rows']:>8} images {info['bytes'] / 2**20:>9.1f} MiB"
+        resize = "x".join(map(str, info["resize"])) if isinstance(info["resize"], list) else info["resize"]
+        echo(f"  {info['split']:<10} {resize:>5} px {info['rows']:>8} images {info['bytes'] / 2**20:>9.1f} MiB"
              f"  {where}  ({folder.name})")
     echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {total / 2**20:.1f} MiB")
     unusable = _unusable_entries(root, data_dir)

@@ -282,7 +282,8 @@ def variant_configs(base_flags: list[str], variants: list[Variant], out: Path) -
         from_scratch = get_spec(model_args.model, model_args.preset, recipe_args.image_size).checkpoint is None
         if from_scratch or model_args.config_overrides:
             create_model(model_args.model, model_args.preset, image_size=recipe_args.image_size,
-                         resize_size=recipe_args.resize_size, config_overrides=model_args.config_overrides)
+                         resize_size=recipe_args.resize_size, config_overrides=model_args.config_overrides,
+                         resize_mode=recipe_args.resize_mode)
     return configs
 
 

@@ -142,7 +142,12 @@ def schedule_text(args: dict) -> str:
 def _recipe_rows(args: dict, facts: CardFacts) -> list[tuple[str, object]]:
     processor = facts.processor
     crop = (processor.get("crop_size") or {}).get("height", args.get("image_size"))
-    resize = (processor.get("size") or {}).get("shortest_edge", args.get("resize_size"))
+    size = processor.get("size") or {}
+    # `resize_mode: square` saves a {"height", "width"} size: every image squashed to it, aspect not kept.
+    square = bool(size.get("height") and size.get("width") and not size.get("shortest_edge"))
+    resize = f"{size.get('height')} x {size.get('width')}" if square else size.get("shortest_edge",
+                                                                                    args.get("resize_size"))
+    resized = f"resized to {resize} px (aspect not kept)" if square else f"shortest edge resized to {resize} px"
     length = (f"{args['max_steps']} steps" if (args.get("max_steps") or -1) > 0
               else f"{args.get('num_train_epochs', 0):g} epoch(s)")
     steps = facts.train_results.get("global_step")
@@ -159,8 +164,9 @@ def _recipe_rows(args: dict, facts: CardFacts) -> list[tuple[str, object]]:
         ("length", length + (f", {steps} optimizer steps" if steps else "")),
         ("effective batch size", batch),
         ("label smoothing", args.get("label_smoothing_factor")),
-        ("image size", f"shortest edge resized to {resize} px, center crop {crop} x {crop} px, scaled to [-1, 1]"
-         if list(processor.get("image_mean") or ()) == list(processor.get("image_std") or ()) == [0.5] * 3 else f"resize {resize} px, crop {crop} px"
+        ("image size", f"{resized}, center crop {crop} x {crop} px, scaled to [-1, 1]"
+         if list(processor.get("image_mean") or ()) == list(processor.get("image_std") or ()) == [0.5] * 3
+         else f"resize {resize} px{' (aspect not kept)' if square else ''}, crop {crop} px"
          + (f", normalised with mean {processor['image_mean']} and std {processor.get('image_std')}"
             if processor.get("image_mean") else "")),
         ("augmentation", ", ".join([f"random zoom up to {zoom}x" if zoom > 1 else "no zoom",

@@ -6,9 +6,9 @@ Presets:
 - `tiny`: the smallest models of the same classes (64 px), for tests, CI and the demo.
 
 What each family builds per preset is its adapter's (`hfxray.families`); this module looks the adapter up, lends it
-the safe loaders below and gives every model the same kind of processor (resize the shortest edge, center-crop,
-scale to the family's mean/std) so that one data path serves all and `pipeline("image-classification")`
-reproduces it.
+the safe loaders below and gives every model the same kind of processor (resize the shortest edge, or to a square
+with `resize_mode: square`, center-crop, scale to the family's mean/std) so that one data path serves all and
+`pipeline("image-classification")` reproduces it.
 """
 
 from __future__ import annotations
@@ -61,17 +61,28 @@ def _labels() -> dict:
     return dict(num_labels=len(ID2LABEL), id2label=dict(ID2LABEL), label2id=dict(LABEL2ID))
 
 
-def build_processor(crop_size: int, resize_size: int | None = None, image_mean=None, image_std=None):
-    """Resize the shortest edge to `resize_size` (default: the crop size), center-crop, normalise."""
+# How images are resized before the center crop: `shortest_edge` keeps the aspect (the shortest edge at the resize
+# size); `square` resizes every image to resize x resize, aspect not kept (a source whose images were stored squashed
+# to a square then looks like one whose images were not).
+RESIZE_MODES = ("shortest_edge", "square")
+
+
+def build_processor(crop_size: int, resize_size: int | None = None, image_mean=None, image_std=None,
+                    resize_mode: str = "shortest_edge"):
+    """Resize (`resize_mode`, see RESIZE_MODES) to `resize_size` (default: the crop size), center-crop, normalise."""
     from transformers import BitImageProcessor
     from transformers.image_utils import PILImageResampling
 
+    if resize_mode not in RESIZE_MODES:
+        raise ModelSpecError(f"resize mode {resize_mode!r}. To fix: use one of {', '.join(RESIZE_MODES)}.")
     mean_std = dict(MINUS_ONE_TO_ONE)
     if image_mean is not None:
         mean_std = dict(image_mean=list(image_mean), image_std=list(image_std))
+    side = resize_size or crop_size
     return BitImageProcessor(
         do_resize=True,
-        size={"shortest_edge": resize_size or crop_size},
+        # transformers 5.24 resizes a {"height", "width"} size to exactly that, whatever the image's aspect.
+        size={"height": side, "width": side} if resize_mode == "square" else {"shortest_edge": side},
         # Bilinear, as hfxray's cached training/evaluation tensors are resized (`transforms.decode_resized`), so
         # `pipeline` sees the same pixels; BitImageProcessor's default is bicubic.
         resample=PILImageResampling.BILINEAR,
@@ -371,7 +382,8 @@ def get_spec(name: str, preset: str = "full", image_size: int | None = None) -> 
 
 
 def create_model(name: str, preset: str = "full", image_size: int | None = None, resize_size: int | None = None,
-                 checkpoint: str | None = None, config_overrides: str | None = None):
+                 checkpoint: str | None = None, config_overrides: str | None = None,
+                 resize_mode: str = "shortest_edge"):
     """Build (model, processor, spec). `checkpoint` replaces the registry's Hub id (e.g. a downloaded folder);
     `config_overrides` (`parse_config_overrides`) changes a from-scratch preset's architecture."""
     spec = get_spec(name, preset, image_size)
@@ -387,7 +399,7 @@ def create_model(name: str, preset: str = "full", image_size: int | None = None,
                                                                                  preset_fields))
     family = spec.family
     model = family.load_pretrained(request) if preset == "full" else family.build_random(request)
-    processor = build_processor(spec.image_size, resize_size, **family.normalisation)
+    processor = build_processor(spec.image_size, resize_size, resize_mode=resize_mode, **family.normalisation)
     return model, processor, spec
 
 

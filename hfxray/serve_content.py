@@ -83,8 +83,13 @@ def analysed_area_text(width: int, height: int, boxes: Sequence[tuple[float, flo
     seen = (right - left) * (bottom - top) / (width * height)
     if seen > 0.995:
         return "The models see the whole image (resized)."
+    # Where the crop cuts most: the sides of a wide film resized by its shortest edge, the top and bottom of a tall
+    # one, an even margin when every image is first squashed to a square (`resize_mode: square`).
+    sides, ends = 1 - (right - left) / width, 1 - (bottom - top) / height
+    where = ("often the lateral lung edges of a wide film" if sides > 2 * ends else "the top and bottom of a tall film"
+             if ends > 2 * sides else "a margin along every edge of the film")
     return (f"The dashed amber rectangle is the area the models analyse (a centre crop): the {100 * (1 - seen):.0f} % "
-            "of the image outside it, often the lateral lung edges of a wide film, is not seen.")
+            f"of the image outside it, {where}, is not seen.")
 
 
 def with_colour_scale(overlay: Image.Image, method: str) -> Image.Image:

@@ -347,7 +347,8 @@ def train(config: RunConfig, select_splits=None) -> TrainedRun:
     # The model first: a checkpoint that cannot be loaded fails before any data work.
     model, processor, spec = create_model(model_args.model, model_args.preset, image_size=recipe_args.image_size,
                                           resize_size=recipe_args.resize_size, checkpoint=model_args.checkpoint,
-                                          config_overrides=model_args.config_overrides)
+                                          config_overrides=model_args.config_overrides,
+                                          resize_mode=recipe_args.resize_mode)
     if resume_from is not None:
         check_resumable(resume_from, model)
     geometry = Geometry.from_processor(processor)

@@ -1,7 +1,7 @@
 """Training/evaluation tensors from a prepared split, decoded once and derived from the model's processor.
 
-JPEG decoding dominates a naive per-step image pipeline. Each image is decoded, converted and resized (shortest
-edge, as the processor does) once into a uint8 tensor (grayscale X-rays as one channel), so later epochs only
+JPEG decoding dominates a naive per-step image pipeline. Each image is decoded, converted and resized (as the
+processor does: its shortest edge, or to a fixed size for `resize_mode: square`) once into a uint8 tensor (grayscale X-rays as one channel), so later epochs only
 crop and normalise. Training and evaluation read those tensors from the decode cache
 (`hfxray.cache`, built with `decode_resized`); `decode_split` keeps them in memory instead. The evaluation path
 equals the processor's output (same resize, center crop, mean/std), so a model evaluated here behaves the same
@@ -21,12 +21,21 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from .errors import HfxrayError
+
+
+class GeometryError(HfxrayError, ValueError):
+    """A processor whose resize hfxray cannot reproduce."""
+
 
 @dataclass(frozen=True)
 class Geometry:
     """The processor's resize / crop / normalisation, read once."""
 
-    resize: int  # shortest edge after resizing
+    # torchvision's `size` convention: an int resizes the shortest edge to it (aspect kept); (height, width) resizes
+    # to exactly that (aspect not kept: `resize_mode: square`). Every decode and cache key takes it whole, so the two
+    # kinds of tensors are never mixed.
+    resize: int | tuple[int, int]
     crop: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -34,20 +43,37 @@ class Geometry:
     @classmethod
     def from_processor(cls, processor) -> "Geometry":
         size = processor.size
-        resize = size.get("shortest_edge") or min(size.get("height", 0), size.get("width", 0))
-        crop = processor.crop_size["height"] if getattr(processor, "do_center_crop", False) else resize
-        return cls(resize=int(resize), crop=int(crop), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
+        if size.get("shortest_edge"):
+            resize = int(size["shortest_edge"])
+        elif size.get("height") and size.get("width"):  # transformers resizes to (height, width) exactly
+            resize = (int(size["height"]), int(size["width"]))
+        else:
+            raise GeometryError(f"a processor resizing to {dict(size)}: hfxray reads only a shortest edge or a "
+                                "height and width. To fix: use the processor hfxray saved with the run.")
+        cropped = getattr(processor, "do_center_crop", False)
+        if not cropped and isinstance(resize, tuple) and resize[0] != resize[1]:
+            raise GeometryError(f"a processor resizing to {resize[0]} x {resize[1]} px without a center crop: hfxray's "
+                                "tensors are square. To fix: give it a square size or a center crop.")
+        crop = processor.crop_size["height"] if cropped else min_side(resize)
+        return cls(resize=resize, crop=int(crop), mean=tuple(processor.image_mean), std=tuple(processor.image_std))
 
 
-def decode_resized(image, resize: int) -> torch.Tensor:
-    """PIL image -> uint8 [C, H, W] with the shortest edge at `resize` (C = 1 for grayscale, else 3)."""
+def min_side(resize: int | tuple[int, int]) -> int:
+    """The shortest edge an image has after `resize` (see `Geometry.resize`)."""
+    return min(resize) if isinstance(resize, (tuple, list)) else int(resize)
+
+
+def decode_resized(image, resize: int | tuple[int, int]) -> torch.Tensor:
+    """PIL image -> uint8 [C, H, W] (C = 1 for grayscale, else 3), resized as `Geometry.resize` says: the shortest
+    edge at `resize` (an int), or to exactly (height, width)."""
     if image.mode not in ("L", "RGB"):
         from .imaging import to_standard_mode
 
         image = to_standard_mode(image)
     array = np.array(image)  # one writable copy out of PIL
     tensor = torch.from_numpy(array).unsqueeze(0) if array.ndim == 2 else torch.from_numpy(array).permute(2, 0, 1)
-    return TF.resize(tensor, [resize], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    size = [int(resize[0]), int(resize[1])] if isinstance(resize, (tuple, list)) else [int(resize)]
+    return TF.resize(tensor, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
 
 
 def available_cores() -> int:
@@ -57,7 +83,7 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def decode_split(split, resize: int, progress=None, desc: str = "decoding") -> tuple[list[torch.Tensor], list[int]]:
+def decode_split(split, resize: int | tuple[int, int], progress=None, desc: str = "decoding") -> tuple[list[torch.Tensor], list[int]]:
     """Decode every image of a datasets split once; returns (uint8 tensors, labels) in the split's order.
 
     Decoding runs on one thread per available core (at most 8): PIL's JPEG decoder and the resize release the

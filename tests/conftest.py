@@ -73,6 +73,20 @@ def tiny_runs(prepared_dir, tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+@pytest.fixture(scope="session")
+def square_run(prepared_dir, tmp_path_factory) -> Path:
+    """A tiny BiT trained briefly on the real sample with `--resize_mode square` (every image resized to 72 x 72,
+    aspect not kept, then the 64 px center crop), saved as `hfxray train` saves it."""
+    from hfxray.arguments import build_config
+    from hfxray.workflow import execute
+
+    out = tmp_path_factory.mktemp("runs") / "square"
+    execute(build_config(model="bit", preset="tiny", recipe="scratch", data_dir=prepared_dir, output_dir=out,
+                         num_train_epochs=2, max_train_samples=64, logging_steps=2, image_size=64, resize_size=72,
+                         resize_mode="square", disable_tqdm=True))
+    return out
+
+
 @pytest.fixture
 def fake_prepared(tmp_path) -> Path:
     """A folder that passes the prepared-folder check without images (for argument and schedule tests)."""

@@ -271,3 +271,28 @@ def test_data_cache_lists_an_entry_for_every_folder_that_reads_it(prepared_dir, 
     assert "built from" not in capsys.readouterr().out
     (copy / "validation" / "normal" / next((copy / "validation" / "normal").iterdir()).name).unlink()
     assert list_entries(tmp_path / "cache", copy) == []  # a changed copy reads entries of its own
+
+
+def test_square_and_shortest_edge_entries_are_never_served_for_each_other(prepared_dir, tmp_path, monkeypatch,
+                                                                         capsys):
+    """`resize_mode: square` decodes to (72, 72); the same resize as a shortest edge is another entry, keyed and
+    named apart, so neither run can read the other's tensors."""
+    from hfxray.cache import describe
+
+    split = load_imagefolder(prepared_dir)["validation"]
+    assert fingerprint(prepared_dir, "validation", (72, 72)) != fingerprint(prepared_dir, "validation", 72)
+    square = decoded_split(prepared_dir, "validation", (72, 72), cache_dir=tmp_path, split=split)
+    expected, _ = decode_split(split, (72, 72), progress=QUIET)
+    assert all(torch.equal(ours, theirs) for ours, theirs in zip(square, expected))
+    assert {tuple(image.shape[1:]) for image in square} == {(72, 72)}
+    shortest = decoded_split(prepared_dir, "validation", 72, cache_dir=tmp_path, split=split)  # built, not served
+    assert all(min(image.shape[1:]) == 72 < max(image.shape[1:]) for image in shortest)
+    entries = {folder.name.rsplit("-", 1)[0]: info["resize"] for folder, info in list_entries(tmp_path, prepared_dir)}
+    assert entries == {"validation-72x72px": [72, 72], "validation-72px": 72}
+    monkeypatch.setattr("hfxray.transforms.decode_resized", _no_decoding)  # both now found, each its own
+    again = decoded_split(prepared_dir, "validation", (72, 72), cache_dir=tmp_path, split=split)
+    assert again.arrow_files == square.arrow_files
+    assert decoded_split(prepared_dir, "validation", 72, cache_dir=tmp_path).arrow_files == shortest.arrow_files
+    describe(tmp_path, prepared_dir, echo=print)
+    listed = capsys.readouterr().out
+    assert "validation 72x72 px" in listed and "validation    72 px" in listed

@@ -234,3 +234,29 @@ def test_cv_trains_each_fold_once_resumes_and_refits(prepared_dir, tmp_path, mon
     assert json.loads((refit_dir / "ood.json").read_text())["fitted_on"] == ["train", "validation"]
     assert cv.refit("bit", "tiny", "scratch", prepared_dir, out, "recipe", sets) == result  # not repeated
     assert len(calls) == 1
+
+
+def test_a_square_resize_variant_trains_and_predicts_its_folds_on_square_tensors(prepared_dir, tmp_path, monkeypatch):
+    """`{resize_mode: square}` as a cv variant: its folds save a square processor and read the square cache
+    entries (never the shortest-edge ones of another variant); a misspelt mode stops the run before any fold."""
+    import hfxray.training
+
+    variants = tmp_path / "variants.yaml"
+    variants.write_text("square: {resize_mode: square}\nsquash: {resize_mode: squash}\n")
+    monkeypatch.setattr(hfxray.training, "train", lambda *a, **k: pytest.fail("a fold trained"))
+    args = dict(model="bit", preset="tiny", recipe="scratch", data_dir=prepared_dir, n_folds=2,
+                sets=["num_train_epochs=1", "max_train_samples=32", "image_size=64", "resize_size=72",
+                      "average_last_epochs=0", f"cache_dir={tmp_path / 'cache'}"])
+    from hfxray.arguments import ConfigError
+
+    with pytest.raises(ConfigError, match="--resize_mode squash. To fix"):
+        cv.cross_validate(**args, out=tmp_path / "bad", variants_file=str(variants))
+    monkeypatch.undo()
+    variants.write_text("square: {resize_mode: square}\n")
+    summary = cv.cross_validate(**args, out=tmp_path / "cv", variants_file=str(variants))
+    assert summary["variants"]["square"]["accuracy"]["n"] == 2
+    for fold in ("repeat0-fold0", "repeat0-fold1"):
+        saved = json.loads((tmp_path / "cv" / "square" / fold / "preprocessor_config.json").read_text())
+        assert saved["size"] == {"height": 72, "width": 72}
+    entries = sorted(path.name.rsplit("-", 1)[0] for path in (tmp_path / "cache" / "hfxray-decoded").iterdir())
+    assert entries == ["train-72x72px", "validation-72x72px"]

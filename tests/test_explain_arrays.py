@@ -24,13 +24,14 @@ def _one_thread(one_torch_thread):
     """Tiny models only: one torch thread (see conftest)."""
 
 
+@pytest.mark.parametrize("mode", ["shortest_edge", "square"])
 @pytest.mark.parametrize(("size", "resize", "crop"), [((64, 80), 64, 64), ((90, 70), 72, 64), ((300, 200), 144, 128),
                                                      ((50, 50), 40, 64)])
-def test_the_geometry_is_the_processors_own(size, resize, crop):
+def test_the_geometry_is_the_processors_own(size, resize, crop, mode):
     """A file whose every pixel names its own row and column goes through the real processor: each input pixel must
     come from the file position `input_geometry` says."""
     height, width = size
-    processor = build_processor(crop, resize)
+    processor = build_processor(crop, resize, resize_mode=mode)
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     coded = np.stack([rows * 255 // (height - 1), cols * 255 // (width - 1), np.zeros_like(rows)], -1)
     image = Image.fromarray(coded.astype(np.uint8))
@@ -156,3 +157,24 @@ def test_the_body_is_what_the_dark_frame_leaves():
     assert 0.8 < found["body_area"] < 0.9
     flat = localisation(np.ones((100, 100)), gray)
     assert flat["body_lift"] == pytest.approx(1.0) and flat["band_lift"] == pytest.approx(1.0)
+
+
+def test_a_square_resize_runs_maps_land_on_its_crop_of_a_real_non_square_xray(square_run, prepared_dir, tmp_path):
+    """`--resize_mode square`: the whole film squashed to 72 x 72, then the 64 px centre crop, i.e. rows and columns
+    4..68 of 72 of the file, each axis at its own scale."""
+    image = next(path for path in sorted((prepared_dir / "test" / "virus").iterdir())
+                 if Image.open(path).width > Image.open(path).height * 1.2)
+    width, height = Image.open(image).size
+    out = tmp_path / "maps"
+    assert main(["explain", "--model", str(square_run), "--method", "gradcam", "--out", str(out), str(image)]) == 0
+    [path] = out.glob("*.npz")
+    with np.load(path, allow_pickle=False) as saved:
+        heatmap, box = saved["map"], tuple(saved["crop_box"])
+    expected = (4 * height / 72, 4 * width / 72, 68 * height / 72, 68 * width / 72)
+    assert box == pytest.approx(expected)
+    shortest = input_geometry(build_processor(64, 72), (height, width)).crop_box
+    assert abs(shortest[1] - expected[1]) > 10 or abs(shortest[0] - expected[0]) > 10  # the other mode's box
+    top, left, bottom, right = (int(round(v)) for v in box)
+    outside = np.ones((height, width), dtype=bool)
+    outside[top:bottom, left:right] = False
+    assert heatmap.shape == (height, width) and (heatmap[outside] == 0).all()

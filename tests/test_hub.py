@@ -326,3 +326,13 @@ def test_the_card_a_run_writes_from_memory_equals_the_card_read_back_from_its_fo
         assert write_model_card(run).read_bytes() == written
     finally:
         (run / "README.md").write_bytes(written)
+
+
+def test_a_square_resize_run_says_so_in_its_card_read_from_memory_or_disk_alike(square_run):
+    written = (square_run / "README.md").read_bytes()
+    try:
+        assert write_model_card(square_run).read_bytes() == written
+    finally:
+        (square_run / "README.md").write_bytes(written)
+    assert ("| image size | resized to 72 x 72 px (aspect not kept), center crop 64 x 64 px, scaled to [-1, 1] |"
+            in written.decode())

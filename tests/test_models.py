@@ -213,3 +213,28 @@ def test_a_full_preset_checkpoint_trains_and_reloads_at_another_input_size(kind,
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+
+
+def test_a_square_processor_squashes_every_image_and_reloads_as_saved(tmp_path):
+    """transformers 5.24's BitImageProcessor resizes a {"height", "width"} size to exactly that, whatever the
+    aspect: a 90 x 40 image is squashed to 72 x 72 (with the shortest edge it would become 162 x 72)."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from hfxray.models import ModelSpecError, build_processor
+
+    image = Image.fromarray(torch.arange(90 * 40, dtype=torch.int32).reshape(40, 90).remainder(256).byte().numpy())
+    plain = dict(do_center_crop=False, do_normalize=False, do_rescale=False, return_tensors="pt")
+    square = build_processor(64, 72, resize_mode="square")
+    assert dict(square.size) == {"height": 72, "width": 72} and dict(square.crop_size) == {"height": 64, "width": 64}
+    assert square(image, **plain)["pixel_values"].shape == (1, 3, 72, 72)
+    assert build_processor(64, 72)(image, **plain)["pixel_values"].shape == (1, 3, 72, 162)
+    square.save_pretrained(tmp_path)
+    again = AutoImageProcessor.from_pretrained(tmp_path)
+    assert dict(again.size) == {"height": 72, "width": 72}
+    assert torch.equal(again(image, return_tensors="pt")["pixel_values"],
+                       square(image, return_tensors="pt")["pixel_values"])
+    _, processor, _ = create_model("bit", "tiny", resize_size=72, resize_mode="square")
+    assert dict(processor.size) == {"height": 72, "width": 72}
+    with pytest.raises(ModelSpecError, match="To fix: use one of shortest_edge, square"):
+        build_processor(64, 72, resize_mode="squash")

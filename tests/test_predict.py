@@ -210,3 +210,37 @@ def test_other_modalities_are_answered_and_flagged_in_predict_and_explain(model_
     explained = explain_images(model_dirs["bit"], "gradcam", [folder / "CT_small.dcm"], tmp_path / "maps")
     (row,) = explained.rows
     assert "modality CT, not CR/DX (plain radiography)" in row["warning"], row
+
+
+def test_a_square_resize_run_predicts_in_pipeline_and_predict_what_evaluate_computed(square_run, prepared_dir,
+                                                                                    tmp_path):
+    """`--resize_mode square`: the saved processor squashes every image to 72 x 72 as training and evaluation did,
+    so plain `pipeline` and `hfxray predict` give evaluate's probabilities; a shortest-edge processor would not."""
+    from transformers import pipeline
+
+    from hfxray.evaluation import predictions_path, read_predictions_csv
+    from hfxray.models import build_processor
+
+    saved = json.loads((square_run / "preprocessor_config.json").read_text())
+    assert saved["size"] == {"height": 72, "width": 72} and saved["crop_size"] == {"height": 64, "width": 64}
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(square_run), "--data-dir", str(prepared_dir), "--out", str(out),
+                 "--n-resamples", "20"]) == 0
+    evaluated = read_predictions_csv(predictions_path(out))
+    files = sorted(evaluated)[:3] + sorted(evaluated)[-3:]  # normal and virus X-rays, none of them square
+    images = [Image.open(prepared_dir / name) for name in files]
+    assert all(image.width != image.height for image in images)
+    classifier = pipeline("image-classification", model=str(square_run), device="cpu")
+    piped = [{e["label"]: e["score"] for e in classifier(image, top_k=2)}["virus"] for image in images]
+    np.testing.assert_allclose(piped, [evaluated[name][2] for name in files], atol=1e-4)
+    listed = tmp_path / "inbox"
+    listed.mkdir()
+    for name in files:
+        shutil.copy(prepared_dir / name, listed / name.replace("/", "_"))
+    assert main(["predict", "--model", str(square_run), str(listed), "--out", str(tmp_path / "p.csv")]) == 0
+    with (tmp_path / "p.csv").open(newline="") as handle:
+        predicted = {os.path.basename(row["file"]): float(row["p_virus"]) for row in csv.DictReader(handle)}
+    np.testing.assert_allclose([predicted[name.replace("/", "_")] for name in files], piped, atol=1e-5)
+    classifier.image_processor = build_processor(64, 72)  # the same model shown shortest-edge crops
+    other = [{e["label"]: e["score"] for e in classifier(image, top_k=2)}["virus"] for image in images]
+    assert np.abs(np.subtract(other, piped)).max() > 1e-3

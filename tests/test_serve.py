@@ -385,7 +385,10 @@ def test_analysed_box_is_the_processors_centre_crop():
     left, top, right, bottom = analysed_box(crop, 512, 315)
     assert (right - left, bottom - top) == (pytest.approx(280), pytest.approx(280))
     assert (left, top) == (pytest.approx(116), pytest.approx(17.5))
-    assert "the 51 % of the image outside it" in analysed_area_text(512, 315, [(left, top, right, bottom)])
+    assert "the 51 % of the image outside it, often the lateral lung edges" in analysed_area_text(
+        512, 315, [(left, top, right, bottom)])
+    tall = analysed_box(crop, 315, 512)  # the same film upright: the crop cuts its top and bottom
+    assert "the top and bottom of a tall film" in analysed_area_text(315, 512, [tall])
     squash = SimpleNamespace(size={"height": 224, "width": 224}, do_center_crop=False)
     assert analysed_box(squash, 512, 315) == (0, 0, 512, 315)  # resized whole, nothing cut off
     assert analysed_area_text(512, 315, [(0, 0, 512, 315)]) == "The models see the whole image (resized)."
@@ -405,3 +408,24 @@ def test_population_comes_from_the_cards_limitations(tiny_runs, tmp_path):
     assert text.count("**Small test set.**") == 2  # each run's own interval, named
     missing = population_markdown([SimpleNamespace(name="old", card=read_card(tmp_path))])
     assert "no model card" in missing and "unknown" in missing
+
+
+def test_a_square_resize_run_is_served_with_its_own_crop_box_and_evaluates_answers(square_run, prepared_dir):
+    """`--resize_mode square`: the page's answer is the run's evaluated probability, and the box drawn on a real
+    non-square X-ray is the 64 px centre of the whole film squashed to 72 x 72 (rows and columns 4..68 of 72)."""
+    from hfxray.evaluation import read_predictions_csv
+    from hfxray.serve import analyze, load_served_model
+    from hfxray.serve_content import analysed_area_text, analysed_box
+
+    evaluated = read_predictions_csv(square_run / "test_predictions.csv")
+    name = next(name for name in sorted(evaluated) if Image.open(prepared_dir / name).width
+                > 1.2 * Image.open(prepared_dir / name).height)
+    served = load_served_model(square_run)
+    image, [answer] = analyze([served], prepared_dir / name)
+    assert answer.probabilities["virus"] == pytest.approx(evaluated[name][2], abs=1e-4)
+    assert answer.model_input.shape == (64, 64, 3) and answer.heatmap.shape == (64, 64)
+    width, height = image.size
+    box = analysed_box(served.processor, width, height)
+    assert box == pytest.approx((4 * width / 72, 4 * height / 72, 68 * width / 72, 68 * height / 72))
+    assert ("the 21 % of the image outside it, a margin along every edge of the film, is not seen"  # 1 - (64/72)^2
+            in analysed_area_text(width, height, [box]))

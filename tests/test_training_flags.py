@@ -244,6 +244,26 @@ def test_an_explicit_crop_keeps_the_recipes_resize_ratio(flags, crop, resize, fa
     assert (recipe_args.image_size, recipe_args.resize_size) == (crop, resize)
 
 
+def test_resize_mode_comes_from_flag_config_or_recipe_and_other_values_are_one_line(fake_prepared, tmp_path):
+    base = ["--model", "bit", "--preset", "tiny", "--data_dir", str(fake_prepared), "--output_dir", str(tmp_path)]
+    assert parse_args([*base, "--recipe", "scratch"])[2].resize_mode == "shortest_edge"  # the default
+    assert parse_args([*base, "--recipe", "scratch", "--resize_mode", "square"])[2].resize_mode == "square"
+    config = tmp_path / "run.yaml"
+    config.write_text("resize_mode: square\n")
+    assert parse_args([*base, "--recipe", "scratch", "--config", str(config)])[2].resize_mode == "square"
+    recipe = tmp_path / "square-scratch.yaml"
+    recipe.write_text((CONFIG_DIR / "recipes" / "scratch.yaml").read_text() + "\nresize_mode: square\n")
+    assert parse_args([*base, "--recipe", str(recipe)])[2].resize_mode == "square"
+    assert parse_args([*base, "--recipe", str(recipe), "--resize_mode", "shortest_edge"])[2].resize_mode \
+        == "shortest_edge"  # a flag wins over the recipe
+    for bad in ("squash", "Square", ""):
+        with pytest.raises(ConfigError, match=r"^--resize_mode .*To fix: pass one of shortest_edge, square\.$"):
+            parse_args([*base, "--recipe", "scratch", "--resize_mode", bad])
+    config.write_text("resize_mode: 224\n")
+    with pytest.raises(ConfigError, match="resize_mode must be a str.*To fix"):
+        parse_args([*base, "--recipe", "scratch", "--config", str(config)])
+
+
 # Integer TrainingArguments fields that may stay unchecked, and why; every other one must refuse -5.
 UNCHECKED_COUNTS = {"local_rank": "set by the launcher, -1 means no distributed run",
                     "ddp_timeout": "a multi-node setting of torch.distributed, not a count of hfxray's",

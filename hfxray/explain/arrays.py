@@ -1,6 +1,7 @@
 """Maps as arrays in the pixel grid of the image file, so anyone can compute with them after the run.
 
-The model sees a resized, centre-cropped copy of the file (the processor's shortest-edge resize, then its crop).
+The model sees a resized, centre-cropped copy of the file (the processor's shortest-edge resize, or its fixed
+height x width resize for `resize_mode: square`, then its crop).
 `input_geometry` gives that copy's place in the file, `to_file_grid` carries a map from the model's input grid back
 onto the file's pixels (zero outside the analysed crop), and `save_map_array` writes one compressed `.npz` per image
 beside its figure:
