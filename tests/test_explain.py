@@ -163,9 +163,12 @@ def test_maps_change_when_the_weights_are_reinitialised(trained, kind, method):
     torch.manual_seed(1)
     random_model = type(model)(model.config).eval()
     images, _ = virus_images(kind, method)
-    correlations = [rank_correlation(a, b) for a, b in zip(MAPS[method](model, images),
-                                                            MAPS[method](random_model, images))]
-    assert np.mean(correlations) < 0.5, f"{kind} {method}: Spearman {np.round(correlations, 2)}"
+    # |Spearman|: a map ranked backwards (-0.6) is as much a copy of the trained one as +0.6, and signed values of
+    # opposite sign cancel in a mean. The full check, against a random-vs-random baseline, is
+    # tests/test_explain_real.py's cascading randomisation on real X-rays.
+    correlations = [abs(rank_correlation(a, b)) for a, b in zip(MAPS[method](model, images),
+                                                                 MAPS[method](random_model, images))]
+    assert np.mean(correlations) < 0.5, f"{kind} {method}: |Spearman| {np.round(correlations, 2)}"
 
 
 @pytest.mark.slow
