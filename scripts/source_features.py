@@ -11,7 +11,9 @@ apart. Variants:
 - `grey, shortest side 224`: grey, downscaled (LANCZOS) to a shortest side of 224 px, aspect kept;
 - `grey, 224 x 224`: grey, resized (LANCZOS) to 224 x 224, aspect not kept: what the Kermany copies of 224 x 224
   px were made with;
-- `grey, 224 x 224, JPEG`: the same, then saved as JPEG (Pillow's default quality) and read back.
+- `grey, 224 x 224, JPEG`: the same, then saved as JPEG (Pillow's default quality) and read back;
+- `--resize_mode square`: the images as prepared, resized to 144 x 144 (aspect not kept) before the crop, as a run
+  trained with `--resize_mode square` and its saved processor see them.
 A source whose images went through another pipeline (size, aspect, re-encoding) can be told apart by such
 features: a classifier trained on the merged pool can then learn the source instead of the disease.
 """
@@ -45,14 +47,16 @@ def _variants():
         buffer.seek(0)
         return Image.open(buffer).convert("L")
 
-    return {"as prepared": lambda image: image, "grey, shortest side 224": shortest, "grey, 224 x 224": square,
-            "grey, 224 x 224, JPEG": square_jpeg}
+    # name -> (what is done to the file's image, the resize before the 128 px centre crop: hfxray's geometry)
+    return {"as prepared": (lambda image: image, 144), "grey, shortest side 224": (shortest, 144),
+            "grey, 224 x 224": (square, 144), "grey, 224 x 224, JPEG": (square_jpeg, 144),
+            "--resize_mode square": (lambda image: image, (144, 144))}
 
 
-def features(image) -> np.ndarray:
+def features(image, resize: int | tuple[int, int] = 144) -> np.ndarray:
     from hfxray.transforms import center_crop, decode_resized
 
-    crop = center_crop(decode_resized(image, 144), 128).float()
+    crop = center_crop(decode_resized(image, resize), 128).float()
     grey = crop.mean(0).numpy() / 255.0
     laplacian = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
     colour = float((crop.max(0).values - crop.min(0).values).mean()) if crop.shape[0] == 3 else 0.0
@@ -90,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     y = np.array([r["source"] == sources[1] for r in rows], dtype=int)
     result = dict(label=args.label, sources={s: int((y == i).sum()) for i, s in enumerate(sources)}, separation={})
-    for name, variant in _variants().items():
+    for name, (variant, resize) in _variants().items():
         rows_features, sharpness = [], []
         for row in rows:
             with Image.open(data / row["file"]) as image:
                 image.load()
-                values = features(variant(image))
+                values = features(variant(image), resize)
             rows_features.append(values)
             sharpness.append(values[-4:-2])
         result["separation"][name] = dict(all_features=separation(np.array(rows_features), y),
