@@ -21,8 +21,8 @@ HYPERPARAMETERS = (
     ("model_tag", "model"), ("recipe", "recipe"), ("pretrained_checkpoint", "weights"), ("optim", "optimizer"),
     ("learning_rate", "lr"), ("schedule", "schedule"), ("num_train_epochs", "epochs"), ("max_steps", "max steps"),
     ("per_device_train_batch_size", "batch/device"), ("gradient_accumulation_steps", "accumulation"),
-    ("weight_decay", "weight decay"), ("label_smoothing_factor", "label smoothing"), ("image_size", "crop px"),
-    ("world_size", "processes"),
+    ("weight_decay", "weight decay"), ("label_smoothing_factor", "label smoothing"), ("resize_size", "resize px"),
+    ("image_size", "crop px"), ("world_size", "processes"),
 )
 
 
@@ -86,6 +86,12 @@ def _hyperparameter(args: dict, key: str) -> str:
         return "—"  # the Trainer ignores num_train_epochs when max_steps is set
     if key == "max_steps" and not steps_set:
         return "—"
+    if key == "resize_size":
+        # A square resize squashes the film (aspect not kept): two runs alike in every other column see other pixels.
+        size = value or args.get("image_size")
+        if size is None:
+            return "—"
+        return f"{size} × {size} (square)" if args.get("resize_mode") == "square" else f"{size} (shortest edge)"
     if key == "schedule":
         from .hub import schedule_text
 

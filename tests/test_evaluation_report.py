@@ -142,6 +142,16 @@ def test_report_names_a_folder_that_does_not_exist(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("args, cell", [
+    ({"resize_size": 144, "image_size": 128}, "144 (shortest edge)"),  # runs from before resize_mode existed
+    ({"resize_size": 144, "image_size": 128, "resize_mode": "shortest_edge"}, "144 (shortest edge)"),
+    ({"resize_size": 144, "image_size": 128, "resize_mode": "square"}, "144 × 144 (square)"),
+    ({"resize_size": None, "image_size": 128, "resize_mode": "square"}, "128 × 128 (square)"),
+])
+def test_hyperparameter_table_tells_a_square_resize_from_a_shortest_edge_one(args, cell):
+    assert _hyperparameter(args, "resize_size") == cell
+
+
 @pytest.mark.parametrize("max_steps, epochs_cell, steps_cell", [(500, "—", "500"), (-1, "3", "—"), (0, "3", "—")])
 def test_hyperparameter_table_shows_the_length_the_trainer_used(max_steps, epochs_cell, steps_cell):
     # The Trainer ignores num_train_epochs when max_steps > 0: the table must not show an unused epoch count.
