@@ -204,6 +204,7 @@ def _prose_figures() -> dict[str, list[str]]:
               f"Cohen COVID-19 images called virus {covid['called_virus']} of {covid['images']} "
               f"({rt.interval(covid['share_ci95'], 'share_ci')})",
               f"(separation {n(normal['separation'], 'separation')}, p = {n(normal['permutation_p'], 'p')})"]
+    readme += _merged_pool_figures()
     sources = test["sources"]
     data = [f"CoronaHack train {sources['train']['coronahack']} / validation {sources['validation']['coronahack']}, "
             f"Cohen test {sources['test']['cohen']}",
@@ -224,6 +225,24 @@ def _prose_figures() -> dict[str, list[str]]:
             f"({rt.interval(virus['separation_ci95'], 'separation_ci')}; p = {n(virus['permutation_p'], 'p')})",
             f"({test['n']} images, {test_patients} patients)"]
     return {"README.md": readme, "docs/data.md": data, "docs/evidence.md": _evidence_figures()}
+
+
+def _merged_pool_figures() -> list[str]:
+    """README's merged-pool paragraph: the selection test and the refit's one test, from docs/results/merged-cv."""
+    n, folder = rt.number, ROOT / "docs" / "results" / "merged-cv"
+    cv = json.loads((folder / "cv_results.json").read_text())
+    report = rt.unprefixed(json.loads((folder / "refit" / "test_results.json").read_text()))
+    (name, candidate), = cv["selection"]["candidates"].items()
+    test = candidate["corrected_t"]
+    normal = {r["class"]: r for r in report["source_shortcut"]["by_class"]}["normal"]
+    outcome = "did not pass" if not candidate["passes"] else "passed"
+    return [f"{n(cv['n_pool'], 'count')} train + validation images",
+            f"gained {n(test['mean'], 'metric')} accuracy over {test['n']} paired folds (corrected 95 % CI "
+            f"{test['ci95'][0]:+.3f} to {test['ci95'][1]:+.3f}, p {n(candidate['p_holm'], 'p')}) and {outcome}",
+            f"tested once on the merged test split ({n(report['n'], 'count')} images)",
+            f"accuracy {n(report['accuracy'], 'metric')} ({rt.interval(report['ci95']['accuracy'], 'metric_ci')}), "
+            f"AUROC {n(report['auroc'], 'metric')} ({rt.interval(report['ci95']['auroc'], 'metric_ci')})",
+            f"(separation {n(normal['separation'], 'separation')}, p = {n(normal['permutation_p'], 'p')})"]
 
 
 def _evidence_figures() -> list[str]:
@@ -292,10 +311,14 @@ EVIDENCE_SETTINGS = ["95 %", "N(0, 2.5)", "at 2.5 %", "the 0.8 warning level", "
 
 
 def _readme_paragraph() -> str:
+    """README's Data section paragraphs that quote figures: the external validation and the merged pool."""
     paragraphs = (ROOT / "README.md").read_text().split("\n\n")
-    found = [p for p in paragraphs if "External validation there" in p]
-    assert len(found) == 1, "README's Data section has no paragraph with 'External validation there'"
-    return found[0]
+    found = []
+    for marker in ("External validation there", "On the merged pool"):
+        hits = [p for p in paragraphs if marker in p]
+        assert len(hits) == 1, f"README's Data section has no paragraph with {marker!r}"
+        found += hits
+    return "\n\n".join(found)
 
 
 def _evidence_prose() -> str:
