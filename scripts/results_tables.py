@@ -223,11 +223,35 @@ def render_source_features(data: dict, what: str) -> list[str]:
     return _table(["variant", "separation, all features", "sharpness alone"], ["---", "---:", "---:"], rows)
 
 
+def render_refit_seeds(data: dict, what: str) -> list[str]:
+    """scripts/refit_seeds.py: one row per training seed of a refit, then the mean ± sd over the seeds."""
+    seeds = need(data, "seeds", what)
+    sources = sorted({name for row in seeds.values() for name in row["accuracy_by_source"]})
+    rows = [[seed, f"{number(row['accuracy'], 'metric')} ({interval(row['accuracy_ci95'], 'metric_ci')})",
+             f"{number(row['auroc'], 'metric')} ({interval(row['auroc_ci95'], 'metric_ci')})",
+             *(number(row["accuracy_by_source"].get(name), "metric") for name in sources),
+             f"{number(row['normal_separation'], 'separation')} "
+             f"({interval(row['normal_separation_ci95'], 'separation_ci')}, p {number(row['normal_permutation_p'], 'p')})"]
+            for seed, row in seeds.items()]
+    over = need(data, "over_seeds", what)
+
+    def spread(key: str, kind: str) -> str:
+        entry = over[key]
+        return number(entry["mean"], kind) + ("" if entry["sd"] is None else f" ± {number(entry['sd'], kind)}")
+
+    rows.append(["mean ± sd", spread("accuracy", "metric"), spread("auroc", "metric"), *([""] * len(sources)),
+                 spread("normal_separation", "separation")])
+    return _table(["seed", "accuracy (95 % CI)", "AUROC (95 % CI)", *(f"accuracy, {name}" for name in sources),
+                   "separation among normal images (95 % CI, p)"],
+                  ["---", "---", "---", *["---:"] * len(sources), "---"], rows)
+
+
 VIEWS = {"metrics": render_metrics, "by_source": render_by_source, "shortcut": render_shortcut,
          "findings": render_findings, "cv_summary": render_cv_summary, "cv_selection": render_cv_selection,
          "ece_coverage": render_ece_coverage, "selection_power": render_selection_power,
          "pool_splits": render_pool_splits, "pool_geometry": render_pool_geometry,
-         "pool_duplicates": render_pool_duplicates, "source_features": render_source_features}
+         "pool_duplicates": render_pool_duplicates, "source_features": render_source_features,
+         "refit_seeds": render_refit_seeds}
 
 
 def trimmed(lines: list[str]) -> list[str]:

@@ -85,7 +85,7 @@ def test_a_block_without_the_command_that_wrote_its_file_fails(tmp_path, capsys)
      "results file docs/results/nowhere/test_results.json does not exist. To fix:"),
     ("<!-- results: docs/results/external-cohen/test_results.json view=median -->",
      "unknown view 'median'. To fix: use one of metrics, by_source, shortcut, findings, cv_summary, cv_selection, "
-     "ece_coverage, selection_power, pool_splits, pool_geometry, pool_duplicates, source_features."),
+     "ece_coverage, selection_power, pool_splits, pool_geometry, pool_duplicates, source_features, refit_seeds."),
     ("<!-- results: docs/results/external-cohen/findings.json view=metrics -->",
      "findings.json has no `ci95`. To fix:"),
     ("<!-- results: docs/results/external-cohen/test_results.json view=cv_selection -->",
@@ -366,3 +366,22 @@ def test_the_syntax_shown_in_a_code_block_is_no_block(tmp_path):
     doc = tmp_path / "doc.md"
     doc.write_text("```\n<!-- results: docs/results/nowhere/x.json view=median -->\n```\n")
     assert rt.blocks(doc) == [] and rt.main([str(doc), "--root", str(ROOT)]) == 0
+
+
+def test_refit_seeds_view_gives_each_seed_and_their_spread(tmp_path):
+    """scripts/refit_seeds.py on the committed refits writes what the docs show; the view prints every seed and
+    the mean ± sd over them."""
+    spec = importlib.util.spec_from_file_location("refit_seeds", ROOT / "scripts" / "refit_seeds.py")
+    refit_seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(refit_seeds)
+    folder = ROOT / "docs" / "results"
+    out = tmp_path / "seeds.json"
+    assert refit_seeds.main(["--refit", f"42={folder / 'merged-cv' / 'refit'}",
+                             "--refit", f"1={folder / 'merged-cv-seeds' / 'seed1'}",
+                             "--refit", f"2={folder / 'merged-cv-seeds' / 'seed2'}", "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads((folder / "merged-cv-seeds" / "seeds.json").read_text())
+    lines = rt.render_refit_seeds(json.loads(out.read_text()), "seeds.json")
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| 42", "| 1", "| 2", "| mean ± sd"]
+    accuracies = [seed["accuracy"] for seed in json.loads(out.read_text())["seeds"].values()]
+    assert f"{sum(accuracies) / 3:.3f}" in lines[-1]
+    assert refit_seeds.main(["--refit", f"7={tmp_path}", "--out", str(out)]) == 2
