@@ -385,3 +385,17 @@ def test_refit_seeds_view_gives_each_seed_and_their_spread(tmp_path):
     accuracies = [seed["accuracy"] for seed in json.loads(out.read_text())["seeds"].values()]
     assert f"{sum(accuracies) / 3:.3f}" in lines[-1]
     assert refit_seeds.main(["--refit", f"7={tmp_path}", "--out", str(out)]) == 2
+
+
+def test_readme_sample_counts_are_the_prepared_pools():
+    """README's counts of the CoronaHack sample are the CoronaHack part of the merged pool's results file (the
+    sample's split is the same whether prepared alone or with Kermany: tests/test_evidence_figures.py)."""
+    pool = json.loads((ROOT / "docs" / "results" / "merged-pool" / "pool.json").read_text())
+    splits, n = pool["splits"]["coronahack"], rt.number
+    kept = {label: sum(part[label] for part in splits.values()) for label in ("normal", "virus")}
+    excluded = sum(pool["skipped"].values())  # all 1,610 Kermany-large images are kept: the excluded are CoronaHack's
+    phrase = (f"On the CoronaHack sample ({n(pool['by_source']['coronahack'] + excluded, 'count')} images): "
+              f"{kept['normal']} normal and {kept['virus']} virus kept, {excluded} excluded; train "
+              f"{sum(splits['train'].values())} / validation {sum(splits['validation'].values())} / test "
+              f"{sum(splits['test'].values())} images")
+    assert phrase in " ".join((ROOT / "README.md").read_text().split())
