@@ -45,7 +45,8 @@ DASH = "—"  # a figure the file does not hold
 # (scripts/source_features.py) and thumbnail correlations to 3, image geometry (a width/height ratio) to 2.
 FORMATS = {"metric": ".3f", "metric_ci": ".3f", "share": ".3f", "share_ci": ".2f", "separation": ".2f",
            "separation_ci": ".2f", "p": ".2g", "threshold": "g", "count": "d", "percent": ".1f",
-           "feature_separation": ".3f", "correlation": ".3f", "ratio": ".2f"}
+           "feature_separation": ".3f", "correlation": ".3f", "ratio": ".2f", "lift": ".2f",
+           "marks_accuracy": ".2f"}
 METRIC_ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC"),
                ("sensitivity", "sensitivity"), ("specificity", "specificity"))
 
@@ -246,12 +247,36 @@ def render_refit_seeds(data: dict, what: str) -> list[str]:
                   ["---", "---", "---", *["---:"] * len(sources), "---"], rows)
 
 
+def render_control_lifts(data: dict, what: str) -> list[str]:
+    """tests/test_explain_control.py's session ($HFXRAY_CONTROL_RESULTS): per family and method, the marker
+    models' held-out accuracy on the marks and the mean lifts in the marker's box, and the verdict at the bar."""
+    accuracy = need(data, "accuracy", what)
+    bar = number(need(data, "bar", what), "threshold")
+    rows = []
+    for entry in need(data, "lifts", what):
+        lifts = entry["lifts"]
+
+        def joined(suffix: str) -> str:
+            values = [number(v, "lift") for k, v in lifts.items() if k.startswith("marker") and k.endswith(suffix)]
+            return " and ".join(values) or DASH
+
+        clean = lifts.get("clean model, marked")
+        learned = " and ".join(number(a, "marks_accuracy") for a in accuracy.get(entry["kind"], []))
+        rows.append([f"{entry['kind']}, {entry['method']}", learned or DASH, joined(", marked"), joined(", unmarked"),
+                     DASH if clean is None else number(clean, "lift"),
+                     "passes" if entry["passes"] else f"fails (bar {bar})"])
+    for kind, message in sorted(data.get("not_learned", {}).items()):
+        rows.append([kind, message, DASH, DASH, DASH, "not learned"])
+    return _table(["family, method", "held-out accuracy on the marks", "marker models, marked", "same models, unmarked",
+                   "clean model, marked", "result"], ["---", "---", "---:", "---:", "---:", "---"], rows)
+
+
 VIEWS = {"metrics": render_metrics, "by_source": render_by_source, "shortcut": render_shortcut,
          "findings": render_findings, "cv_summary": render_cv_summary, "cv_selection": render_cv_selection,
          "ece_coverage": render_ece_coverage, "selection_power": render_selection_power,
          "pool_splits": render_pool_splits, "pool_geometry": render_pool_geometry,
          "pool_duplicates": render_pool_duplicates, "source_features": render_source_features,
-         "refit_seeds": render_refit_seeds}
+         "refit_seeds": render_refit_seeds, "control_lifts": render_control_lifts}
 
 
 def trimmed(lines: list[str]) -> list[str]:

@@ -85,7 +85,7 @@ def test_a_block_without_the_command_that_wrote_its_file_fails(tmp_path, capsys)
      "results file docs/results/nowhere/test_results.json does not exist. To fix:"),
     ("<!-- results: docs/results/external-cohen/test_results.json view=median -->",
      "unknown view 'median'. To fix: use one of metrics, by_source, shortcut, findings, cv_summary, cv_selection, "
-     "ece_coverage, selection_power, pool_splits, pool_geometry, pool_duplicates, source_features, refit_seeds."),
+     "ece_coverage, selection_power, pool_splits, pool_geometry, pool_duplicates, source_features, refit_seeds, control_lifts."),
     ("<!-- results: docs/results/external-cohen/findings.json view=metrics -->",
      "findings.json has no `ci95`. To fix:"),
     ("<!-- results: docs/results/external-cohen/test_results.json view=cv_selection -->",
@@ -399,3 +399,16 @@ def test_readme_sample_counts_are_the_prepared_pools():
               f"{sum(splits['train'].values())} / validation {sum(splits['validation'].values())} / test "
               f"{sum(splits['test'].values())} images")
     assert phrase in " ".join((ROOT / "README.md").read_text().split())
+
+
+def test_control_lifts_view_reads_the_control_sessions_file():
+    """The positive control's table: one row per family and method the session measured, its verdict at the bar
+    from the file's own `passes`, and a family that never learned the marks said so."""
+    data = json.loads((ROOT / "docs" / "results" / "explain-control" / "lifts.json").read_text())
+    lines = rt.render_control_lifts(data, "lifts.json")
+    assert len(lines) == 2 + len(data["lifts"]) + len(data["not_learned"])
+    for entry, line in zip(data["lifts"], lines[2:]):
+        assert line.startswith(f"| {entry['kind']}, {entry['method']} |")
+        assert line.endswith("| passes |" if entry["passes"] else f"| fails (bar {data['bar']:g}) |")
+        marked = [v for k, v in entry["lifts"].items() if k.startswith("marker") and k.endswith(", marked")]
+        assert " and ".join(f"{v:.2f}" for v in marked) in line
