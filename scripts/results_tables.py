@@ -271,12 +271,39 @@ def render_control_lifts(data: dict, what: str) -> list[str]:
                    "clean model, marked", "result"], ["---", "---", "---:", "---:", "---:", "---"], rows)
 
 
+def render_explain_cascading(data: dict, what: str) -> list[str]:
+    """tests/test_explain_real.py ($HFXRAY_EXPLAIN_RESULTS): cascading randomisation per kind, Grad-CAM on 16 test
+    images: mean |Spearman| to the trained maps after each step (top layer first), the random-vs-random baseline."""
+    rows = []
+    for kind, entry in sorted(need(data, "cascading", what).items()):
+        steps = ", ".join(number(step["spearman"], "lift") for step in entry["steps"])
+        layers = ", ".join(step["layer"] for step in entry["steps"])
+        rows.append([kind, str(entry["images"]), layers, steps, number(entry["baseline"]["spearman"], "lift"),
+                     "pass" if entry["passed"] else "fail"])
+    return _table(["kind", "images", "re-initialised, cumulatively", "mean abs. Spearman after each step", "random vs random",
+                   "verdict"], ["---", "---:", "---", "---", "---:", "---"], rows)
+
+
+def render_explain_localisation(data: dict, what: str) -> list[str]:
+    """tests/test_explain_real.py ($HFXRAY_EXPLAIN_RESULTS): lift of the Grad-CAM maps over the body and, on the
+    images with a dark border, over the border (a uniform map: 1)."""
+    rows = [[kind, number(entry["images"], "count"), f"{number(entry['body_lift'], 'feature_separation')} "
+             f"({number(entry['body_area'], 'feature_separation')})", number(entry["bordered_images"], "count"),
+             f"{number(entry['border_lift'], 'lift')} ({interval(entry['border_lift_range'], 'lift')})",
+             number(entry["border_area"], "lift")]
+            for kind, entry in sorted(need(data, "localisation", what).items())]
+    return _table(["kind", "maps", "body lift (body's share of the crop)", "bordered images",
+                   "border lift (range)", "border's share of the crop"],
+                  ["---", "---:", "---", "---:", "---", "---:"], rows)
+
+
 VIEWS = {"metrics": render_metrics, "by_source": render_by_source, "shortcut": render_shortcut,
          "findings": render_findings, "cv_summary": render_cv_summary, "cv_selection": render_cv_selection,
          "ece_coverage": render_ece_coverage, "selection_power": render_selection_power,
          "pool_splits": render_pool_splits, "pool_geometry": render_pool_geometry,
          "pool_duplicates": render_pool_duplicates, "source_features": render_source_features,
-         "refit_seeds": render_refit_seeds, "control_lifts": render_control_lifts}
+         "refit_seeds": render_refit_seeds, "control_lifts": render_control_lifts,
+         "explain_cascading": render_explain_cascading, "explain_localisation": render_explain_localisation}
 
 
 def trimmed(lines: list[str]) -> list[str]:

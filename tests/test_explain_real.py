@@ -36,9 +36,25 @@ BORDERED = 0.05  # images whose border covers at least this share of the crop ar
 pytestmark = pytest.mark.slow
 
 
+# What the checks measured, written at the end of the module when $HFXRAY_EXPLAIN_RESULTS names a file
+# (docs/explanations.md renders its randomisation and localisation tables from that file).
+MEASURED: dict[str, dict] = {"cascading": {}, "localisation": {}}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(one_torch_thread):
     """Every test here trains or explains tiny models: one torch thread (see conftest)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_measured():
+    yield
+    out = os.environ.get("HFXRAY_EXPLAIN_RESULTS")
+    if out:
+        from pathlib import Path
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(MEASURED, indent=1) + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -81,6 +97,10 @@ def test_cascading_randomisation_brings_the_maps_to_the_random_baseline(real_run
     entry = summary["results"]["gradcam"]
     print(f"\n{kind}: " + ", ".join(f"{row['layer']} {row['spearman']:.2f}" for row in entry["steps"])
           + f"; random vs random {entry['baseline']['spearman']:.2f}")
+    MEASURED["cascading"][kind] = dict(
+        images=len(summary["images"]), steps=[dict(layer=row["layer"], spearman=row["spearman"], ssim=row.get("ssim"))
+                                              for row in entry["steps"]],
+        baseline=entry["baseline"], passed=entry["cascading"]["passed"], verdict=entry["cascading"]["verdict"])
     assert len(summary["images"]) == 16
     if kind == "vit":
         # The tiny ViT's maps fail the check, and the check must say so: its Grad-CAM maps of two random models
@@ -113,6 +133,11 @@ def test_map_localisation_is_reported_against_the_uniform_map(explained, kind):
     print(f"\n{kind}: body lift {np.mean(body_lift):.3f} (body {1 - border_share.mean():.3f} of the crop); on "
           f"{bordered.sum()} bordered images border lift {np.mean(border_lift):.2f} (range {np.min(border_lift):.2f}"
           f"-{np.max(border_lift):.2f}; border {border_share[bordered].mean():.2f} of the crop; uniform map: 1)")
+    MEASURED["localisation"][kind] = dict(
+        images=int(ok.sum()), body_lift=float(np.mean(body_lift)), body_area=float(1 - border_share.mean()),
+        bordered_images=int(bordered.sum()), border_lift=float(np.mean(border_lift)),
+        border_lift_range=[float(np.min(border_lift)), float(np.max(border_lift))],
+        border_area=float(border_share[bordered].mean()))
     flat = np.ones_like(trained.maps[0])
     assert all(lift(flat, ~body) == pytest.approx(1.0) for body in bodies[bordered])
     assert all(np.isfinite(body_lift)) and all(np.isfinite(border_lift))
