@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "external-cohen"
 EVIDENCE = ROOT / "docs" / "results" / "evidence"
 POOL = ROOT / "docs" / "results" / "merged-pool"
+PHASH = ROOT / "docs" / "results" / "duplicates" / "phash_distances.json"
 CV_EXAMPLE = Path(__file__).resolve().parent / "data" / "cv-example"
 
 
@@ -224,7 +226,36 @@ def _prose_figures() -> dict[str, list[str]]:
             f"among viral images ({virus['n'][0]} vs {virus['n'][1]}) {n(virus['separation'], 'separation')} "
             f"({rt.interval(virus['separation_ci95'], 'separation_ci')}; p = {n(virus['permutation_p'], 'p')})",
             f"({test['n']} images, {test_patients} patients)"]
+    data += _phash_figures()
     return {"README.md": readme, "docs/data.md": data, "docs/evidence.md": _evidence_figures()}
+
+
+def _phash_figures() -> list[str]:
+    """docs/data.md's duplicate-threshold bullet, from scripts/phash_distances.py's file. A minimum is quoted rounded
+    down and a maximum rounded up, so that "or more" and "at most" stay true."""
+    figures = json.loads(PHASH.read_text())
+    shared, copies = figures["shared"], figures["copies"]
+    within, across = figures["different_within_first"], figures["different_across"]
+    rule = figures["rule"]["phash_bits_at_most"]
+
+    def below(kind, bits):
+        return sum(count for k, count in kind.items() if int(k) <= bits)
+
+    def at(k):
+        return across["bits_counts_below_16"].get(str(k), 0)
+
+    return [f"the {shared['pairs']} images that both samples hold lie at {shared['bits_max']} bits",
+            f"{copies['pairs']} JPEG re-encoded (quality {copies['jpeg_quality'][0]}–{copies['jpeg_quality'][-1]}), "
+            f"resized ({copies['sides_px'][0]}–{copies['sides_px'][-1]} px) and grey-converted copies of "
+            f"{copies['originals']} CoronaHack images at {copies['bits_min']}–{copies['bits_max']} bits, correlating "
+            f"{math.floor(copies['correlation_min'] * 1000) / 1000:.3f} or more",
+            f"lie as close as {within['bits_min']} bits ({below(within['bits_counts_below_16'], 4)} pairs at 4 bits or "
+            f"less, {below(within['two_labels_by_bits'], 4)} of them a normal and a viral child's; "
+            f"{within['within_threshold']} pairs within {rule} bits), but their thumbnails correlate at most "
+            f"{math.ceil(within['correlation_max'] * 1000) / 1000:.3f}",
+            f"lie {across['bits_min']} bits or more apart ({at(8)} pairs at 8, {at(10)} at 10, {at(12)} at 12, "
+            f"{at(14)} at 14 of {across['pairs']:,}; median {across['bits_median']:g}) and correlate at most "
+            f"{math.ceil(across['correlation_max'] * 1000) / 1000:.3f} when within {rule} bits"]
 
 
 def _merged_pool_figures() -> list[str]:
@@ -328,9 +359,12 @@ def _evidence_prose() -> str:
 
 
 def _data_prose() -> str:
-    """docs/data.md's external validation section without its code blocks and results blocks."""
+    """docs/data.md's external validation section, without its code blocks and results blocks, and its duplicate
+    thresholds' bullet, which quotes measured figures too."""
     text = (ROOT / "docs" / "data.md").read_text()
     section = text[text.index("External validation on the samples"):]
+    bullet = text.index("- **Thresholds chosen from the samples.**")
+    section += text[bullet:text.index("- **External validation is one", bullet)]
     section = re.sub(r"```.*?```", "", section, flags=re.S)
     return re.sub(r"<!-- results:.*?<!-- /results -->", "", section, flags=re.S)
 
@@ -385,3 +419,18 @@ def test_refit_seeds_view_gives_each_seed_and_their_spread(tmp_path):
     accuracies = [seed["accuracy"] for seed in json.loads(out.read_text())["seeds"].values()]
     assert f"{sum(accuracies) / 3:.3f}" in lines[-1]
     assert refit_seeds.main(["--refit", f"7={tmp_path}", "--out", str(out)]) == 2
+
+
+def test_phash_distances_on_the_samples_writes_the_committed_file(sample_dir, cohen_dir, tmp_path):
+    """scripts/phash_distances.py on the two samples (seconds) writes what docs/data.md quotes."""
+    spec = importlib.util.spec_from_file_location("phash_distances", ROOT / "scripts" / "phash_distances.py")
+    phash_distances = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(phash_distances)
+    out = tmp_path / "phash_distances.json"
+    assert phash_distances.main([str(sample_dir), str(cohen_dir), "--out", str(out)]) == 0
+    written, committed = json.loads(out.read_text()), json.loads(PHASH.read_text())
+    written["sources"] = committed["sources"]  # folder names differ where the samples are elsewhere
+    assert written == committed
+    # The close different pairs are what the rule's correlation threshold separates from copies.
+    assert committed["copies"]["correlation_min"] >= committed["rule"]["correlation_at_least"]
+    assert committed["different_within_first"]["correlation_max"] < committed["rule"]["correlation_at_least"]
