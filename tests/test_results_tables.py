@@ -7,6 +7,8 @@ import io
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ RESULTS = ROOT / "docs" / "results" / "external-cohen"
 EVIDENCE = ROOT / "docs" / "results" / "evidence"
 POOL = ROOT / "docs" / "results" / "merged-pool"
 PHASH = ROOT / "docs" / "results" / "duplicates" / "phash_distances.json"
+SAMPLES = ROOT / "docs" / "results" / "samples"
 CV_EXAMPLE = Path(__file__).resolve().parent / "data" / "cv-example"
 
 
@@ -226,7 +229,7 @@ def _prose_figures() -> dict[str, list[str]]:
             f"among viral images ({virus['n'][0]} vs {virus['n'][1]}) {n(virus['separation'], 'separation')} "
             f"({rt.interval(virus['separation_ci95'], 'separation_ci')}; p = {n(virus['permutation_p'], 'p')})",
             f"({test['n']} images, {test_patients} patients)"]
-    data += _phash_figures()
+    data += _phash_figures() + _sample_pool_figures()
     return {"README.md": readme, "docs/data.md": data, "docs/evidence.md": _evidence_figures()}
 
 
@@ -256,6 +259,33 @@ def _phash_figures() -> list[str]:
             f"lie {across['bits_min']} bits or more apart ({at(8)} pairs at 8, {at(10)} at 10, {at(12)} at 12, "
             f"{at(14)} at 14 of {across['pairs']:,}; median {across['bits_median']:g}) and correlate at most "
             f"{math.ceil(across['correlation_max'] * 1000) / 1000:.3f} when within {rule} bits"]
+
+
+def _sample_pool_figures() -> list[str]:
+    """docs/data.md's counts of the two samples prepared together, from docs/results/samples/ (written by
+    scripts/evidence_figures.py merged-pool) and, for the images both hold, the pHash file."""
+    pool = json.loads((SAMPLES / "pool.json").read_text())
+    held_out = json.loads((SAMPLES / "pool-test-source-cohen.json").read_text())
+    shared = json.loads(PHASH.read_text())["shared"]
+
+    def pairs(splits):
+        return ", ".join(f"{split} {splits[split]['normal']}/{splits[split]['virus']}"
+                         for split in ("train", "validation", "test"))
+
+    merged = sum(n for reason, n in pool["skipped"].items()
+                 if reason.startswith("duplicate: the same image as coronahack/") and "(identical bytes" in reason)
+    same_group = sum(n for reason, n in held_out["skipped"].items() if reason.startswith("same patient group"))
+    rows = pool["images"] + sum(pool["skipped"].values())
+    ext, train = held_out["splits"], held_out["splits"]["coronahack"]["train"]
+    assert pool["groups_in_two_splits"] == 0 and held_out["groups_in_two_splits"] == 0
+    return [f"{rows} rows, {pool['images']} images kept (coronahack {pairs(pool['splits']['coronahack'])}; cohen "
+            f"{pairs(pool['splits']['cohen'])}, as normal/virus); **{shared['pairs']} images found in both sources**",
+            f"({shared['bits_max']} bits apart in results/duplicates/phash_distances.json) — {merged} kept once, from "
+            f"the CoronaHack side, and the other {shared['pairs'] - merged} excluded",
+            f"train {held_out['split_totals']['train']} ({train['normal']} normal / {train['virus']} virus; "
+            f"{same_group} CoronaHack images skipped as the same patient group as a Cohen test image) and validation "
+            f"{held_out['split_totals']['validation']} from CoronaHack, test {held_out['split_totals']['test']} "
+            f"({ext['cohen']['test']['normal']} / {ext['cohen']['test']['virus']}) from Cohen"]
 
 
 def _merged_pool_figures() -> list[str]:
@@ -359,10 +389,10 @@ def _evidence_prose() -> str:
 
 
 def _data_prose() -> str:
-    """docs/data.md's external validation section, without its code blocks and results blocks, and its duplicate
-    thresholds' bullet, which quotes measured figures too."""
+    """docs/data.md's counts of the prepared samples and its external validation section, without their code
+    blocks and results blocks, and its duplicate thresholds' bullet, which quotes measured figures too."""
     text = (ROOT / "docs" / "data.md").read_text()
-    section = text[text.index("External validation on the samples"):]
+    section = text[text.index("On the two samples, `--source CoronaHack --source Cohen`"):]
     bullet = text.index("- **Thresholds chosen from the samples.**")
     section += text[bullet:text.index("- **External validation is one", bullet)]
     section = re.sub(r"```.*?```", "", section, flags=re.S)
@@ -434,3 +464,17 @@ def test_phash_distances_on_the_samples_writes_the_committed_file(sample_dir, co
     # The close different pairs are what the rule's correlation threshold separates from copies.
     assert committed["copies"]["correlation_min"] >= committed["rule"]["correlation_at_least"]
     assert committed["different_within_first"]["correlation_max"] < committed["rule"]["correlation_at_least"]
+
+
+def test_the_two_samples_prepared_together_give_the_committed_counts(sample_dir, cohen_dir, tmp_path):
+    """`hfxray data prepare` on both samples, then scripts/evidence_figures.py merged-pool (seconds), writes
+    docs/results/samples/pool.json, whose counts docs/data.md quotes."""
+    prepared = tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "hfxray.cli", "data", "prepare", "--source", str(sample_dir),
+                    "--source", str(cohen_dir), "--out", str(prepared)], check=True, capture_output=True)
+    spec = importlib.util.spec_from_file_location("evidence_figures", ROOT / "scripts" / "evidence_figures.py")
+    evidence_figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evidence_figures)
+    out = tmp_path / "pool.json"
+    assert evidence_figures.main(["merged-pool", "--data-dir", str(prepared), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads((SAMPLES / "pool.json").read_text())
