@@ -280,8 +280,8 @@ def _sample_pool_figures() -> list[str]:
     assert pool["groups_in_two_splits"] == 0 and held_out["groups_in_two_splits"] == 0
     return [f"{rows} rows, {pool['images']} images kept (coronahack {pairs(pool['splits']['coronahack'])}; cohen "
             f"{pairs(pool['splits']['cohen'])}, as normal/virus); **{shared['pairs']} images found in both sources**",
-            f"({shared['bits_max']} bits apart in results/duplicates/phash_distances.json) — {merged} kept once, from "
-            f"the CoronaHack side, and the other {shared['pairs'] - merged} excluded",
+            f"({shared['bits_max']} bits apart in results/duplicates/phash_distances.json) — {merged} kept once, "
+            f"from the CoronaHack side, and the other {shared['pairs'] - merged} excluded",
             f"train {held_out['split_totals']['train']} ({train['normal']} normal / {train['virus']} virus; "
             f"{same_group} CoronaHack images skipped as the same patient group as a Cohen test image) and validation "
             f"{held_out['split_totals']['validation']} from CoronaHack, test {held_out['split_totals']['test']} "
