@@ -229,7 +229,7 @@ def _prose_figures() -> dict[str, list[str]]:
             f"among viral images ({virus['n'][0]} vs {virus['n'][1]}) {n(virus['separation'], 'separation')} "
             f"({rt.interval(virus['separation_ci95'], 'separation_ci')}; p = {n(virus['permutation_p'], 'p')})",
             f"({test['n']} images, {test_patients} patients)"]
-    data += _phash_figures() + _sample_pool_figures()
+    data += _phash_figures() + _sample_pool_figures() + _single_sample_figures()
     return {"README.md": readme, "docs/data.md": data, "docs/evidence.md": _evidence_figures()}
 
 
@@ -259,6 +259,34 @@ def _phash_figures() -> list[str]:
             f"lie {across['bits_min']} bits or more apart ({at(8)} pairs at 8, {at(10)} at 10, {at(12)} at 12, "
             f"{at(14)} at 14 of {across['pairs']:,}; median {across['bits_median']:g}) and correlate at most "
             f"{math.ceil(across['correlation_max'] * 1000) / 1000:.3f} when within {rule} bits"]
+
+
+def _single_sample_figures() -> list[str]:
+    """docs/data.md's counts of each sample prepared alone, from docs/results/samples/{coronahack,cohen}.json."""
+    corona, cohen = (json.loads((SAMPLES / f"{name}.json").read_text()) for name in ("coronahack", "cohen"))
+
+    def skipped(pool, start):
+        return sum(n for reason, n in pool["skipped"].items() if reason.startswith(start))
+
+    def totals(pool, words):
+        return " / ".join(f"{split} {pool['split_totals'][split]}" for split in words)
+
+    ch, co = corona["geometry"]["coronahack"], cohen["geometry"]["cohen"]
+    assert corona["groups_in_two_splits"] == 0 and all(
+        skipped(cohen, f"excluded finding: {f} ") == 1 for f in ("Bacterial", "Legionella", "Lipoid", "Pneumonia"))
+    return [f"On the CoronaHack sample ({corona['images'] + sum(corona['skipped'].values())} images): "
+            f"{ch['normal']['images']} normal and {ch['virus']['images']} virus kept, "
+            f"{sum(corona['skipped'].values())} excluded ({skipped(corona, 'excluded class: bacteria')} bacteria, "
+            f"{skipped(corona, 'excluded class: stress-smoking')} stress-smoking/ARDS",
+            f"{totals(corona, ('train', 'validation', 'test'))} images, no patient in two splits",
+            f"On the Cohen sample ({cohen['images'] + sum(cohen['skipped'].values())} rows;",
+            f"{cohen['images']} kept ({co['normal']['images']} normal, {co['virus']['images']} virus; "
+            f"{totals(cohen, ('train', 'validation', 'test'))}), {sum(cohen['skipped'].values())} excluded: "
+            f"{skipped(cohen, 'excluded finding: todo')} `todo`, {skipped(cohen, 'excluded finding: Streptococcus')} "
+            f"Streptococcus, {skipped(cohen, 'excluded finding: Klebsiella')} Klebsiella, 1 each Bacterial, "
+            f"Legionella, Lipoid and Pneumonia, {skipped(cohen, 'excluded finding: ARDS')} ARDS alone, "
+            f"{skipped(cohen, 'excluded view: L')} laterals, {skipped(cohen, 'excluded modality: CT')} CT slices, "
+            f"and the second listing of `000001-27.jpg`"]
 
 
 def _sample_pool_figures() -> list[str]:
@@ -393,6 +421,8 @@ def _data_prose() -> str:
     blocks and results blocks, and its duplicate thresholds' bullet, which quotes measured figures too."""
     text = (ROOT / "docs" / "data.md").read_text()
     section = text[text.index("On the two samples, `--source CoronaHack --source Cohen`"):]
+    for start, end in (("On the CoronaHack sample (", "**Cohen** ("), ("On the Cohen sample (", "**Kermany** (")):
+        section += text[text.index(start):text.index(end, text.index(start))]
     bullet = text.index("- **Thresholds chosen from the samples.**")
     section += text[bullet:text.index("- **External validation is one", bullet)]
     section = re.sub(r"```.*?```", "", section, flags=re.S)
