@@ -5,7 +5,10 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "external-cohen"
 EVIDENCE = ROOT / "docs" / "results" / "evidence"
 POOL = ROOT / "docs" / "results" / "merged-pool"
+PHASH = ROOT / "docs" / "results" / "duplicates" / "phash_distances.json"
+SAMPLES = ROOT / "docs" / "results" / "samples"
 CV_EXAMPLE = Path(__file__).resolve().parent / "data" / "cv-example"
 
 
@@ -224,7 +229,91 @@ def _prose_figures() -> dict[str, list[str]]:
             f"among viral images ({virus['n'][0]} vs {virus['n'][1]}) {n(virus['separation'], 'separation')} "
             f"({rt.interval(virus['separation_ci95'], 'separation_ci')}; p = {n(virus['permutation_p'], 'p')})",
             f"({test['n']} images, {test_patients} patients)"]
+    data += _phash_figures() + _sample_pool_figures() + _single_sample_figures()
     return {"README.md": readme, "docs/data.md": data, "docs/evidence.md": _evidence_figures()}
+
+
+def _phash_figures() -> list[str]:
+    """docs/data.md's duplicate-threshold bullet, from scripts/phash_distances.py's file. A minimum is quoted rounded
+    down and a maximum rounded up, so that "or more" and "at most" stay true."""
+    figures = json.loads(PHASH.read_text())
+    shared, copies = figures["shared"], figures["copies"]
+    within, across = figures["different_within_first"], figures["different_across"]
+    rule = figures["rule"]["phash_bits_at_most"]
+
+    def below(kind, bits):
+        return sum(count for k, count in kind.items() if int(k) <= bits)
+
+    def at(k):
+        return across["bits_counts_below_16"].get(str(k), 0)
+
+    return [f"the {shared['pairs']} images that both samples hold lie at {shared['bits_max']} bits",
+            f"{copies['pairs']} JPEG re-encoded (quality {copies['jpeg_quality'][0]}–{copies['jpeg_quality'][-1]}), "
+            f"resized ({copies['sides_px'][0]}–{copies['sides_px'][-1]} px) and grey-converted copies of "
+            f"{copies['originals']} CoronaHack images at {copies['bits_min']}–{copies['bits_max']} bits, correlating "
+            f"{math.floor(copies['correlation_min'] * 1000) / 1000:.3f} or more",
+            f"lie as close as {within['bits_min']} bits ({below(within['bits_counts_below_16'], 4)} pairs at 4 bits or "
+            f"less, {below(within['two_labels_by_bits'], 4)} of them a normal and a viral child's; "
+            f"{within['within_threshold']} pairs within {rule} bits), but their thumbnails correlate at most "
+            f"{math.ceil(within['correlation_max'] * 1000) / 1000:.3f}",
+            f"lie {across['bits_min']} bits or more apart ({at(8)} pairs at 8, {at(10)} at 10, {at(12)} at 12, "
+            f"{at(14)} at 14 of {across['pairs']:,}; median {across['bits_median']:g}) and correlate at most "
+            f"{math.ceil(across['correlation_max'] * 1000) / 1000:.3f} when within {rule} bits"]
+
+
+def _single_sample_figures() -> list[str]:
+    """docs/data.md's counts of each sample prepared alone, from docs/results/samples/{coronahack,cohen}.json."""
+    corona, cohen = (json.loads((SAMPLES / f"{name}.json").read_text()) for name in ("coronahack", "cohen"))
+
+    def skipped(pool, start):
+        return sum(n for reason, n in pool["skipped"].items() if reason.startswith(start))
+
+    def totals(pool, words):
+        return " / ".join(f"{split} {pool['split_totals'][split]}" for split in words)
+
+    ch, co = corona["geometry"]["coronahack"], cohen["geometry"]["cohen"]
+    assert corona["groups_in_two_splits"] == 0 and all(
+        skipped(cohen, f"excluded finding: {f} ") == 1 for f in ("Bacterial", "Legionella", "Lipoid", "Pneumonia"))
+    return [f"On the CoronaHack sample ({corona['images'] + sum(corona['skipped'].values())} images): "
+            f"{ch['normal']['images']} normal and {ch['virus']['images']} virus kept, "
+            f"{sum(corona['skipped'].values())} excluded ({skipped(corona, 'excluded class: bacteria')} bacteria, "
+            f"{skipped(corona, 'excluded class: stress-smoking')} stress-smoking/ARDS",
+            f"{totals(corona, ('train', 'validation', 'test'))} images, no patient in two splits",
+            f"On the Cohen sample ({cohen['images'] + sum(cohen['skipped'].values())} rows;",
+            f"{cohen['images']} kept ({co['normal']['images']} normal, {co['virus']['images']} virus; "
+            f"{totals(cohen, ('train', 'validation', 'test'))}), {sum(cohen['skipped'].values())} excluded: "
+            f"{skipped(cohen, 'excluded finding: todo')} `todo`, {skipped(cohen, 'excluded finding: Streptococcus')} "
+            f"Streptococcus, {skipped(cohen, 'excluded finding: Klebsiella')} Klebsiella, 1 each Bacterial, "
+            f"Legionella, Lipoid and Pneumonia, {skipped(cohen, 'excluded finding: ARDS')} ARDS alone, "
+            f"{skipped(cohen, 'excluded view: L')} laterals, {skipped(cohen, 'excluded modality: CT')} CT slices, "
+            f"and the second listing of `000001-27.jpg`"]
+
+
+def _sample_pool_figures() -> list[str]:
+    """docs/data.md's counts of the two samples prepared together, from docs/results/samples/ (written by
+    scripts/evidence_figures.py merged-pool) and, for the images both hold, the pHash file."""
+    pool = json.loads((SAMPLES / "pool.json").read_text())
+    held_out = json.loads((SAMPLES / "pool-test-source-cohen.json").read_text())
+    shared = json.loads(PHASH.read_text())["shared"]
+
+    def pairs(splits):
+        return ", ".join(f"{split} {splits[split]['normal']}/{splits[split]['virus']}"
+                         for split in ("train", "validation", "test"))
+
+    merged = sum(n for reason, n in pool["skipped"].items()
+                 if reason.startswith("duplicate: the same image as coronahack/") and "(identical bytes" in reason)
+    same_group = sum(n for reason, n in held_out["skipped"].items() if reason.startswith("same patient group"))
+    rows = pool["images"] + sum(pool["skipped"].values())
+    ext, train = held_out["splits"], held_out["splits"]["coronahack"]["train"]
+    assert pool["groups_in_two_splits"] == 0 and held_out["groups_in_two_splits"] == 0
+    return [f"{rows} rows, {pool['images']} images kept (coronahack {pairs(pool['splits']['coronahack'])}; cohen "
+            f"{pairs(pool['splits']['cohen'])}, as normal/virus); **{shared['pairs']} images found in both sources**",
+            f"({shared['bits_max']} bits apart in results/duplicates/phash_distances.json) — {merged} kept once, "
+            f"from the CoronaHack side, and the other {shared['pairs'] - merged} excluded",
+            f"train {held_out['split_totals']['train']} ({train['normal']} normal / {train['virus']} virus; "
+            f"{same_group} CoronaHack images skipped as the same patient group as a Cohen test image) and validation "
+            f"{held_out['split_totals']['validation']} from CoronaHack, test {held_out['split_totals']['test']} "
+            f"({ext['cohen']['test']['normal']} / {ext['cohen']['test']['virus']}) from Cohen"]
 
 
 def _merged_pool_figures() -> list[str]:
@@ -328,9 +417,14 @@ def _evidence_prose() -> str:
 
 
 def _data_prose() -> str:
-    """docs/data.md's external validation section without its code blocks and results blocks."""
+    """docs/data.md's counts of the prepared samples and its external validation section, without their code
+    blocks and results blocks, and its duplicate thresholds' bullet, which quotes measured figures too."""
     text = (ROOT / "docs" / "data.md").read_text()
-    section = text[text.index("External validation on the samples"):]
+    section = text[text.index("On the two samples, `--source CoronaHack --source Cohen`"):]
+    for start, end in (("On the CoronaHack sample (", "**Cohen** ("), ("On the Cohen sample (", "**Kermany** (")):
+        section += text[text.index(start):text.index(end, text.index(start))]
+    bullet = text.index("- **Thresholds chosen from the samples.**")
+    section += text[bullet:text.index("- **External validation is one", bullet)]
     section = re.sub(r"```.*?```", "", section, flags=re.S)
     return re.sub(r"<!-- results:.*?<!-- /results -->", "", section, flags=re.S)
 
@@ -412,3 +506,32 @@ def test_control_lifts_view_reads_the_control_sessions_file():
         assert line.endswith("| passes |" if entry["passes"] else f"| fails (bar {data['bar']:g}) |")
         marked = [v for k, v in entry["lifts"].items() if k.startswith("marker") and k.endswith(", marked")]
         assert " and ".join(f"{v:.2f}" for v in marked) in line
+
+
+def test_phash_distances_on_the_samples_writes_the_committed_file(sample_dir, cohen_dir, tmp_path):
+    """scripts/phash_distances.py on the two samples (seconds) writes what docs/data.md quotes."""
+    spec = importlib.util.spec_from_file_location("phash_distances", ROOT / "scripts" / "phash_distances.py")
+    phash_distances = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(phash_distances)
+    out = tmp_path / "phash_distances.json"
+    assert phash_distances.main([str(sample_dir), str(cohen_dir), "--out", str(out)]) == 0
+    written, committed = json.loads(out.read_text()), json.loads(PHASH.read_text())
+    written["sources"] = committed["sources"]  # folder names differ where the samples are elsewhere
+    assert written == committed
+    # The close different pairs are what the rule's correlation threshold separates from copies.
+    assert committed["copies"]["correlation_min"] >= committed["rule"]["correlation_at_least"]
+    assert committed["different_within_first"]["correlation_max"] < committed["rule"]["correlation_at_least"]
+
+
+def test_the_two_samples_prepared_together_give_the_committed_counts(sample_dir, cohen_dir, tmp_path):
+    """`hfxray data prepare` on both samples, then scripts/evidence_figures.py merged-pool (seconds), writes
+    docs/results/samples/pool.json, whose counts docs/data.md quotes."""
+    prepared = tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "hfxray.cli", "data", "prepare", "--source", str(sample_dir),
+                    "--source", str(cohen_dir), "--out", str(prepared)], check=True, capture_output=True)
+    spec = importlib.util.spec_from_file_location("evidence_figures", ROOT / "scripts" / "evidence_figures.py")
+    evidence_figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evidence_figures)
+    out = tmp_path / "pool.json"
+    assert evidence_figures.main(["merged-pool", "--data-dir", str(prepared), "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads((SAMPLES / "pool.json").read_text())
