@@ -17,30 +17,28 @@ renders it.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 
-def pooled_predictions(cv_dir: Path, variant: str) -> list[tuple[str, int, float]]:
-    """(file, label, p(virus)) of every held-out image of the variant's finished repeat-0 folds."""
-    import numpy as np
+def pooled_predictions(cv_dir: Path, variant: str) -> tuple[list[tuple[str, int, float]], int]:
+    """(file, label, p(virus)) of every held-out image of the variant's finished repeat-0 folds, and the folds read."""
+    from hfxray.cv import FOLD_RESULTS
+    from hfxray.metrics import apply_temperature
 
-    rows = []
-    for path in sorted((cv_dir / variant).glob("repeat0-fold*/fold_results.json")):
+    rows, paths = [], sorted((cv_dir / variant).glob(f"repeat0-fold*/{FOLD_RESULTS}"))
+    for path in paths:
         result = json.loads(path.read_text())
-        logits = np.asarray(result["logits"], dtype=float).reshape(-1, 2)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        rows += [(file, int(label), float(p)) for file, label, p in zip(result["files"], result["labels"],
-                                                                        probs[:, 1])]
-    return rows
+        probs = apply_temperature(result["logits"], 1.0)
+        rows += [(file, int(label), float(p)) for file, label, p in zip(result["files"], result["labels"], probs)]
+    return rows, len(paths)
 
 
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
+    from hfxray.data import read_manifest
     from hfxray.evaluation import source_shortcut
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,13 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write the check as JSON here")
     args = parser.parse_args(argv)
     cv_dir, data = Path(args.cv_dir), Path(args.data_dir)
-    predictions = pooled_predictions(cv_dir, args.variant)
+    predictions, folds = pooled_predictions(cv_dir, args.variant)
     if not predictions:
         print(f"error: {cv_dir / args.variant} holds no finished fold of repeat 0. To fix: name a variant of that "
               "CV run whose folds have finished.", file=sys.stderr)
         return 2
-    with open(data / "manifest.csv", newline="") as handle:
-        manifest = {row["file"]: row for row in csv.DictReader(handle) if row["status"] == "kept"}
+    manifest = {row["file"]: row for row in read_manifest(data) if row["status"] == "kept"}
     missing = [file for file, _, _ in predictions if file not in manifest]
     if missing:
         print(f"error: {len(missing)} predicted file(s) are not kept images of {data / 'manifest.csv'} (first: "
@@ -67,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                             np.array([manifest[f]["source"] for f in files]),
                             f"out-of-fold predictions of {len(files)} train + validation images",
                             groups=np.array([manifest[f]["patient_group"] for f in files]))
-    result = dict(variant=args.variant, folds=len(list((cv_dir / args.variant).glob("repeat0-fold*/fold_results.json"))),
-                  n_images=len(files), source_shortcut=check)
+    result = dict(variant=args.variant, folds=folds, n_images=len(files), source_shortcut=check)
     for row in check["by_class"]:
         low, high = row["separation_ci95"]
         print(f"{args.variant}: {row['class']} {' vs '.join(row['sources'])}: separation {row['separation']:.3f} "

@@ -45,7 +45,7 @@ DASH = "—"  # a figure the file does not hold
 # (scripts/source_features.py) and thumbnail correlations to 3, image geometry (a width/height ratio) to 2.
 FORMATS = {"metric": ".3f", "metric_ci": ".3f", "share": ".3f", "share_ci": ".2f", "separation": ".2f",
            "separation_ci": ".2f", "p": ".2g", "threshold": "g", "count": "d", "percent": ".1f",
-           "feature_separation": ".3f", "correlation": ".3f", "ratio": ".2f", "lift": ".2f",
+           "feature_separation": ".3f", "correlation": ".3f", "ratio": ".2f", "lift": ".2f", "body_lift": ".3f",
            "marks_accuracy": ".2f"}
 METRIC_ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC"),
                ("sensitivity", "sensitivity"), ("specificity", "specificity"))
@@ -287,8 +287,8 @@ def render_explain_cascading(data: dict, what: str) -> list[str]:
 def render_explain_localisation(data: dict, what: str) -> list[str]:
     """tests/test_explain_real.py ($HFXRAY_EXPLAIN_RESULTS): lift of the Grad-CAM maps over the body and, on the
     images with a dark border, over the border (a uniform map: 1)."""
-    rows = [[kind, number(entry["images"], "count"), f"{number(entry['body_lift'], 'feature_separation')} "
-             f"({number(entry['body_area'], 'feature_separation')})", number(entry["bordered_images"], "count"),
+    rows = [[kind, number(entry["images"], "count"), f"{number(entry['body_lift'], 'body_lift')} "
+             f"({number(entry['body_area'], 'share')})", number(entry["bordered_images"], "count"),
              f"{number(entry['border_lift'], 'lift')} ({interval(entry['border_lift_range'], 'lift')})",
              number(entry["border_area"], "lift")]
             for kind, entry in sorted(need(data, "localisation", what).items())]

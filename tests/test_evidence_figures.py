@@ -1,20 +1,18 @@
 """scripts/evidence_figures.py: its subcommands write what docs/evidence.md's committed results files hold, and
 the merged-pool facts are counts read from a prepared folder's manifest, without file names."""
 
-import importlib.util
 import json
 import re
 from pathlib import Path
+
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENCE = ROOT / "docs" / "results" / "evidence"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("evidence_figures", ROOT / "scripts" / "evidence_figures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evidence_figures")
 
 
 ef = _script()

@@ -1,19 +1,17 @@
 """scripts/external_findings.py: the share of images called virus per source and finding, by patient."""
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
+
+from repo_scripts import load_script
 
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("external_findings", ROOT / "scripts" / "external_findings.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("external_findings")
 
 
 def _write(path: Path, header: list[str], rows: list[list]) -> None:

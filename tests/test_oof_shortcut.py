@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 
+from repo_scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("oof_shortcut", ROOT / "scripts" / "oof_shortcut.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("oof_shortcut")
 
 
 def _cv_run(tmp_path: Path, source_shift: float) -> tuple[Path, Path]:

@@ -2,7 +2,6 @@
 and the figures the prose quotes are the ones those files hold."""
 
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -12,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from repo_scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "external-cohen"
@@ -23,10 +24,7 @@ CV_EXAMPLE = Path(__file__).resolve().parent / "data" / "cv-example"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("results_tables", ROOT / "scripts" / "results_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("results_tables")
 
 
 rt = _script()
@@ -465,9 +463,7 @@ def test_the_syntax_shown_in_a_code_block_is_no_block(tmp_path):
 def test_refit_seeds_view_gives_each_seed_and_their_spread(tmp_path):
     """scripts/refit_seeds.py on the committed refits writes what the docs show; the view prints every seed and
     the mean ± sd over them."""
-    spec = importlib.util.spec_from_file_location("refit_seeds", ROOT / "scripts" / "refit_seeds.py")
-    refit_seeds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(refit_seeds)
+    refit_seeds = load_script("refit_seeds")
     folder = ROOT / "docs" / "results"
     out = tmp_path / "seeds.json"
     assert refit_seeds.main(["--refit", f"42={folder / 'merged-cv' / 'refit'}",
@@ -510,9 +506,7 @@ def test_control_lifts_view_reads_the_control_sessions_file():
 
 def test_phash_distances_on_the_samples_writes_the_committed_file(sample_dir, cohen_dir, tmp_path):
     """scripts/phash_distances.py on the two samples (seconds) writes what docs/data.md quotes."""
-    spec = importlib.util.spec_from_file_location("phash_distances", ROOT / "scripts" / "phash_distances.py")
-    phash_distances = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(phash_distances)
+    phash_distances = load_script("phash_distances")
     out = tmp_path / "phash_distances.json"
     assert phash_distances.main([str(sample_dir), str(cohen_dir), "--out", str(out)]) == 0
     written, committed = json.loads(out.read_text()), json.loads(PHASH.read_text())
@@ -529,9 +523,7 @@ def test_the_two_samples_prepared_together_give_the_committed_counts(sample_dir,
     prepared = tmp_path / "two"
     subprocess.run([sys.executable, "-m", "hfxray.cli", "data", "prepare", "--source", str(sample_dir),
                     "--source", str(cohen_dir), "--out", str(prepared)], check=True, capture_output=True)
-    spec = importlib.util.spec_from_file_location("evidence_figures", ROOT / "scripts" / "evidence_figures.py")
-    evidence_figures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evidence_figures)
+    evidence_figures = load_script("evidence_figures")
     out = tmp_path / "pool.json"
     assert evidence_figures.main(["merged-pool", "--data-dir", str(prepared), "--out", str(out)]) == 0
     assert json.loads(out.read_text()) == json.loads((SAMPLES / "pool.json").read_text())
