@@ -249,39 +249,53 @@ def render_refit_seeds(data: dict, what: str) -> list[str]:
 
 def render_control_lifts(data: dict, what: str) -> list[str]:
     """tests/test_explain_control.py's session ($HFXRAY_CONTROL_RESULTS): per family and method, the marker
-    models' held-out accuracy on the marks and the mean lifts in the marker's box, and the verdict at the bar."""
+    models' held-out accuracy on the marks, the share of their decisions kept when each image is normalised with
+    the other mark's GroupNorm statistics, the share of unmarked images they call "virus", the mean lifts in the marks' boxes (per mark: square / bar), and the
+    verdict at the bar."""
     accuracy = need(data, "accuracy", what)
+    swapped = need(data, "statistics_swapped", what)
+    unmarked = need(data, "unmarked_virus", what)
     bar = number(need(data, "bar", what), "threshold")
     rows = []
     for entry in need(data, "lifts", what):
-        lifts = entry["lifts"]
+        lifts, marks = entry["lifts"], entry.get("marks", {})
+
+        def lift_text(name: str) -> str:
+            text = number(lifts[name], "lift")
+            if name in marks:
+                text += " (" + " / ".join(number(value, "lift") for value in marks[name]) + ")"
+            return text
 
         def joined(suffix: str) -> str:
-            values = [number(v, "lift") for k, v in lifts.items() if k.startswith("marker") and k.endswith(suffix)]
-            return " and ".join(values) or DASH
+            return " and ".join(lift_text(k) for k in lifts if k.startswith("marker") and k.endswith(suffix)) or DASH
 
-        clean = lifts.get("clean model, marked")
-        learned = " and ".join(number(a, "marks_accuracy") for a in accuracy.get(entry["kind"], []))
-        rows.append([f"{entry['kind']}, {entry['method']}", learned or DASH, joined(", marked"), joined(", unmarked"),
-                     DASH if clean is None else number(clean, "lift"),
+        kind = entry["kind"]
+        learned = " and ".join(number(a, "marks_accuracy") for a in accuracy.get(kind, []))
+        kept = " and ".join(number(a, "marks_accuracy") for a in swapped.get(kind, []))
+        virus = " and ".join(number(a, "marks_accuracy") for a in unmarked.get(kind, []))
+        rows.append([f"{kind}, {entry['method']}", learned or DASH, kept or DASH, virus or DASH, joined(", marked"),
+                     joined(", unmarked"),
+                     lift_text("clean model, marked") if "clean model, marked" in lifts else DASH,
                      "passes" if entry["passes"] else f"fails (bar {bar})"])
     for kind, message in sorted(data.get("not_learned", {}).items()):
-        rows.append([kind, message, DASH, DASH, DASH, "not learned"])
-    return _table(["family, method", "held-out accuracy on the marks", "marker models, marked", "same models, unmarked",
-                   "clean model, marked", "result"], ["---", "---", "---:", "---:", "---:", "---"], rows)
+        rows.append([kind, message, DASH, DASH, DASH, DASH, DASH, "not learned"])
+    return _table(["family, method", "held-out accuracy on the marks", "decisions kept, statistics swapped",
+                   "unmarked images called virus", "marker models, marked (square / bar)", "same models, unmarked",
+                   "clean model, marked", "result"], ["---", "---", "---", "---", "---", "---", "---", "---"], rows)
 
 
 def render_explain_cascading(data: dict, what: str) -> list[str]:
-    """tests/test_explain_real.py ($HFXRAY_EXPLAIN_RESULTS): cascading randomisation per kind, Grad-CAM on 16 test
-    images: mean |Spearman| to the trained maps after each step (top layer first), the random-vs-random baseline."""
+    """tests/test_explain_real.py ($HFXRAY_EXPLAIN_RESULTS): cascading randomisation per kind, of the map each kind
+    shows (`method`) on 16 test images: mean |Spearman| to the trained maps after each step (top layer first), the
+    random-vs-random baseline."""
     rows = []
     for kind, entry in sorted(need(data, "cascading", what).items()):
         steps = ", ".join(number(step["spearman"], "lift") for step in entry["steps"])
         layers = ", ".join(step["layer"] for step in entry["steps"])
-        rows.append([kind, str(entry["images"]), layers, steps, number(entry["baseline"]["spearman"], "lift"),
-                     "pass" if entry["passed"] else "fail"])
-    return _table(["kind", "images", "re-initialised, cumulatively", "mean abs. Spearman after each step", "random vs random",
-                   "verdict"], ["---", "---:", "---", "---", "---:", "---"], rows)
+        rows.append([kind, entry["method"], str(entry["images"]), layers, steps,
+                     number(entry["baseline"]["spearman"], "lift"), "pass" if entry["passed"] else "fail"])
+    return _table(["kind", "map", "images", "re-initialised, cumulatively", "mean abs. Spearman after each step",
+                   "random vs random", "verdict"], ["---", "---", "---:", "---", "---", "---:", "---"], rows)
 
 
 def render_explain_localisation(data: dict, what: str) -> list[str]:

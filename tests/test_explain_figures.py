@@ -112,20 +112,21 @@ def images(tmp_path):
 
 def test_figures_of_several_models_and_methods_share_a_folder(model_dirs, images, tmp_path):
     out = tmp_path / "maps"
-    for model, method in (("vit", "gradcam"), ("vit", "rollout"), ("bit", "gradcam")):
+    for model, method in (("vit", "rollout"), ("bit", "gradcam"), ("vit", "actmax")):
         assert main(["explain", "--model", str(model_dirs / model), "--method", method, "--out", str(out),
-                     str(images)]) == 0
-    assert sorted(p.name for p in out.glob("*.png")) == [
+                     *([] if method == "actmax" else [str(images)]), *(["--steps", "2"] if method == "actmax"
+                                                                         else [])]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == sorted([
         f"{image}.{model}.{method}.png" for image in ("one", "two")
-        for model, method in (("bit", "gradcam"), ("vit", "gradcam"), ("vit", "rollout"))]
-    assert sorted(p.name for p in out.glob("*.csv")) == ["bit.gradcam.csv", "vit.gradcam.csv", "vit.rollout.csv"]
+        for model, method in (("bit", "gradcam"), ("vit", "rollout"))] + ["vit.actmax.png"])
+    assert sorted(p.name for p in out.glob("*.csv")) == ["bit.gradcam.csv", "vit.rollout.csv"]
 
 
 def test_a_rerun_replaces_its_own_figures_and_refuses_anothers(model_dirs, images, tmp_path, capsys):
     out = tmp_path / "maps"
 
-    def explain(model_dir) -> int:
-        return main(["explain", "--model", str(model_dir), "--method", "gradcam", "--out", str(out), str(images)])
+    def explain(model_dir, method: str = "gradcam") -> int:
+        return main(["explain", "--model", str(model_dir), "--method", method, "--out", str(out), str(images)])
 
     assert explain(model_dirs / "bit") == 0
     first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -141,10 +142,10 @@ def test_a_rerun_replaces_its_own_figures_and_refuses_anothers(model_dirs, image
     assert len(errors) == 1 and "exists and was written by" in errors[0] and "To fix:" in errors[0]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
-    (out / "one.vit.gradcam.png").write_bytes(b"a file hfxray did not write")
-    assert explain(model_dirs / "vit") == 2
+    (out / "one.vit.rollout.png").write_bytes(b"a file hfxray did not write")
+    assert explain(model_dirs / "vit", "rollout") == 2
     assert "written by something else" in capsys.readouterr().err
-    assert not (out / "two.vit.gradcam.png").exists()
+    assert not (out / "two.vit.rollout.png").exists()
 
     # The summary CSV is checked itself, not only through its .json twin: a user's file of that name is kept.
     (out / "bit.gradcam.csv").write_text("my own notes\n")

@@ -1,15 +1,16 @@
 """Explainability for every model kind: Grad-CAM, attention rollout and activation maximization.
 
     from hfxray.explain import explain
-    explain("runs/vit-tiny", "gradcam", ["xrays/"], "figures/")  # <image>.vit-tiny.gradcam.png per image, its
-                                                                   # map as <image>.vit-tiny.gradcam.npz (the file's
-                                                                   # pixel grid), vit-tiny.gradcam.csv/.json: each
+    explain("runs/vit-tiny", "rollout", ["xrays/"], "figures/")  # <image>.vit-tiny.rollout.png per image, its
+                                                                   # map as <image>.vit-tiny.rollout.npz (the file's
+                                                                   # pixel grid), vit-tiny.rollout.csv/.json: each
                                                                    # map's status and localisation (lifts)
     explain("runs/vit-tiny", "actmax", [], "figures/")           # vit-tiny.actmax.png, a row per model
 
 `gradcam_map`, `rollout_map` and `activation_maximization` work on a loaded model and tensors, for notebooks and
-tests. Which method applies to which kind is each family adapter's `explanations` (`hfxray.families`): Grad-CAM
-and activation maximization to every family, rollout to those with attention (ViT, the hybrid).
+tests. Which method applies to which kind is each family adapter's `explanations` (`hfxray.families`): activation
+maximization to every family, rollout to those with attention (ViT, the hybrid), Grad-CAM to every family but
+ViT, whose Grad-CAM fails the planted-marker positive control (the adapter's `not_offered` says so when asked).
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ def check_applicable(model: nn.Module, method: str) -> str:
         adapter = adapter_for(model)
     except UnsupportedModelError as err:
         raise ExplainError(str(err)) from None
+    if method in adapter.not_offered:
+        raise ExplainError(f"{method} is not offered for {adapter.name} models: {adapter.not_offered[method]}. To "
+                           f"fix: use --method {' or '.join(adapter.explanations)}")
     if method not in adapter.explanations:
         why = " (no attention to roll out)" if method == "rollout" else ""
         raise ExplainError(f"{method} does not apply to {adapter.name} models{why}. To fix: use --method "

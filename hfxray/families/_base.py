@@ -104,11 +104,17 @@ class FamilyAdapter:
     recipe_family: str | None = None
     # Processor mean/std; empty: scale to [-1, 1], as ViT-21k, BiT-M and the hybrid's weights were trained.
     normalisation: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    # Methods of METHODS that would run on the family but are not offered, each with the reason the refusal gives
+    # (e.g. a map that fails the planted-marker positive control, tests/test_explain_control.py).
+    not_offered: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.explanations) - set(METHODS)
         if unknown or not self.explanations:
             raise ValueError(f"family {self.name}: explanations {self.explanations} must be some of {METHODS}")
+        if set(self.not_offered) - set(METHODS) or set(self.not_offered) & set(self.explanations):
+            raise ValueError(f"family {self.name}: not_offered {sorted(self.not_offered)} must be methods of "
+                             f"{METHODS} outside its explanations")
         if ("rollout" in self.explanations) != (self.attention is not None):
             raise ValueError(f"family {self.name}: rollout applies exactly when the family has attention")
         if self.layers_top_down is None:
