@@ -298,6 +298,18 @@ def render_explain_cascading(data: dict, what: str) -> list[str]:
                    "random vs random", "verdict"], ["---", "---", "---:", "---", "---", "---:", "---"], rows)
 
 
+def render_explain_data_randomisation(data: dict, what: str) -> list[str]:
+    """tests/test_explain_real.py ($HFXRAY_EXPLAIN_RESULTS): data randomisation per kind, of the map each kind shows:
+    mean |Spearman| (and SSIM) between the real model's maps and those of the same kind trained on permuted labels,
+    the random-vs-random baseline, and the verdict."""
+    rows = [[kind, entry["method"], str(entry["images"]), number(entry["spearman"], "lift"),
+             number(entry["ssim"], "lift"), number(entry["baseline"]["spearman"], "lift"),
+             "pass" if entry["passed"] else "fail"]
+            for kind, entry in sorted(need(data, "data_randomisation", what).items())]
+    return _table(["kind", "map", "images", "mean abs. Spearman, real vs permuted-label model", "SSIM",
+                   "random vs random", "verdict"], ["---", "---", "---:", "---:", "---:", "---:", "---"], rows)
+
+
 def render_explain_localisation(data: dict, what: str) -> list[str]:
     """tests/test_explain_real.py ($HFXRAY_EXPLAIN_RESULTS): lift of the Grad-CAM maps over the body and, on the
     images with a dark border, over the border (a uniform map: 1)."""
@@ -317,7 +329,8 @@ VIEWS = {"metrics": render_metrics, "by_source": render_by_source, "shortcut": r
          "pool_splits": render_pool_splits, "pool_geometry": render_pool_geometry,
          "pool_duplicates": render_pool_duplicates, "source_features": render_source_features,
          "refit_seeds": render_refit_seeds, "control_lifts": render_control_lifts,
-         "explain_cascading": render_explain_cascading, "explain_localisation": render_explain_localisation}
+         "explain_cascading": render_explain_cascading, "explain_localisation": render_explain_localisation,
+         "explain_data_randomisation": render_explain_data_randomisation}
 
 
 def trimmed(lines: list[str]) -> list[str]:

@@ -153,6 +153,44 @@ def real_runs(prepared_dir, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def permuted_runs(prepared_dir, tmp_path_factory):
+    """kind -> a run trained exactly as `real_runs` trains it, on a copy of the sample whose train and validation
+    images are shuffled between normal/ and virus/ (class counts kept; test/ untouched): the permuted-label model of
+    data randomisation (Adebayo et al. 2018), as docs/explanations.md tells users to make one."""
+    import os
+    import random
+    import shutil
+
+    from hfxray.arguments import build_config
+    from hfxray.workflow import execute
+
+    root = tmp_path_factory.mktemp("permuted")
+    data = root / "prepared"
+    shutil.copytree(prepared_dir, data, copy_function=os.link)
+    rng = random.Random(0)
+    for split in ("train", "validation"):
+        files = sorted((data / split).glob("*/*"))
+        labels = [path.parent.name for path in files]
+        rng.shuffle(labels)
+        moved = [(path, data / split / label / f"{path.parent.name}-{path.name}") for path, label in zip(files, labels)]
+        for path, target in moved:
+            path.rename(target)
+    runs = {}
+
+    def get(kind: str):
+        if kind not in runs:
+            preset, epochs = REAL_TRAINING[kind]
+            out = root / kind
+            execute(build_config(model=kind, preset=preset, recipe="scratch", data_dir=data, output_dir=out,
+                                 num_train_epochs=epochs, average_last_epochs=2, image_size=128, resize_size=144,
+                                 disable_tqdm=True))
+            runs[kind] = out
+        return runs[kind]
+
+    return get
+
+
 def _wait_until_up(process, url: str, log) -> None:
     """Until a served page answers 200; a server that exits or never answers fails the test with its log."""
     import time

@@ -1,14 +1,14 @@
-"""Sanity checks that can fail (model randomisation, activation maximization) on planted-signal models, and the CLI.
+"""Activation maximization on planted-signal models, and the explain CLI.
 
-The planted-signal models are trained for seconds on gray noise where class 1 ("virus") carries a bright square
-somewhere in the top-left quadrant and class 0 a bright bar of the same area there (both classes share the pixel
-histogram). A map that survives re-initialising the weights explains the image, not the model (Adebayo et al.
-2018); activation maximization must raise the logit it maximises.
+The planted-signal models (tiny presets at 64 px) are trained for seconds on gray noise where class 1 ("virus")
+carries a bright square somewhere in the top-left quadrant and class 0 a bright bar of the same area there (both
+classes share the pixel histogram); activation maximization must raise the logit it maximises, which a random model
+does not let it do.
 
-Whether the maps point at what a model uses is tests/test_explain_control.py's question, on real X-rays with a
-burnt-in marker; the gray-noise version of it that stood here was removed once that control passed for BiT's
-Grad-CAM and for rollout (its last cases, the tiny ViT's Grad-CAM among them, were xfails that could not fail).
-BiT and the hybrid are trained as their `small` presets (still under 1.5 M parameters).
+Whether the maps point at what a model uses is tests/test_explain_control.py's question, on real X-rays with
+burnt-in marks; whether they depend on the weights is tests/test_explain_real.py's (cascading and data randomisation
+on models trained on the real sample, against a random-vs-random baseline). The gray-noise versions of both that
+stood here were removed once those checks ran on real X-rays.
 """
 
 from __future__ import annotations
@@ -21,24 +21,22 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import spearmanr
 
 from hfxray.cli import main
-from hfxray.explain import NotApplicable, activation_maximization, gradcam_map, rollout_map
+from hfxray.explain import NotApplicable, activation_maximization, rollout_map
 from hfxray.models import create_model
 
 from tiny_fit import fit
 
-LEARNING_RATES = {"vit": 1e-3, "bit": 2e-3, "hybrid": 3e-4}
-# kind -> (preset, input size, square side in px); BiT's stride-32 last stage needs 128 px for a 4x4 map.
-PLANTED = {"vit": ("tiny", 64, 16), "hybrid": ("small", 64, 16), "bit": ("small", 128, 16)}
+LEARNING_RATES = {"vit": 1e-3, "bit": 2e-3, "hybrid": 1e-3}
+# kind -> (preset, input size, square side in px): activation maximization needs a trained model, not a large one.
+PLANTED = {"vit": ("tiny", 64, 16), "hybrid": ("tiny", 64, 16), "bit": ("tiny", 64, 16)}
 
 
 def setup(kind: str, method: str | None = None) -> tuple[str, int, int]:
     """(preset, input size, square side) of the planted model a test of `kind` uses (one per kind for every method)."""
     return PLANTED[kind]
 
-MAPS = {"gradcam": lambda model, x: gradcam_map(model, x, target_class=1), "rollout": rollout_map}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -93,38 +91,6 @@ def trained():
         return cache[key]
 
     return get
-
-
-def virus_images(kind: str, method: str | None = None, count: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    _, size, square = setup(kind, method)
-    images, labels, corners = planted(256, seed=99, size=size, square=square)
-    chosen = (labels == 1).nonzero()[:count, 0]
-    return images[chosen], corners[chosen]
-
-
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman of two maps; a constant map carries no ranking, so it counts as uncorrelated (0)."""
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    return float(spearmanr(a.ravel(), b.ravel())[0])
-
-
-EXPLAINED = [("vit", "rollout"), ("bit", "gradcam"), ("hybrid", "gradcam"), ("hybrid", "rollout")]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("kind", "method"), EXPLAINED)
-def test_maps_change_when_the_weights_are_reinitialised(trained, kind, method):
-    model, _ = trained(kind, method)
-    torch.manual_seed(1)
-    random_model = type(model)(model.config).eval()
-    images, _ = virus_images(kind, method)
-    # |Spearman|: a map ranked backwards (-0.6) is as much a copy of the trained one as +0.6, and signed values of
-    # opposite sign cancel in a mean. The full check, against a random-vs-random baseline, is
-    # tests/test_explain_real.py's cascading randomisation on real X-rays.
-    correlations = [abs(rank_correlation(a, b)) for a, b in zip(MAPS[method](model, images),
-                                                                 MAPS[method](random_model, images))]
-    assert np.mean(correlations) < 0.5, f"{kind} {method}: |Spearman| {np.round(correlations, 2)}"
 
 
 @pytest.mark.slow

@@ -96,7 +96,7 @@ EXPLAINED = [pytest.param(kind, method, marks=[pytest.mark.xfail(strict=True, re
                           if (kind, method) in FAILING else [])
              for kind, method in (("vit", "gradcam"), ("vit", "rollout"), ("bit", "gradcam"), ("hybrid", "gradcam"),
                                   ("hybrid", "rollout"))]
-BROKEN = ["bit", "hybrid"]  # where the adapter's Grad-CAM layer is not the ViT's own first block
+BROKEN = ["bit", "hybrid"]  # the families whose Grad-CAM is offered (and passes)
 LIFTS: dict[tuple[str, str], dict[str, float]] = {}  # printed at the end of the module, for docs/explanations.md
 MARKS: dict[tuple[str, str], dict[str, list[float]]] = {}  # the same, per mark: [square, bar]
 

@@ -100,27 +100,31 @@ def test_cli_sanity_writes_a_report_table_and_curve(tiny_models, tmp_path, capsy
     for index in range(5):
         Image.fromarray(rng.integers(0, 256, (80, 72), dtype=np.uint8)).save(images / f"{index}.png")
     out = tmp_path / "sanity"
-    assert main(["explain", "--sanity", "--sanity-images", "3", "--model", str(tiny_models / "vit"), "--out",
+    # the hybrid: the one family with both maps (ViT's Grad-CAM is not offered, so --sanity checks its rollout only)
+    assert main(["explain", "--sanity", "--sanity-images", "3", "--model", str(tiny_models / "hybrid"), "--out",
                  str(out), str(images)]) == 0
     captured = capsys.readouterr()
-    assert "sanity gradcam: re-initialising classifier" in captured.err
-    assert "sanity rollout: re-initialising vit.embeddings" in captured.err
+    assert "sanity gradcam: re-initialising timm_model.head" in captured.err
+    assert "sanity rollout: re-initialising timm_model.patch_embed" in captured.err
     assert "gradcam cascading:" in captured.out and "rollout cascading:" in captured.out
-    summary = json.loads((out / "vit.sanity.json").read_text())
+    summary = json.loads((out / "hybrid.sanity.json").read_text())
     assert len(summary["images"]) == 3 and set(summary["results"]) == {"gradcam", "rollout"}
     steps = summary["results"]["gradcam"]["steps"]
-    assert [row["layer"] for row in steps] == ["classifier", "vit.layernorm", "vit.layers[1]", "vit.layers[0]",
-                                                "vit.embeddings"]
-    report = (out / "vit.sanity.md").read_text()
+    assert [row["layer"] for row in steps] == ["timm_model.head", "timm_model.norm", "timm_model.blocks[1]",
+                                                "timm_model.blocks[0]", "timm_model.patch_embed"]
+    report = (out / "hybrid.sanity.md").read_text()
     assert report.startswith("# Explanation sanity report") and "random vs random (baseline)" in report
     assert "data randomisation: not run" in report
-    with Image.open(out / "vit.sanity.png") as figure:
+    with Image.open(out / "hybrid.sanity.png") as figure:
         assert figure.width > 400
+    assert main(["explain", "--sanity", "--sanity-images", "2", "--model", str(tiny_models / "vit"), "--out",
+                 str(out), str(images)]) == 0
+    assert set(json.loads((out / "vit.sanity.json").read_text())["results"]) == {"rollout"}
     # the same model and a permuted-label "run" (here another random model of the kind): a rerun replaces its own
     assert main(["explain", "--sanity", "--sanity-images", "2", "--method", "gradcam", "--model",
-                 str(tiny_models / "vit"), "--permuted-model", str(tiny_models / "vit"), "--out", str(out),
+                 str(tiny_models / "hybrid"), "--permuted-model", str(tiny_models / "hybrid"), "--out", str(out),
                  str(images)]) == 0
-    summary = json.loads((out / "vit.sanity.json").read_text())
+    summary = json.loads((out / "hybrid.sanity.json").read_text())
     assert summary["results"]["gradcam"]["data_randomisation"]["spearman"] == pytest.approx(1.0)
     assert not summary["results"]["gradcam"]["data_randomisation"]["passed"]  # the same weights: same maps
 

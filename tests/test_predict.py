@@ -147,7 +147,7 @@ def test_a_model_labelled_otherwise_is_refused_not_scored(command, labels, tiny_
     argv = {"predict": ["predict", "--model", str(model), str(image)],
             "evaluate": ["evaluate", "--model", str(model), "--data-dir", str(prepared_dir), "--out",
                          str(tmp_path / "e.json")],
-            "explain": ["explain", "--model", str(model), "--method", "gradcam", "--out", str(tmp_path / "m"),
+            "explain": ["explain", "--model", str(model), "--method", "rollout", "--out", str(tmp_path / "m"),
                         str(image)]}[command]
     code = cli_main(argv)
     err = capsys.readouterr().err

@@ -500,8 +500,11 @@ def test_control_lifts_view_reads_the_control_sessions_file():
     for entry, line in zip(data["lifts"], lines[2:]):
         assert line.startswith(f"| {entry['kind']}, {entry['method']} |")
         assert line.endswith("| passes |" if entry["passes"] else f"| fails (bar {data['bar']:g}) |")
-        marked = [v for k, v in entry["lifts"].items() if k.startswith("marker") and k.endswith(", marked")]
-        assert " and ".join(f"{v:.2f}" for v in marked) in line
+        marked = [(k, v) for k, v in entry["lifts"].items() if k.startswith("marker") and k.endswith(", marked")]
+        # each marker model's mean lift, then its lift on each mark (square / bar)
+        assert " and ".join(f"{v:.2f} ({entry['marks'][k][0]:.2f} / {entry['marks'][k][1]:.2f})"
+                            for k, v in marked) in line
+        assert all(abs(v - sum(entry["marks"][k]) / 2) < 1e-9 for k, v in entry["lifts"].items())
 
 
 def test_phash_distances_on_the_samples_writes_the_committed_file(sample_dir, cohen_dir, tmp_path):

@@ -165,17 +165,20 @@ def random_baseline(model: nn.Module, pixel_values: torch.Tensor, explain_fn: Ex
     return Similarity.of(first, second)
 
 
-def verdict(similarity: Similarity, baseline: Similarity) -> tuple[bool, str]:
+def verdict(similarity: Similarity, baseline: Similarity, removed: str = "the weights that were removed",
+            after: str = "randomisation") -> tuple[bool, str]:
     """(passed, one line): do the maps depend on what randomisation removed?
 
     Passed when the mean |Spearman| to the trained maps is at most the random-vs-random mean plus `VERDICT_MARGIN`,
     and the random-vs-random mean is below `SHARED_BAR` (otherwise the maps show the image, whatever the weights).
+    `removed` and `after` name what was randomised, for the line (data randomisation: the labels, training on
+    permuted labels).
     """
     if baseline.mean_spearman >= SHARED_BAR:
         return False, (f"two random models' maps agree (|Spearman| {baseline.mean_spearman:.2f} >= {SHARED_BAR}): "
                        "the maps show the image more than the weights")
     gap = similarity.mean_spearman - baseline.mean_spearman
     if gap > VERDICT_MARGIN:
-        return False, (f"the maps keep {gap:+.2f} |Spearman| above the random baseline after randomisation: "
-                       "they do not depend on the weights that were removed")
+        return False, (f"the maps keep {gap:+.2f} |Spearman| above the random baseline after {after}: they do not "
+                       f"depend on {removed}")
     return True, f"{gap:+.2f} |Spearman| from the random baseline (bar: at most +{VERDICT_MARGIN})"

@@ -116,7 +116,8 @@ def sanity_check(model_dir: str | os.PathLike, out_dir: str | os.PathLike, image
         if permuted is not None:
             progress(f"sanity {method}: maps of the permuted-label model")
             similarity = Similarity.of(explain_fn(model, pixel_values), explain_fn(permuted, pixel_values))
-            passed, line = verdict(similarity, cascade.baseline)
+            passed, line = verdict(similarity, cascade.baseline, removed="the labels",
+                                   after="training on permuted labels")
             entry["data_randomisation"] = {**_numbers(similarity), "passed": passed, "verdict": line}
         results[method] = entry
     summary = {"model": origin["hfxray-model"], "method": "sanity", "name": name, "images": [str(p) for p in chosen],
