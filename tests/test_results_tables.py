@@ -88,7 +88,8 @@ def test_a_block_without_the_command_that_wrote_its_file_fails(tmp_path, capsys)
      "results file docs/results/nowhere/test_results.json does not exist. To fix:"),
     ("<!-- results: docs/results/external-cohen/test_results.json view=median -->",
      "unknown view 'median'. To fix: use one of metrics, by_source, shortcut, findings, cv_summary, cv_selection, "
-     "ece_coverage, selection_power, pool_splits, pool_geometry, pool_duplicates, source_features, refit_seeds, control_lifts, explain_cascading, explain_localisation."),
+     "ece_coverage, selection_power, pool_splits, pool_geometry, pool_duplicates, source_features, refit_seeds, "
+     "control_lifts, explain_cascading, explain_localisation, explain_data_randomisation."),
     ("<!-- results: docs/results/external-cohen/findings.json view=metrics -->",
      "findings.json has no `ci95`. To fix:"),
     ("<!-- results: docs/results/external-cohen/test_results.json view=cv_selection -->",

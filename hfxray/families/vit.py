@@ -88,7 +88,7 @@ ADAPTER = FamilyAdapter(
     # Rollout first: ViT's attention is what it has that a CNN does not.
     explanations=("rollout", "actmax"),
     # Measured on four ViTs (tiny and small presets, two seeds each) trained to use planted marks: Grad-CAM at the
-    # token layer put 1.1-4.0 times the marks' area share on them, rollout 4.6-6.2 (bar: 3; docs/explanations.md).
+    # token layer put 1.1-4.3 times the marks' area share on them, rollout 4.6-6.3 (bar: 3; docs/explanations.md).
     not_offered={"gradcam": "ViT's Grad-CAM maps miss a planted marker that the model uses (the positive control "
                             "in docs/explanations.md), so they cannot show what a ViT looks at"},
     attention="transformers",
