@@ -175,7 +175,9 @@ def permuted_runs(prepared_dir, tmp_path_factory):
         rng.shuffle(labels)
         moved = [(path, data / split / label / f"{path.parent.name}-{path.name}") for path, label in zip(files, labels)]
         for path, target in moved:
+            assert not target.exists(), target  # rename would replace it
             path.rename(target)
+    # manifest.csv still lists the original names and labels: training reads the labels from the folders
     runs = {}
 
     def get(kind: str):

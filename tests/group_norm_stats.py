@@ -8,6 +8,11 @@ tiny hybrid did exactly that. Trained under `paired_statistics` (each image of a
 place, both normalised with the pair's mean statistics), a model can only read a mark where it is;
 `forward_with_statistics_of(model, images, source)` checks that it does: `images` normalised with the statistics of
 `source` (the same images carrying the other mark).
+
+Two differences from GroupNorm, both deliberate: the statistics are taken without gradient (they are constants of
+each step, as in record and replay), and a trained model is evaluated and explained with each image's own
+statistics, as users run it, not the paired ones it was trained with (its held-out accuracy on the marks is
+checked that way).
 """
 
 from __future__ import annotations

@@ -41,10 +41,13 @@ pytestmark = pytest.mark.slow
 # What the checks measured, written at the end of the module when $HFXRAY_EXPLAIN_RESULTS names a file
 # (docs/explanations.md renders its randomisation and localisation tables from that file).
 MEASURED: dict[str, dict] = {"cascading": {}, "data_randomisation": {}, "localisation": {}}
-# Whether each kind's shown map passes data randomisation, as measured (docs/explanations.md): findings, asserted so
-# that a change shows. The hybrid's Grad-CAM sits at the bar (+0.15 over the baseline) and fails it; the tiny ViT's
-# rollout stays close to the real model's maps (+0.38), as it does under cascading randomisation.
-DATA_RANDOMISATION_PASSES = {"vit": False, "bit": True, "hybrid": False}
+# Each kind's shown map under data randomisation, as measured (docs/explanations.md): findings, asserted so that a
+# change shows. BiT's Grad-CAM passes; the tiny ViT's rollout stays close to the permuted-label model's maps (+0.38
+# over the baseline), as it does under cascading randomisation; the hybrid's Grad-CAM sits at the bar (+0.154 against
+# +0.15), where the verdict could go either way with the last digits of a run, so what is asserted is that it stays
+# within 0.03 of the bar.
+DATA_RANDOMISATION = {"vit": "fails", "bit": "passes", "hybrid": "at the bar"}
+AT_THE_BAR = 0.03
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -145,7 +148,13 @@ def test_data_randomisation_against_a_model_trained_on_permuted_labels(sanity, k
     MEASURED["data_randomisation"][kind] = dict(method=method, images=16, spearman=found["spearman"],
                                                 ssim=found["ssim"], baseline=entry["baseline"],
                                                 passed=found["passed"], verdict=found["verdict"])
-    assert found["passed"] == DATA_RANDOMISATION_PASSES[kind], found["verdict"]
+    if DATA_RANDOMISATION[kind] == "at the bar":
+        from hfxray.explain.sanity import VERDICT_MARGIN
+
+        gap = found["spearman"] - entry["baseline"]["spearman"]
+        assert abs(gap - VERDICT_MARGIN) <= AT_THE_BAR, found["verdict"]
+    else:
+        assert found["passed"] == (DATA_RANDOMISATION[kind] == "passes"), found["verdict"]
 
 
 @pytest.mark.parametrize("kind", ["bit", "hybrid"])

@@ -12,7 +12,7 @@ logger = get_logger(__name__)
 
 
 def _applies_to() -> str:
-    """`gradcam: all kinds; rollout: vit, hybrid; ...` from the family adapters."""
+    """`gradcam: bit, hybrid, convnext; rollout: vit, hybrid; actmax: all kinds` from the family adapters."""
     parts = []
     for method in METHODS:
         kinds = [family.name for family in ADAPTERS.values() if method in family.explanations]

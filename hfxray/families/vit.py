@@ -89,8 +89,8 @@ ADAPTER = FamilyAdapter(
     explanations=("rollout", "actmax"),
     # Measured on four ViTs (tiny and small presets, two seeds each) trained to use planted marks: Grad-CAM at the
     # token layer put 1.1-4.3 times the marks' area share on them, rollout 4.6-6.3 (bar: 3; docs/explanations.md).
-    not_offered={"gradcam": "ViT's Grad-CAM maps miss a planted marker that the model uses (the positive control "
-                            "in docs/explanations.md), so they cannot show what a ViT looks at"},
+    not_offered={"gradcam": "ViT's Grad-CAM maps missed a planted marker that the model used (hfxray's positive "
+                            "control, docs/explanations.md), so they are no reliable picture of what a ViT uses"},
     attention="transformers",
     attention_blocks=lambda model: model.vit.layers,
     layers_top_down=_layers_top_down,
