@@ -8,11 +8,11 @@ Two stages, because a perceptual hash alone cannot tell a copy from a similar ch
    `MIN_CORRELATION` (Pearson, over the pixels). Identical bytes are always one picture.
 
 Both thresholds were chosen from the CoronaHack and Cohen samples (docs/data.md; `scripts/phash_distances.py`
-measures them into docs/results/duplicates/phash_distances.json, whose figures are quoted here). Children's chest X-rays of one hospital look alike to the hash: different X-rays of the
-CoronaHack sample lie as close as 2 bits apart (10 pairs at 4 bits or less, one of them a normal and a viral
-child's), so the hash only proposes. Copies (JPEG quality 20-85, 96-512 px, grey or colour; 984 of them) lie at
-most 6 bits from their original and correlate at least 0.989 with it; of the 317 pairs of different CoronaHack
-X-rays within 8 bits, the closest correlate 0.955.
+measures them into docs/results/duplicates/phash_distances.json, whose figures are quoted here). Children's chest
+X-rays of one hospital look alike to the hash: different X-rays of the CoronaHack sample lie as close as 2 bits
+apart (10 pairs at 4 bits or less, one of them a normal and a viral child's), so the hash only proposes. Copies
+(JPEG quality 20-85, 96-512 px, grey or colour; 984 of them) lie at most 6 bits from their original and correlate
+at least 0.989 with it; of the 317 pairs of different CoronaHack X-rays within 8 bits, the closest correlate 0.955.
 """
 
 from __future__ import annotations

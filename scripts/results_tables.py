@@ -270,10 +270,9 @@ def render_control_lifts(data: dict, what: str) -> list[str]:
             return " and ".join(lift_text(k) for k in lifts if k.startswith("marker") and k.endswith(suffix)) or DASH
 
         kind = entry["kind"]
-        learned = " and ".join(number(a, "marks_accuracy") for a in accuracy.get(kind, []))
-        kept = " and ".join(number(a, "marks_accuracy") for a in swapped.get(kind, []))
-        virus = " and ".join(number(a, "marks_accuracy") for a in unmarked.get(kind, []))
-        rows.append([f"{kind}, {entry['method']}", learned or DASH, kept or DASH, virus or DASH, joined(", marked"),
+        shares = [" and ".join(number(a, "marks_accuracy") for a in per_kind.get(kind, [])) or DASH
+                  for per_kind in (accuracy, swapped, unmarked)]
+        rows.append([f"{kind}, {entry['method']}", *shares, joined(", marked"),
                      joined(", unmarked"),
                      lift_text("clean model, marked") if "clean model, marked" in lifts else DASH,
                      "passes" if entry["passes"] else f"fails (bar {bar})"])

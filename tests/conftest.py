@@ -135,6 +135,11 @@ REAL_TRAINING = {"vit": ("tiny", 24), "bit": ("small", 6), "hybrid": ("small", 6
 def real_runs(prepared_dir, tmp_path_factory):
     """kind -> trained scratch run folder (a short version of the README's from-scratch command), trained on first
     use so that each kind's checks run as soon as its own model exists."""
+    return _scratch_runs(prepared_dir, lambda kind: tmp_path_factory.mktemp("real-runs") / kind)
+
+
+def _scratch_runs(data_dir, out_dir):
+    """kind -> run folder `out_dir(kind)`, trained on first use with the short scratch recipe of REAL_TRAINING."""
     from hfxray.arguments import build_config
     from hfxray.workflow import execute
 
@@ -143,8 +148,8 @@ def real_runs(prepared_dir, tmp_path_factory):
     def get(kind: str):
         if kind not in runs:
             preset, epochs = REAL_TRAINING[kind]
-            out = tmp_path_factory.mktemp("real-runs") / kind
-            execute(build_config(model=kind, preset=preset, recipe="scratch", data_dir=prepared_dir, output_dir=out,
+            out = out_dir(kind)
+            execute(build_config(model=kind, preset=preset, recipe="scratch", data_dir=data_dir, output_dir=out,
                                  num_train_epochs=epochs, average_last_epochs=2, image_size=128, resize_size=144,
                                  disable_tqdm=True))
             runs[kind] = out
@@ -162,9 +167,6 @@ def permuted_runs(prepared_dir, tmp_path_factory):
     import random
     import shutil
 
-    from hfxray.arguments import build_config
-    from hfxray.workflow import execute
-
     root = tmp_path_factory.mktemp("permuted")
     data = root / "prepared"
     shutil.copytree(prepared_dir, data, copy_function=os.link)
@@ -178,19 +180,7 @@ def permuted_runs(prepared_dir, tmp_path_factory):
             assert not target.exists(), target  # rename would replace it
             path.rename(target)
     # manifest.csv still lists the original names and labels: training reads the labels from the folders
-    runs = {}
-
-    def get(kind: str):
-        if kind not in runs:
-            preset, epochs = REAL_TRAINING[kind]
-            out = root / kind
-            execute(build_config(model=kind, preset=preset, recipe="scratch", data_dir=data, output_dir=out,
-                                 num_train_epochs=epochs, average_last_epochs=2, image_size=128, resize_size=144,
-                                 disable_tqdm=True))
-            runs[kind] = out
-        return runs[kind]
-
-    return get
+    return _scratch_runs(data, lambda kind: root / kind)
 
 
 def _wait_until_up(process, url: str, log) -> None:

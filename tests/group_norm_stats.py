@@ -50,18 +50,20 @@ def _normalise(module: nn.GroupNorm, inputs: torch.Tensor, statistics) -> torch.
     return out
 
 
-@contextmanager
-def _group_norms(model: nn.Module, record: dict | None = None, replay: dict | None = None) -> Iterator[None]:
-    """Every GroupNorm of `model` records its statistics into `record`, or normalises with those in `replay`."""
-    modules = [module for module in model.modules() if isinstance(module, nn.GroupNorm)]
-    for module in modules:
-        def forward(inputs, module=module, own=module.forward):
-            if replay is not None:
-                return _normalise(module, inputs, replay[module])
-            record[module] = _statistics(module, inputs)
-            return own(inputs)
+def _group_norm_modules(model: nn.Module) -> list[nn.GroupNorm]:
+    return [module for module in model.modules() if isinstance(module, nn.GroupNorm)]
 
-        module.forward = forward
+
+def has_group_norm(model: nn.Module) -> bool:
+    return bool(_group_norm_modules(model))
+
+
+@contextmanager
+def _group_norms_run(model: nn.Module, forward) -> Iterator[None]:
+    """Every GroupNorm of `model` runs `forward(module, inputs, own_forward)` instead of its own forward."""
+    modules = _group_norm_modules(model)
+    for module in modules:
+        module.forward = lambda inputs, module=module, own=module.forward: forward(module, inputs, own)
     try:
         yield
     finally:
@@ -69,38 +71,40 @@ def _group_norms(model: nn.Module, record: dict | None = None, replay: dict | No
             del module.forward  # back to the class's forward
 
 
+def _recording(record: dict):
+    def forward(module, inputs, own):
+        record[module] = _statistics(module, inputs)
+        return own(inputs)
+
+    return forward
+
+
+def _replaying(replay: dict):
+    return lambda module, inputs, own: _normalise(module, inputs, replay[module])
+
+
+def _paired(value: torch.Tensor) -> torch.Tensor:
+    pairs = value.reshape(-1, 2, *value.shape[1:])
+    return pairs.mean(1, keepdim=True).expand_as(pairs).reshape(value.shape)
+
+
 @contextmanager
 def paired_statistics(model: nn.Module) -> Iterator[None]:
     """Every GroupNorm of `model` normalises images 2k and 2k + 1 of a batch alike, with the mean of their two
     statistics: given a batch of pairs (one image with each mark, at the same place), the statistics say nothing
     about which mark an image carries, at no cost beyond the batch's own forward pass."""
-    modules = [module for module in model.modules() if isinstance(module, nn.GroupNorm)]
+    def forward(module, inputs, own):
+        mean, variance = _statistics(module, inputs)
+        return _normalise(module, inputs, (_paired(mean), _paired(variance)))
 
-    def paired(value: torch.Tensor) -> torch.Tensor:
-        pairs = value.reshape(-1, 2, *value.shape[1:])
-        return pairs.mean(1, keepdim=True).expand_as(pairs).reshape(value.shape)
-
-    for module in modules:
-        def forward(inputs, module=module):
-            mean, variance = _statistics(module, inputs)
-            return _normalise(module, inputs, (paired(mean), paired(variance)))
-
-        module.forward = forward
-    try:
+    with _group_norms_run(model, forward):
         yield
-    finally:
-        for module in modules:
-            del module.forward
-
-
-def has_group_norm(model: nn.Module) -> bool:
-    return any(isinstance(module, nn.GroupNorm) for module in model.modules())
 
 
 def forward_with_statistics_of(model: nn.Module, images: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """Logits of `images`, every GroupNorm using the statistics `source` gives (image by image)."""
     statistics: dict = {}
-    with torch.no_grad(), _group_norms(model, record=statistics):
+    with torch.no_grad(), _group_norms_run(model, _recording(statistics)):
         model(pixel_values=source)
-    with _group_norms(model, replay=statistics):
+    with _group_norms_run(model, _replaying(statistics)):
         return model(pixel_values=images).logits

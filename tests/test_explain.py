@@ -33,9 +33,6 @@ LEARNING_RATES = {"vit": 1e-3, "bit": 2e-3, "hybrid": 1e-3}
 PLANTED = {"vit": ("tiny", 64, 16), "hybrid": ("tiny", 64, 16), "bit": ("tiny", 64, 16)}
 
 
-def setup(kind: str, method: str | None = None) -> tuple[str, int, int]:
-    """(preset, input size, square side) of the planted model a test of `kind` uses (one per kind for every method)."""
-    return PLANTED[kind]
 
 
 
@@ -65,13 +62,12 @@ def planted(count: int, seed: int, size: int, square: int) -> tuple[torch.Tensor
 
 @pytest.fixture(scope="module")
 def trained():
-    """(kind, method) -> (model, processor) trained on the planted task (cached per setup, seconds each)."""
-    cache: dict[tuple, tuple | str] = {}
+    """kind -> (model, processor) trained on the planted task (cached, seconds each)."""
+    cache: dict[str, tuple | str] = {}
 
-    def get(kind: str, method: str | None = None):
-        key = (kind, *setup(kind, method))
-        if key not in cache:  # a model that fails to learn is cached as its message, not trained again per test
-            preset, size, square = setup(kind, method)
+    def get(kind: str):
+        if kind not in cache:  # a model that fails to learn is cached as its message, not trained again per test
+            preset, size, square = PLANTED[kind]
             images, labels, _ = planted(2048, seed=1, size=size, square=square)
             test_images, test_labels, _ = planted(256, seed=99, size=size, square=square)
             torch.manual_seed(0)
@@ -84,11 +80,11 @@ def trained():
             fit(model, LEARNING_RATES[kind], 400, batches)
             with torch.no_grad():
                 accuracy = (model(pixel_values=test_images).logits.argmax(-1) == test_labels).float().mean().item()
-            cache[key] = ((model, processor) if accuracy >= 0.95
+            cache[kind] = ((model, processor) if accuracy >= 0.95
                           else f"{kind} did not learn the planted signal (accuracy {accuracy:.2f})")
-        if isinstance(cache[key], str):
-            raise AssertionError(cache[key])
-        return cache[key]
+        if isinstance(cache[kind], str):
+            raise AssertionError(cache[kind])
+        return cache[kind]
 
     return get
 

@@ -242,6 +242,11 @@ def predicted(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(-1)
 
 
+def marks_accuracy(on_squares: torch.Tensor, on_bars: torch.Tensor) -> float:
+    """Mean of the two marks' accuracies, from the predicted classes of the squares ("virus") and the bars."""
+    return ((on_squares == 1).float().mean() + (on_bars == 0).float().mean()).item() / 2
+
+
 @pytest.fixture(scope="session")
 def controls(real_images):
     """kind -> Controls. Each family is trained once per session, and a family that fails to learn the marker
@@ -262,7 +267,7 @@ def controls(real_images):
                 on_bars = predicted(model(pixel_values=bars).logits)
                 UNMARKED_VIRUS.setdefault(kind, []).append(
                     predicted(model(pixel_values=held_out).logits).float().mean().item())
-            accuracy = ((on_squares == 1).float().mean() + (on_bars == 0).float().mean()).item() / 2
+            accuracy = marks_accuracy(on_squares, on_bars)
             ACCURACY.setdefault(kind, []).append(accuracy)
             if accuracy < 0.95:
                 NOT_LEARNED[kind] = f"{kind} (seed {seed}) did not learn the marker (held-out accuracy {accuracy:.2f})"
@@ -347,7 +352,7 @@ def test_the_group_norm_models_read_the_mark_where_it_is(controls, kind):
         with torch.no_grad():
             squares = predicted(forward_with_statistics_of(model, found.squares, found.bars))
             bars = predicted(forward_with_statistics_of(model, found.bars, found.squares))
-        kept = ((squares == 1).float().mean() + (bars == 0).float().mean()).item() / 2
+        kept = marks_accuracy(squares, bars)
         SWAPPED.setdefault(kind, []).append(kept)
         assert kept >= 0.95, f"{kind}: {kept:.2f} of the decisions survive swapping the marks' statistics"
 
